@@ -1,0 +1,364 @@
+//! Service settings: every one is an environment variable (the names the first
+//! orchestrator used) and a command-line flag. An invalid value stops the
+//! service at start with a message naming the variable, never a silent default.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The Docker label that marks a runner and names its session (from the seed).
+pub const SESSION_LABEL: &str = "taylored-runner-session-id";
+/// The Docker label that scopes a runner to one orchestrator instance.
+pub const INSTANCE_LABEL: &str = "taylored-orchestrator-id";
+/// The Docker label that marks the shared runner of `REUSE_RUNNER_MODE`.
+pub const SINGLETON_LABEL: &str = "taylored-runner-singleton";
+/// The instance that owns runners carrying only the session label (those the
+/// first orchestrator started).
+pub const DEFAULT_INSTANCE: &str = "default";
+
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the REST service (the default when no command is given).
+    Serve,
+}
+
+/// What a user may want to change between deployments.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Port of the REST service.
+    #[arg(long, env = "PORT", default_value_t = 3001, value_name = "PORT")]
+    pub port: u16,
+
+    /// Address the REST service listens on.
+    #[arg(
+        long,
+        env = "LISTEN_ADDRESS",
+        default_value = "0.0.0.0",
+        value_name = "LISTEN_ADDRESS"
+    )]
+    pub listen_address: IpAddr,
+
+    /// `production` hides error details from clients.
+    #[arg(
+        long,
+        env = "NODE_ENV",
+        default_value = "development",
+        value_name = "NODE_ENV"
+    )]
+    pub node_env: String,
+
+    /// One shared runner for every client instead of one per session.
+    #[arg(long, env = "REUSE_RUNNER_MODE", default_value = "false", value_name = "REUSE_RUNNER_MODE",
+          value_parser = parse_strict_bool, action = clap::ArgAction::Set)]
+    pub reuse_runner_mode: bool,
+
+    /// Host (optionally with a scheme) that clients use to reach runners.
+    #[arg(long, env = "RUNNERS_HOST", default_value = "localhost", value_name = "RUNNERS_HOST",
+          value_parser = parse_runners_host)]
+    pub runners_host: String,
+
+    /// Seconds without a heartbeat after which a runner is removed.
+    #[arg(long, env = "INACTIVITY_TIMEOUT_SECONDS", default_value = "60",
+          value_name = "INACTIVITY_TIMEOUT_SECONDS", value_parser = parse_positive_seconds)]
+    pub inactivity_timeout: Duration,
+
+    /// Seconds between two sweeps for inactive runners.
+    #[arg(long, env = "CLEANUP_INTERVAL_SECONDS", default_value = "30",
+          value_name = "CLEANUP_INTERVAL_SECONDS", value_parser = parse_positive_seconds)]
+    pub cleanup_interval: Duration,
+
+    /// SQLite database: a file path or a `sqlite:` URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://orchestrator.db",
+        value_name = "DATABASE_URL"
+    )]
+    pub database_url: String,
+
+    /// Image that runners are started from.
+    #[arg(long, env = "DOCKER_IMAGE_NAME", default_value = "runner-image",
+          value_name = "DOCKER_IMAGE_NAME", value_parser = parse_non_blank)]
+    pub docker_image_name: String,
+
+    /// Extra container ports 2999 down to 3000-N published on the same host
+    /// ports (meant for the single-runner mode).
+    #[arg(long, env = "FREE_DOORS", default_value_t = 0, value_name = "FREE_DOORS",
+          value_parser = clap::value_parser!(u16).range(0..=20))]
+    pub free_doors: u16,
+
+    /// Docker Engine address (`unix://`, `tcp://`, `http://`); unset means the
+    /// local socket.
+    #[arg(long, env = "DOCKER_HOST", value_name = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+
+    /// Name of this orchestrator instance; it only ever touches runners that
+    /// carry it, so several instances can share one Docker host.
+    #[arg(long, env = "ORCHESTRATOR_ID", default_value = DEFAULT_INSTANCE,
+          value_name = "ORCHESTRATOR_ID", value_parser = parse_instance_id)]
+    pub orchestrator_id: String,
+
+    /// What the startup reconciler does with a running runner it has no row for.
+    #[arg(
+        long,
+        env = "ORPHAN_POLICY",
+        default_value = "adopt",
+        value_name = "ORPHAN_POLICY"
+    )]
+    pub orphan_policy: OrphanPolicy,
+
+    /// Comma-separated origins allowed by CORS; `*` (the default) allows all.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*",
+          value_name = "CORS_ALLOWED_ORIGINS", value_parser = parse_origins)]
+    pub cors_allowed_origins: AllowedOrigins,
+
+    /// Host address that runner ports are published on.
+    #[arg(
+        long,
+        env = "RUNNER_BIND_ADDRESS",
+        default_value = "0.0.0.0",
+        value_name = "RUNNER_BIND_ADDRESS"
+    )]
+    pub runner_bind_address: IpAddr,
+
+    /// Seconds a runner gets to exit after SIGTERM before it is killed.
+    #[arg(long, env = "RUNNER_STOP_TIMEOUT_SECONDS", default_value_t = 2,
+          value_name = "RUNNER_STOP_TIMEOUT_SECONDS",
+          value_parser = clap::value_parser!(u32).range(0..=60))]
+    pub runner_stop_timeout_seconds: u32,
+
+    /// Seconds a single HTTP request may take before it is answered 408.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value = "60",
+          value_name = "REQUEST_TIMEOUT_SECONDS", value_parser = parse_positive_seconds)]
+    pub request_timeout: Duration,
+
+    /// `text` for people, `json` for log collectors.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        default_value = "text",
+        value_name = "LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Parses settings from command-line `args`, falling back to the
+    /// environment; lets tests build settings without touching the process.
+    pub fn from_env_and_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::try_parse_from(args).map(|cli| cli.settings)
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.node_env == "production"
+    }
+
+    /// The endpoint clients connect to for a runner published on `host_port`.
+    pub fn endpoint_for(&self, host_port: u16) -> String {
+        format!("{}:{host_port}", self.runners_host)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OrphanPolicy {
+    Adopt,
+    Remove,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+/// Only `true` and `false`: the first orchestrator compared with `'true'`, so
+/// anything else (`yes`, `1`) would silently have meant false.
+fn parse_strict_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("expected `true` or `false`, got `{other}`")),
+    }
+}
+
+fn parse_positive_seconds(value: &str) -> Result<Duration, String> {
+    match value.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1 second".to_owned()),
+        Ok(seconds) if seconds <= 7 * 24 * 3600 => Ok(Duration::from_secs(seconds)),
+        Ok(_) => Err("must be at most one week (604800 seconds)".to_owned()),
+        Err(_) => Err(format!("expected a whole number of seconds, got `{value}`")),
+    }
+}
+
+fn parse_non_blank(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+/// Adds `http://` where the host has no scheme: the first orchestrator's
+/// production compose set `RUNNERS_HOST=http://localhost` while the seed's
+/// default gives `http://localhost:<port>`, and the browser needs a full URL.
+fn parse_runners_host(value: &str) -> Result<String, String> {
+    let host = parse_non_blank(value)?;
+    let host = host.trim_end_matches('/');
+    if host.contains("://") {
+        Ok(host.to_owned())
+    } else {
+        Ok(format!("http://{host}"))
+    }
+}
+
+/// Instance ids go into a Docker label and into container names.
+fn parse_instance_id(value: &str) -> Result<String, String> {
+    let valid = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err("expected 1 to 64 characters from [A-Za-z0-9_.-]".to_owned())
+    }
+}
+
+fn parse_origins(value: &str) -> Result<AllowedOrigins, String> {
+    let origins: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|origin| !origin.is_empty())
+        .map(|origin| origin.trim_end_matches('/').to_owned())
+        .collect();
+    if origins.is_empty() {
+        return Err("expected `*` or a comma-separated list of origins".to_owned());
+    }
+    if origins.iter().any(|origin| origin == "*") {
+        return Ok(AllowedOrigins::Any);
+    }
+    for origin in &origins {
+        let parsed = origin
+            .parse::<axum::http::HeaderValue>()
+            .map_err(|_| format!("`{origin}` is not a valid origin"))?;
+        let text = parsed.to_str().unwrap_or_default();
+        if !(text.starts_with("http://") || text.starts_with("https://")) {
+            return Err(format!("`{origin}` must start with http:// or https://"));
+        }
+    }
+    Ok(AllowedOrigins::List(origins))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
+        Settings::from_env_and_args(std::iter::once("orchestrator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let settings = parse(&[]).unwrap();
+        assert_eq!(settings.port, 3001);
+        assert!(!settings.reuse_runner_mode);
+        assert_eq!(settings.runners_host, "http://localhost");
+        assert_eq!(settings.inactivity_timeout, Duration::from_secs(60));
+        assert_eq!(settings.cleanup_interval, Duration::from_secs(30));
+        assert_eq!(settings.docker_image_name, "runner-image");
+        assert_eq!(settings.orchestrator_id, "default");
+        assert_eq!(settings.orphan_policy, OrphanPolicy::Adopt);
+        assert_eq!(settings.cors_allowed_origins, AllowedOrigins::Any);
+        assert!(!settings.is_production());
+    }
+
+    #[test]
+    fn endpoint_adds_a_scheme_only_where_missing() {
+        let bare = parse(&["--runners-host", "runners.example.com"]).unwrap();
+        assert_eq!(bare.endpoint_for(32768), "http://runners.example.com:32768");
+        let with_scheme = parse(&["--runners-host", "http://localhost"]).unwrap();
+        assert_eq!(with_scheme.endpoint_for(40000), "http://localhost:40000");
+        let https = parse(&["--runners-host", "https://r.example.com/"]).unwrap();
+        assert_eq!(https.endpoint_for(443), "https://r.example.com:443");
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        for (args, variable) in [
+            (&["--reuse-runner-mode", "yes"][..], "REUSE_RUNNER_MODE"),
+            (
+                &["--inactivity-timeout", "0"][..],
+                "INACTIVITY_TIMEOUT_SECONDS",
+            ),
+            (
+                &["--cleanup-interval", "soon"][..],
+                "CLEANUP_INTERVAL_SECONDS",
+            ),
+            (&["--port", "70000"][..], "PORT"),
+            (&["--free-doors", "21"][..], "FREE_DOORS"),
+            (&["--orchestrator-id", "a b"][..], "ORCHESTRATOR_ID"),
+            (&["--orphan-policy", "keep"][..], "ORPHAN_POLICY"),
+            (
+                &["--cors-allowed-origins", "example.com"][..],
+                "CORS_ALLOWED_ORIGINS",
+            ),
+            (&["--docker-image-name", " "][..], "DOCKER_IMAGE_NAME"),
+        ] {
+            let error = parse(args).unwrap_err().to_string();
+            assert!(error.contains(variable), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn strict_booleans() {
+        assert!(
+            parse(&["--reuse-runner-mode", "true"])
+                .unwrap()
+                .reuse_runner_mode
+        );
+        assert!(
+            !parse(&["--reuse-runner-mode", "false"])
+                .unwrap()
+                .reuse_runner_mode
+        );
+        assert!(parse(&["--reuse-runner-mode", "TRUE"]).is_err());
+    }
+
+    #[test]
+    fn origins_list_or_any() {
+        let list = parse(&[
+            "--cors-allowed-origins",
+            "http://a.example, https://b.example/",
+        ])
+        .unwrap()
+        .cors_allowed_origins;
+        assert_eq!(
+            list,
+            AllowedOrigins::List(vec!["http://a.example".into(), "https://b.example".into()])
+        );
+        let any = parse(&["--cors-allowed-origins", "http://a.example,*"]).unwrap();
+        assert_eq!(any.cors_allowed_origins, AllowedOrigins::Any);
+    }
+}

@@ -1,0 +1,441 @@
+//! The runner records and their audit trail, in SQLite.
+//!
+//! Every write is either a single statement or a transaction opened with
+//! `BEGIN IMMEDIATE` (a deferred transaction that reads and then writes fails
+//! at once with "database is locked" instead of waiting). No transaction is
+//! ever held across a Docker call: callers claim a row, commit, call Docker,
+//! and record the outcome in a second write.
+
+mod migrate;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, SqlitePool};
+
+use crate::session::SessionId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum RunnerState {
+    Provisioning,
+    Running,
+    Removing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum RunnerKind {
+    /// One runner per browser session.
+    Session,
+    /// The one shared runner of `REUSE_RUNNER_MODE`.
+    Singleton,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct RunnerRow {
+    pub session_id: String,
+    pub kind: RunnerKind,
+    pub state: RunnerState,
+    pub container_name: String,
+    pub container_id: Option<String>,
+    pub host_port: Option<u16>,
+    pub network_mode: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_heartbeat_at: String,
+}
+
+/// Who changed a runner; the `actor` column of the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    Api,
+    Reconciler,
+    Reaper,
+}
+
+impl Actor {
+    fn as_str(self) -> &'static str {
+        match self {
+            Actor::Api => "api",
+            Actor::Reconciler => "reconciler",
+            Actor::Reaper => "reaper",
+        }
+    }
+}
+
+/// What happened to a runner; the `action` column of the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    Provisioned,
+    ProvisionFailed,
+    Deprovisioned,
+    Reaped,
+    /// A row and its running container found at start and kept.
+    Kept,
+    /// A running labelled container without a row, taken into the database.
+    Adopted,
+    /// A container removed because nothing should run it (orphan, stopped,
+    /// duplicate).
+    ContainerRemoved,
+    /// A row deleted because its container was gone or not running.
+    Dropped,
+}
+
+impl AuditAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Provisioned => "provisioned",
+            AuditAction::ProvisionFailed => "provision_failed",
+            AuditAction::Deprovisioned => "deprovisioned",
+            AuditAction::Reaped => "reaped",
+            AuditAction::Kept => "kept",
+            AuditAction::Adopted => "adopted",
+            AuditAction::ContainerRemoved => "container_removed",
+            AuditAction::Dropped => "dropped",
+        }
+    }
+}
+
+/// One line of the audit trail, as written.
+#[derive(Debug, Clone)]
+pub struct AuditEntry<'a> {
+    pub session_id: &'a str,
+    pub container_id: Option<&'a str>,
+    pub actor: Actor,
+    pub action: AuditAction,
+    pub reason: &'a str,
+}
+
+/// One line of the audit trail, as read back.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: String,
+    pub session_id: String,
+    pub container_id: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub reason: String,
+}
+
+/// A new runner's row, written before its container exists.
+#[derive(Debug, Clone)]
+pub struct NewRunner<'a> {
+    pub session_id: &'a SessionId,
+    pub kind: RunnerKind,
+    pub container_name: &'a str,
+    pub network_mode: Option<&'a str>,
+}
+
+/// A running container to record at start (kept or adopted).
+#[derive(Debug, Clone)]
+pub struct ObservedRunner<'a> {
+    pub session_id: &'a str,
+    pub kind: RunnerKind,
+    pub container_name: &'a str,
+    pub container_id: &'a str,
+    pub host_port: Option<u16>,
+    pub network_mode: Option<&'a str>,
+}
+
+/// The outcome of trying to claim a session.
+#[derive(Debug)]
+pub enum Claim {
+    /// The row was inserted in state `provisioning`; the caller owns it.
+    Claimed,
+    /// A row already existed; nothing was written.
+    Existing(RunnerRow),
+}
+
+/// Formats a time the way every timestamp column stores it.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: SqlitePool,
+}
+
+/// `SELECT` of every runner column followed by the rest of a query, as one
+/// static string (sqlx accepts only static SQL without an audit marker).
+macro_rules! select_runners {
+    ($($rest:literal),+) => {
+        concat!(
+            "SELECT session_id, kind, state, container_name, container_id, host_port, \
+             network_mode, created_at, updated_at, last_heartbeat_at FROM runners ",
+            $($rest),+
+        )
+    };
+}
+
+impl Db {
+    /// Opens (creating if missing) the database and applies migrations.
+    pub async fn connect(database_url: &str) -> anyhow::Result<Self> {
+        let options = connect_options(database_url)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open the database `{database_url}`"))?;
+        let applied = migrate::run(&pool)
+            .await
+            .with_context(|| format!("cannot migrate the database `{database_url}`"))?;
+        for migration in applied {
+            tracing::info!(%migration, "applied database migration");
+        }
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub async fn find(&self, session_id: &str) -> sqlx::Result<Option<RunnerRow>> {
+        sqlx::query_as(select_runners!("WHERE session_id = ?"))
+            .bind(session_id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    pub async fn find_singleton(&self) -> sqlx::Result<Option<RunnerRow>> {
+        sqlx::query_as(select_runners!("WHERE kind = 'singleton'"))
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    pub async fn all(&self) -> sqlx::Result<Vec<RunnerRow>> {
+        sqlx::query_as(select_runners!("ORDER BY created_at, session_id"))
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Rows the reaper must act on: running ones whose last heartbeat is older
+    /// than `cutoff`, and removals that did not finish.
+    pub async fn reapable(&self, cutoff: DateTime<Utc>) -> sqlx::Result<Vec<RunnerRow>> {
+        sqlx::query_as(select_runners!(
+            "\
+             WHERE (state = 'running' AND last_heartbeat_at < ?) OR state = 'removing'"
+        ))
+        .bind(timestamp(cutoff))
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Inserts a `provisioning` row unless the session (or, for the
+    /// singleton, any shared runner) already has one. The insert is one
+    /// statement, so two concurrent claims cannot both win.
+    pub async fn claim(&self, runner: &NewRunner<'_>, now: DateTime<Utc>) -> sqlx::Result<Claim> {
+        let now = timestamp(now);
+        let inserted = sqlx::query(
+            "INSERT INTO runners (session_id, kind, state, container_name, network_mode, \
+             created_at, updated_at, last_heartbeat_at) \
+             VALUES (?1, ?2, 'provisioning', ?3, ?4, ?5, ?5, ?5) ON CONFLICT DO NOTHING",
+        )
+        .bind(runner.session_id.as_str())
+        .bind(runner.kind)
+        .bind(runner.container_name)
+        .bind(runner.network_mode)
+        .bind(&now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Claim::Claimed);
+        }
+        let existing = match runner.kind {
+            RunnerKind::Singleton => self.find_singleton().await?,
+            RunnerKind::Session => self.find(runner.session_id.as_str()).await?,
+        };
+        // The conflicting row is gone only if it was deleted in between,
+        // which callers rule out by holding the session's lock.
+        existing
+            .map(Claim::Existing)
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// Records that a claimed runner's container started.
+    pub async fn mark_running(
+        &self,
+        session_id: &str,
+        container_id: &str,
+        host_port: Option<u16>,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<()> {
+        let now = timestamp(now);
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "UPDATE runners SET state = 'running', container_id = ?2, host_port = ?3, \
+             updated_at = ?4, last_heartbeat_at = ?4 WHERE session_id = ?1",
+        )
+        .bind(session_id)
+        .bind(container_id)
+        .bind(host_port)
+        .bind(&now)
+        .execute(&mut *transaction)
+        .await?;
+        insert_audit(
+            &mut transaction,
+            &now,
+            &AuditEntry {
+                session_id,
+                container_id: Some(container_id),
+                actor: Actor::Api,
+                action: AuditAction::Provisioned,
+                reason: "provision request",
+            },
+        )
+        .await?;
+        transaction.commit().await
+    }
+
+    /// Records a heartbeat for a running runner. Returns its kind, or `None`
+    /// when the session has no running runner.
+    pub async fn touch(
+        &self,
+        session_id: &str,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<Option<RunnerKind>> {
+        sqlx::query_scalar(
+            "UPDATE runners SET last_heartbeat_at = ?2 \
+             WHERE session_id = ?1 AND state = 'running' RETURNING kind",
+        )
+        .bind(session_id)
+        .bind(timestamp(now))
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Moves a runner to `removing` before its container is touched, so that
+    /// heartbeats stop counting and a crash leaves a removal to finish.
+    /// `stale_before`, when given, makes the move of a running runner
+    /// conditional on it still being idle (the reaper must not remove a runner
+    /// whose heartbeat arrived after it looked). Unfinished provisions and
+    /// removals always move.
+    pub async fn mark_removing(
+        &self,
+        session_id: &str,
+        stale_before: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<bool> {
+        let updated = sqlx::query(
+            "UPDATE runners SET state = 'removing', updated_at = ?3 \
+             WHERE session_id = ?1 AND (state IN ('provisioning', 'removing') \
+                OR (state = 'running' AND (?2 IS NULL OR last_heartbeat_at < ?2)))",
+        )
+        .bind(session_id)
+        .bind(stale_before.map(timestamp))
+        .bind(timestamp(now))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
+    /// Deletes a runner's row and says why in the audit log, atomically.
+    pub async fn delete(&self, entry: &AuditEntry<'_>, now: DateTime<Utc>) -> sqlx::Result<()> {
+        let now = timestamp(now);
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM runners WHERE session_id = ?")
+            .bind(entry.session_id)
+            .execute(&mut *transaction)
+            .await?;
+        insert_audit(&mut transaction, &now, entry).await?;
+        transaction.commit().await
+    }
+
+    /// Records a running container found at start: updates its row (kept) or
+    /// inserts one (adopted). Its last heartbeat becomes at least `now`, so
+    /// clients whose heartbeats failed while the service was down get a full
+    /// grace period.
+    pub async fn record_observed(
+        &self,
+        runner: &ObservedRunner<'_>,
+        entry: &AuditEntry<'_>,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<()> {
+        let now = timestamp(now);
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO runners (session_id, kind, state, container_name, container_id, \
+             host_port, network_mode, created_at, updated_at, last_heartbeat_at) \
+             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7, ?7, ?7) \
+             ON CONFLICT (session_id) DO UPDATE SET state = 'running', \
+             container_name = excluded.container_name, container_id = excluded.container_id, \
+             host_port = excluded.host_port, updated_at = excluded.updated_at, \
+             last_heartbeat_at = MAX(runners.last_heartbeat_at, excluded.last_heartbeat_at)",
+        )
+        .bind(runner.session_id)
+        .bind(runner.kind)
+        .bind(runner.container_name)
+        .bind(runner.container_id)
+        .bind(runner.host_port)
+        .bind(runner.network_mode)
+        .bind(&now)
+        .execute(&mut *transaction)
+        .await?;
+        insert_audit(&mut transaction, &now, entry).await?;
+        transaction.commit().await
+    }
+
+    pub async fn audit(&self, entry: &AuditEntry<'_>, now: DateTime<Utc>) -> sqlx::Result<()> {
+        let mut connection = self.pool.acquire().await?;
+        insert_audit(&mut connection, &timestamp(now), entry).await
+    }
+
+    pub async fn audit_trail(&self, session_id: &str) -> sqlx::Result<Vec<AuditRecord>> {
+        sqlx::query_as(
+            "SELECT id, at, session_id, container_id, actor, action, reason \
+             FROM audit_log WHERE session_id = ? ORDER BY id",
+        )
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await
+    }
+}
+
+async fn insert_audit(
+    connection: &mut sqlx::SqliteConnection,
+    at: &str,
+    entry: &AuditEntry<'_>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, session_id, container_id, actor, action, reason) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(at)
+    .bind(entry.session_id)
+    .bind(entry.container_id)
+    .bind(entry.actor.as_str())
+    .bind(entry.action.as_str())
+    .bind(entry.reason)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Accepts a `sqlite:` URL or a plain file path.
+///
+/// WAL lets readers (heartbeats, operator queries) run beside the writer.
+/// `synchronous = NORMAL` in WAL mode survives a killed process; an OS crash
+/// may lose the last commits, which the startup reconciler repairs (a lost
+/// row's container is adopted, a lost deletion's row is dropped).
+fn connect_options(database_url: &str) -> anyhow::Result<SqliteConnectOptions> {
+    let options = if database_url.starts_with("sqlite:") {
+        SqliteConnectOptions::from_str(database_url)
+            .with_context(|| format!("DATABASE_URL `{database_url}` is not a valid SQLite URL"))?
+    } else {
+        SqliteConnectOptions::new().filename(Path::new(database_url))
+    };
+    Ok(options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true))
+}

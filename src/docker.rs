@@ -1,0 +1,388 @@
+//! The Docker Engine as this service uses it: start a runner, list this
+//! instance's runners, remove one. Everything else about Docker stays here.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+
+use crate::config::{DEFAULT_INSTANCE, INSTANCE_LABEL, SESSION_LABEL, SINGLETON_LABEL, Settings};
+
+/// The port the runner listens on inside its container (the runner reads
+/// `PORT`; the first orchestrator set 3000).
+pub const RUNNER_PORT: u16 = 3000;
+const RUNNER_PORT_KEY: &str = "3000/tcp";
+/// The network mode that gives a runner no network and no published port.
+pub const ISOLATED_NETWORK: &str = "none";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("Docker image {0} not found")]
+    ImageNotFound(String),
+    #[error("Docker network {0} not found")]
+    NetworkNotFound(String),
+    #[error("container {0} is running but publishes no port for {RUNNER_PORT_KEY}")]
+    PortNotPublished(String),
+    #[error("Docker Engine error: {0}")]
+    Docker(#[from] BollardError),
+}
+
+/// What a runner container is made of, apart from its image and instance.
+#[derive(Debug, Clone)]
+pub struct RunnerSpec<'a> {
+    pub session_id: &'a str,
+    pub container_name: &'a str,
+    /// `None` is the engine's default bridge; `Some("none")` no network.
+    pub network_mode: Option<&'a str>,
+    pub singleton: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedRunner {
+    pub container_id: String,
+    /// `None` when the runner has no network.
+    pub host_port: Option<u16>,
+}
+
+/// A container of this instance as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub name: String,
+    pub session_id: String,
+    pub running: bool,
+    pub singleton: bool,
+    pub host_port: Option<u16>,
+    pub network_mode: Option<String>,
+    /// Seconds since the epoch; orders duplicates.
+    pub created: i64,
+}
+
+/// A handle on the engine, bound to this instance's image and labels.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    docker: Docker,
+    image: String,
+    instance: String,
+    bind_address: IpAddr,
+    free_doors: u16,
+    stop_timeout_seconds: u32,
+}
+
+impl Engine {
+    /// Connects lazily: no request is made until the first call.
+    pub fn connect(settings: &Settings) -> Result<Self, EngineError> {
+        let docker = match &settings.docker_host {
+            Some(host) => Docker::connect_with_host(host)?,
+            None => Docker::connect_with_defaults()?,
+        };
+        Ok(Self {
+            docker,
+            image: settings.docker_image_name.clone(),
+            instance: settings.orchestrator_id.clone(),
+            bind_address: settings.runner_bind_address,
+            free_doors: settings.free_doors,
+            stop_timeout_seconds: settings.runner_stop_timeout_seconds,
+        })
+    }
+
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        self.docker.ping().await?;
+        Ok(())
+    }
+
+    /// Creates and starts a runner and reads back the host port the engine
+    /// assigned. On any failure nothing is left behind.
+    pub async fn start_runner(&self, spec: &RunnerSpec<'_>) -> Result<StartedRunner, EngineError> {
+        let container_id = self.create(spec).await?;
+        match self.start_and_read_port(&container_id, spec).await {
+            Ok(host_port) => Ok(StartedRunner {
+                container_id,
+                host_port,
+            }),
+            Err(error) => {
+                if let Err(cleanup) = self.remove(&container_id).await {
+                    tracing::error!(%container_id, error = %cleanup,
+                        "could not remove a runner that failed to start; the reconciler will");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The container name is derived from the session, so a name conflict
+    /// means a leftover of an earlier attempt that the caller's claim now
+    /// owns: it is removed and the create retried once.
+    async fn create(&self, spec: &RunnerSpec<'_>) -> Result<String, EngineError> {
+        let options = CreateContainerOptionsBuilder::new()
+            .name(spec.container_name)
+            .build();
+        let body = self.container_body(spec);
+        match self
+            .docker
+            .create_container(Some(options.clone()), body.clone())
+            .await
+        {
+            Ok(created) => return Ok(created.id),
+            Err(error) if status_of(&error) == Some(409) => {
+                tracing::warn!(
+                    container = spec.container_name,
+                    "removing a leftover container with this session's name"
+                );
+                self.remove(spec.container_name).await?;
+            }
+            Err(error) => return Err(self.classify_create_error(error, spec)),
+        }
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map(|created| created.id)
+            .map_err(|error| self.classify_create_error(error, spec))
+    }
+
+    fn classify_create_error(&self, error: BollardError, spec: &RunnerSpec<'_>) -> EngineError {
+        match &error {
+            BollardError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            } => {
+                let message = message.to_ascii_lowercase();
+                if message.contains("network") {
+                    EngineError::NetworkNotFound(spec.network_mode.unwrap_or_default().to_owned())
+                } else if message.contains("image") {
+                    EngineError::ImageNotFound(self.image.clone())
+                } else {
+                    EngineError::Docker(error)
+                }
+            }
+            _ => EngineError::Docker(error),
+        }
+    }
+
+    async fn start_and_read_port(
+        &self,
+        container_id: &str,
+        spec: &RunnerSpec<'_>,
+    ) -> Result<Option<u16>, EngineError> {
+        self.docker.start_container(container_id, None).await?;
+        if spec.network_mode == Some(ISOLATED_NETWORK) {
+            return Ok(None);
+        }
+        // The engine assigns the host port at start; it is only visible now.
+        let inspected = self.docker.inspect_container(container_id, None).await?;
+        let bindings = inspected
+            .network_settings
+            .and_then(|settings| settings.ports)
+            .and_then(|mut ports| ports.remove(RUNNER_PORT_KEY).flatten())
+            .unwrap_or_default();
+        self.pick_host_port(bindings.iter().map(|binding| {
+            (
+                binding.host_ip.as_deref(),
+                binding
+                    .host_port
+                    .as_deref()
+                    .and_then(|port| port.parse().ok()),
+            )
+        }))
+        .map(Some)
+        .ok_or_else(|| EngineError::PortNotPublished(container_id.to_owned()))
+    }
+
+    /// Picks the binding on our bind address; without a `HostIp` the engine
+    /// may bind IPv4 and IPv6 on different ports.
+    fn pick_host_port<'a>(
+        &self,
+        bindings: impl Iterator<Item = (Option<&'a str>, Option<u16>)>,
+    ) -> Option<u16> {
+        let wanted = self.bind_address.to_string();
+        let mut fallback = None;
+        for (ip, port) in bindings {
+            let Some(port) = port.filter(|port| *port != 0) else {
+                continue;
+            };
+            if ip == Some(wanted.as_str()) {
+                return Some(port);
+            }
+            fallback = fallback.or(Some(port));
+        }
+        fallback
+    }
+
+    fn container_body(&self, spec: &RunnerSpec<'_>) -> ContainerCreateBody {
+        let mut labels = HashMap::from([
+            (SESSION_LABEL.to_owned(), spec.session_id.to_owned()),
+            (INSTANCE_LABEL.to_owned(), self.instance.clone()),
+        ]);
+        if spec.singleton {
+            labels.insert(SINGLETON_LABEL.to_owned(), "true".to_owned());
+        }
+        let isolated = spec.network_mode == Some(ISOLATED_NETWORK);
+        let (exposed_ports, port_bindings) = if isolated {
+            (None, None)
+        } else {
+            let (exposed, bindings) = self.published_ports();
+            (Some(exposed), Some(bindings))
+        };
+        ContainerCreateBody {
+            image: Some(self.image.clone()),
+            env: Some(vec![format!("PORT={RUNNER_PORT}")]),
+            labels: Some(labels),
+            exposed_ports,
+            host_config: Some(HostConfig {
+                port_bindings,
+                network_mode: spec.network_mode.map(str::to_owned),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The runner port on an engine-assigned host port, plus the
+    /// `FREE_DOORS` ports 2999 down to 3000-N on the same host port numbers.
+    fn published_ports(&self) -> (Vec<String>, HashMap<String, Option<Vec<PortBinding>>>) {
+        let host_ip = Some(self.bind_address.to_string());
+        let mut exposed = vec![RUNNER_PORT_KEY.to_owned()];
+        let mut bindings = HashMap::from([(
+            RUNNER_PORT_KEY.to_owned(),
+            Some(vec![PortBinding {
+                host_ip: host_ip.clone(),
+                host_port: Some(String::new()),
+            }]),
+        )]);
+        for door in 1..=self.free_doors {
+            let port = RUNNER_PORT - door;
+            let key = format!("{port}/tcp");
+            exposed.push(key.clone());
+            bindings.insert(
+                key,
+                Some(vec![PortBinding {
+                    host_ip: host_ip.clone(),
+                    host_port: Some(port.to_string()),
+                }]),
+            );
+        }
+        (exposed, bindings)
+    }
+
+    /// Stops (with a grace period) and removes a container. A container the
+    /// engine does not know counts as removed.
+    pub async fn remove(&self, container: &str) -> Result<(), EngineError> {
+        let stop = StopContainerOptionsBuilder::new()
+            .t(self.stop_timeout_seconds as i32)
+            .build();
+        match self.docker.stop_container(container, Some(stop)).await {
+            Ok(()) => {}
+            Err(error) if status_of(&error) == Some(404) => return Ok(()),
+            // Stopping is a courtesy to the runner; the forced removal below
+            // is what must succeed.
+            Err(error) => tracing::warn!(container, %error, "stopping a runner failed"),
+        }
+        let remove = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(container, Some(remove)).await {
+            Ok(()) => Ok(()),
+            Err(error) if status_of(&error) == Some(404) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Every container of this instance, running or not.
+    pub async fn list_runners(&self) -> Result<Vec<ObservedContainer>, EngineError> {
+        let filters = HashMap::from([("label", vec![SESSION_LABEL])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self.docker.list_containers(Some(options)).await?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(|summary| {
+                let labels = summary.labels.unwrap_or_default();
+                if !belongs_to_instance(&labels, &self.instance) {
+                    return None;
+                }
+                let ports = summary.ports.unwrap_or_default();
+                let host_port = self.pick_host_port(
+                    ports
+                        .iter()
+                        .filter(|port| port.private_port == RUNNER_PORT)
+                        .map(|port| (port.ip.as_deref(), port.public_port)),
+                );
+                Some(ObservedContainer {
+                    id: summary.id?,
+                    name: summary
+                        .names
+                        .unwrap_or_default()
+                        .first()
+                        .map(|name| name.trim_start_matches('/').to_owned())
+                        .unwrap_or_default(),
+                    session_id: labels.get(SESSION_LABEL)?.clone(),
+                    running: summary.state == Some(ContainerSummaryStateEnum::RUNNING),
+                    singleton: labels.get(SINGLETON_LABEL).is_some_and(|v| v == "true"),
+                    host_port,
+                    network_mode: summary
+                        .host_config
+                        .and_then(|config| config.network_mode)
+                        .filter(|mode| !matches!(mode.as_str(), "default" | "bridge")),
+                    created: summary.created.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+}
+
+/// Runners carry this instance's label; those that carry only the session
+/// label were started by the first orchestrator and belong to the default
+/// instance.
+pub fn belongs_to_instance(labels: &HashMap<String, String>, instance: &str) -> bool {
+    match labels.get(INSTANCE_LABEL) {
+        Some(owner) => owner == instance,
+        None => instance == DEFAULT_INSTANCE,
+    }
+}
+
+/// The HTTP status of an engine error response, if it is one.
+pub fn status_of(error: &BollardError) -> Option<u16> {
+    match error {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn instance_scoping() {
+        let legacy = labels(&[(SESSION_LABEL, "s")]);
+        assert!(belongs_to_instance(&legacy, "default"));
+        assert!(!belongs_to_instance(&legacy, "ci-1"));
+        let scoped = labels(&[(SESSION_LABEL, "s"), (INSTANCE_LABEL, "ci-1")]);
+        assert!(belongs_to_instance(&scoped, "ci-1"));
+        assert!(!belongs_to_instance(&scoped, "default"));
+    }
+}

@@ -1,0 +1,176 @@
+//! Every error the API answers, with the seed document's codes and messages.
+//! All of them are JSON `{"error": CODE, "message": ...}`; a 500 adds
+//! `details` only outside production.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::docker::EngineError;
+use crate::runners::RunnerError;
+use crate::session::InvalidSessionId;
+
+/// What a request for a session id was for; it words the 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Deprovision,
+    Heartbeat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("session id required")]
+    SessionIdRequired(Operation),
+    #[error("invalid session id: {0}")]
+    InvalidSessionId(InvalidSessionId),
+    #[error("invalid network mode: {0}")]
+    InvalidNetworkMode(&'static str),
+    #[error("runner not found")]
+    RunnerNotFound,
+    #[error("singleton runner not found")]
+    SingletonNotFound,
+    #[error("docker image {0} not found")]
+    ImageNotFound(String),
+    #[error("docker network {0} not found")]
+    NetworkNotFound(String),
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("unexpected JSON: {0}")]
+    UnexpectedJson(String),
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request timed out")]
+    Timeout,
+    /// Details are `None` in production: they never reach clients there.
+    #[error("internal error: {}", .details.as_deref().unwrap_or("hidden"))]
+    Internal { details: Option<String> },
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a str>,
+}
+
+impl ApiError {
+    /// Maps a lifecycle error to its answer; `production` decides whether a
+    /// 500 says what went wrong.
+    pub fn from_runner_error(error: RunnerError, production: bool) -> Self {
+        match error {
+            RunnerError::NotFound => ApiError::RunnerNotFound,
+            RunnerError::SingletonMismatch => ApiError::SingletonNotFound,
+            RunnerError::Engine(EngineError::ImageNotFound(image)) => {
+                ApiError::ImageNotFound(image)
+            }
+            RunnerError::Engine(EngineError::NetworkNotFound(network)) => {
+                ApiError::NetworkNotFound(network)
+            }
+            other => {
+                tracing::error!(error = %other, "request failed");
+                ApiError::Internal {
+                    details: (!production).then(|| other.to_string()),
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::SessionIdRequired(_)
+            | ApiError::InvalidSessionId(_)
+            | ApiError::InvalidNetworkMode(_)
+            | ApiError::NetworkNotFound(_)
+            | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::RunnerNotFound | ApiError::SingletonNotFound | ApiError::RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnexpectedJson(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::ImageNotFound(_) | ApiError::Internal { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::SessionIdRequired(_) => "SESSION_ID_REQUIRED",
+            ApiError::InvalidSessionId(_) => "INVALID_SESSION_ID",
+            ApiError::InvalidNetworkMode(_) => "INVALID_NETWORK_MODE",
+            ApiError::RunnerNotFound | ApiError::SingletonNotFound => "RUNNER_NOT_FOUND",
+            ApiError::ImageNotFound(_) => "DOCKER_IMAGE_NOT_FOUND",
+            ApiError::NetworkNotFound(_) => "NETWORK_NOT_FOUND",
+            ApiError::MalformedJson(_) => "INVALID_JSON",
+            ApiError::UnexpectedJson(_) => "INVALID_BODY",
+            ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ApiError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ApiError::RouteNotFound => "NOT_FOUND",
+            ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiError::Timeout => "REQUEST_TIMEOUT",
+            ApiError::Internal { .. } => "SERVER_ERROR",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::SessionIdRequired(Operation::Deprovision) => {
+                "Session ID is required for deprovisioning.".to_owned()
+            }
+            ApiError::SessionIdRequired(Operation::Heartbeat) => {
+                "Session ID is required for heartbeat.".to_owned()
+            }
+            ApiError::InvalidSessionId(reason) => reason.to_string(),
+            ApiError::InvalidNetworkMode(reason) => (*reason).to_owned(),
+            ApiError::RunnerNotFound => "No active runner found for this session ID.".to_owned(),
+            ApiError::SingletonNotFound => {
+                "Singleton runner not found or session ID mismatch.".to_owned()
+            }
+            ApiError::ImageNotFound(image) => format!(
+                "Docker image {image} not found. Ensure it has been built, typically by the 'runner-builder' service."
+            ),
+            ApiError::NetworkNotFound(network) => format!("Docker network {network} not found."),
+            ApiError::MalformedJson(reason) => {
+                format!("The request body is not valid JSON: {reason}")
+            }
+            ApiError::UnexpectedJson(reason) => {
+                format!("The request body has an unexpected shape: {reason}")
+            }
+            ApiError::UnsupportedMediaType => {
+                "The request body must be JSON (Content-Type: application/json).".to_owned()
+            }
+            ApiError::PayloadTooLarge => "The request body is too large.".to_owned(),
+            ApiError::RouteNotFound => "No such endpoint.".to_owned(),
+            ApiError::MethodNotAllowed => "This method is not allowed on this endpoint.".to_owned(),
+            ApiError::Timeout => "The request took too long.".to_owned(),
+            ApiError::Internal { .. } => "An unexpected error occurred on the server.".to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let details = match &self {
+            ApiError::Internal { details } => details.as_deref(),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: self.code(),
+            message: self.message(),
+            details,
+        };
+        // axum adds the `Allow` header to 405s itself.
+        (self.status(), Json(body)).into_response()
+    }
+}

@@ -1,0 +1,148 @@
+//! Request extractors that turn every malformed input into an [`ApiError`]
+//! before a handler runs, so nothing unvalidated reaches Docker or the DB.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::session::{InvalidSessionId, SessionId};
+
+/// The header the first orchestrator read session ids from.
+pub const SESSION_HEADER: &str = "x-session-id";
+
+/// A JSON body that may also be absent.
+///
+/// The browser sends `{}` to provision, other clients nothing at all (which
+/// the first orchestrator answered with a 500); both mean "no fields". A body
+/// with a content type other than JSON is refused with 415; one without a
+/// content type is read as JSON.
+#[derive(Debug, Default)]
+pub struct OptionalJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Default,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let declared_json = declared_json(request.headers());
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::MalformedJson(rejection.body_text())
+                }
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(T::default()));
+        }
+        if declared_json == Some(false) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        serde_json::from_slice(&bytes).map(Self).map_err(|error| {
+            if error.is_data() {
+                ApiError::UnexpectedJson(error.to_string())
+            } else {
+                ApiError::MalformedJson(error.to_string())
+            }
+        })
+    }
+}
+
+/// `None` without a content type; otherwise whether it is JSON
+/// (`application/json`, `application/*+json`, any parameters).
+fn declared_json(headers: &HeaderMap) -> Option<bool> {
+    let value = headers.get(CONTENT_TYPE)?;
+    let essence = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    Some(
+        essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json")),
+    )
+}
+
+/// The optional, validated `X-Session-Id` header. An empty header counts as
+/// absent, as it did for the first orchestrator.
+#[derive(Debug, Default)]
+pub struct SessionHeader(pub Option<SessionId>);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match parts.headers.get(SESSION_HEADER) {
+            None => Ok(Self(None)),
+            Some(value) => {
+                let text = value
+                    .to_str()
+                    .map_err(|_| ApiError::InvalidSessionId(InvalidSessionId::NotVisibleAscii))?;
+                parse_optional(text).map(Self)
+            }
+        }
+    }
+}
+
+/// Validates a session id where an empty string means "none given".
+pub fn parse_optional(raw: &str) -> Result<Option<SessionId>, ApiError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    SessionId::parse(raw)
+        .map(Some)
+        .map_err(ApiError::InvalidSessionId)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn with_type(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert_eq!(declared_json(&HeaderMap::new()), None);
+        assert_eq!(declared_json(&with_type("application/json")), Some(true));
+        assert_eq!(
+            declared_json(&with_type("Application/JSON; charset=utf-8")),
+            Some(true)
+        );
+        assert_eq!(
+            declared_json(&with_type("application/merge-patch+json")),
+            Some(true)
+        );
+        assert_eq!(declared_json(&with_type("text/plain")), Some(false));
+        assert_eq!(
+            declared_json(&with_type("application/x-www-form-urlencoded")),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn empty_session_id_means_none() {
+        assert!(parse_optional("").unwrap().is_none());
+        assert!(parse_optional("abc").unwrap().is_some());
+        assert!(matches!(
+            parse_optional("a b"),
+            Err(ApiError::InvalidSessionId(_))
+        ));
+    }
+}

@@ -1,0 +1,212 @@
+//! The REST API: routes, middleware and handlers.
+
+mod error;
+mod extract;
+
+use std::time::Duration;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::routing::{get, post};
+use axum::{BoxError, Json, Router};
+use serde::{Deserialize, Serialize};
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::{ApiError, Operation};
+pub use extract::SESSION_HEADER;
+use extract::{OptionalJson, SessionHeader, parse_optional};
+
+use crate::config::AllowedOrigins;
+use crate::runners::{Heartbeat, Provisioned, RunnerError, Runners, validate_network_mode};
+use crate::session::SessionId;
+
+/// The largest request body accepted; the API's bodies are a few dozen bytes.
+pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
+
+/// How long browsers may cache a CORS preflight answer.
+const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
+
+pub fn router(runners: Runners) -> Router {
+    let settings = runners.settings();
+    let middleware = ServiceBuilder::new()
+        .layer(TraceLayer::new_for_http())
+        .layer(cors(&settings.cors_allowed_origins))
+        .layer(HandleErrorLayer::new(|_: BoxError| async {
+            ApiError::Timeout
+        }))
+        .timeout(settings.request_timeout);
+    Router::new()
+        .route("/", get(liveness))
+        .route("/api/runner/provision", post(provision))
+        .route("/api/runner/deprovision", post(deprovision))
+        .route("/api/runner/heartbeat", post(heartbeat))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(middleware)
+        .with_state(runners)
+}
+
+/// Every origin by default, as the first orchestrator answered (the browser
+/// client is always cross-origin); `CORS_ALLOWED_ORIGINS` narrows it.
+/// Requested headers are mirrored, as the `cors` package did.
+fn cors(origins: &AllowedOrigins) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(PREFLIGHT_MAX_AGE);
+    match origins {
+        AllowedOrigins::Any => layer.allow_origin(AllowOrigin::any()),
+        AllowedOrigins::List(list) => layer.allow_origin(AllowOrigin::list(
+            list.iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )),
+    }
+}
+
+async fn liveness() -> &'static str {
+    "Orchestrator service is running!"
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProvisionRequest {
+    network_mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionRequest {
+    session_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProvisionResponse {
+    message: &'static str,
+    endpoint: String,
+    session_id: String,
+}
+
+#[derive(Debug, Serialize)]
+struct MessageResponse {
+    message: String,
+}
+
+impl MessageResponse {
+    fn new(message: impl Into<String>) -> Json<Self> {
+        Json(Self {
+            message: message.into(),
+        })
+    }
+}
+
+async fn provision(
+    State(runners): State<Runners>,
+    SessionHeader(session): SessionHeader,
+    OptionalJson(request): OptionalJson<ProvisionRequest>,
+) -> Result<(StatusCode, Json<ProvisionResponse>), ApiError> {
+    let network_mode = request.network_mode.filter(|mode| !mode.is_empty());
+    if let Some(mode) = &network_mode {
+        validate_network_mode(mode).map_err(ApiError::InvalidNetworkMode)?;
+    }
+    let production = runners.settings().is_production();
+    let outcome =
+        run_to_completion(async move { runners.provision(session, network_mode.as_deref()).await })
+            .await
+            .map_err(|error| ApiError::from_runner_error(error, production))?;
+    let (status, message, runner) = match outcome {
+        Provisioned::Created(runner) => (
+            StatusCode::CREATED,
+            "Runner provisioned successfully.",
+            runner,
+        ),
+        Provisioned::Existing(runner) => (
+            StatusCode::OK,
+            "Runner already exists for this session.",
+            runner,
+        ),
+        Provisioned::ExistingSingleton(runner) => (
+            StatusCode::OK,
+            "Returning existing singleton runner.",
+            runner,
+        ),
+    };
+    Ok((
+        status,
+        Json(ProvisionResponse {
+            message,
+            endpoint: runner.endpoint,
+            session_id: runner.session_id,
+        }),
+    ))
+}
+
+async fn deprovision(
+    State(runners): State<Runners>,
+    header: SessionHeader,
+    OptionalJson(request): OptionalJson<SessionRequest>,
+) -> Result<Json<MessageResponse>, ApiError> {
+    // The shared runner outlives every session, so the mode is checked
+    // before anything else, as the first orchestrator did.
+    if runners.settings().reuse_runner_mode {
+        return Ok(MessageResponse::new(
+            "Deprovisioning is disabled in REUSE_RUNNER_MODE.",
+        ));
+    }
+    let session = required_session(request, header, Operation::Deprovision)?;
+    let message = format!("Runner for session {session} deprovisioned successfully.");
+    let production = runners.settings().is_production();
+    run_to_completion(async move { runners.deprovision(&session).await })
+        .await
+        .map_err(|error| ApiError::from_runner_error(error, production))?;
+    Ok(MessageResponse::new(message))
+}
+
+async fn heartbeat(
+    State(runners): State<Runners>,
+    header: SessionHeader,
+    OptionalJson(request): OptionalJson<SessionRequest>,
+) -> Result<Json<MessageResponse>, ApiError> {
+    let session = required_session(request, header, Operation::Heartbeat)?;
+    match runners.heartbeat(&session).await {
+        Ok(Heartbeat::Session) => Ok(MessageResponse::new(format!(
+            "Heartbeat received for session {session}."
+        ))),
+        Ok(Heartbeat::Singleton) => Ok(MessageResponse::new(
+            "Heartbeat received for singleton runner.",
+        )),
+        Err(error) => Err(ApiError::from_runner_error(
+            error,
+            runners.settings().is_production(),
+        )),
+    }
+}
+
+/// The body's `sessionId` wins over the `X-Session-Id` header, as in the
+/// first orchestrator (`req.body.sessionId || req.headers['x-session-id']`).
+fn required_session(
+    request: SessionRequest,
+    SessionHeader(header): SessionHeader,
+    operation: Operation,
+) -> Result<SessionId, ApiError> {
+    let from_body = parse_optional(request.session_id.as_deref().unwrap_or_default())?;
+    from_body
+        .or(header)
+        .ok_or(ApiError::SessionIdRequired(operation))
+}
+
+/// Runs a state-changing operation on its own task, so that a client that
+/// disconnects (or a request timeout) cannot cancel it half-way between the
+/// engine and the database.
+async fn run_to_completion<T: Send + 'static>(
+    operation: impl Future<Output = Result<T, RunnerError>> + Send + 'static,
+) -> Result<T, RunnerError> {
+    match tokio::spawn(operation).await {
+        Ok(result) => result,
+        Err(join_error) => Err(RunnerError::Panicked(join_error.to_string())),
+    }
+}

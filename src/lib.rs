@@ -1,0 +1,15 @@
+//! The Taylored Snippets runner orchestrator: provisions one Docker runner per
+//! browser session, keeps its record in SQLite, and survives restarts.
+
+pub mod config;
+pub mod db;
+pub mod docker;
+pub mod http;
+pub mod locks;
+pub mod reaper;
+pub mod reconcile;
+pub mod runners;
+pub mod session;
+pub mod shutdown;
+pub mod startup;
+pub mod telemetry;

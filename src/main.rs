@@ -1,0 +1,28 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use taylored_orchestrator::config::{Cli, Command};
+use taylored_orchestrator::startup::Application;
+use taylored_orchestrator::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.settings.log_format);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.settings).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: taylored_orchestrator::config::Settings) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal()?;
+    let application = Application::build(settings).await?;
+    application.run_until_stopped(shutdown).await
+}

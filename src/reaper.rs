@@ -1,0 +1,90 @@
+//! Removes runners whose clients stopped sending heartbeats, and finishes
+//! removals that failed earlier.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Actor, AuditAction, RunnerState};
+use crate::runners::{Removal, RemovalOutcome, Runners};
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReapOutcome {
+    pub reaped: usize,
+    /// A heartbeat arrived between the query and the removal.
+    pub spared: usize,
+    /// The engine or database failed; the row stays and is retried.
+    pub failed: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Reaper {
+    runners: Runners,
+    inactivity_timeout: Duration,
+    interval: Duration,
+}
+
+impl Reaper {
+    pub fn new(runners: Runners, inactivity_timeout: Duration, interval: Duration) -> Self {
+        Self {
+            runners,
+            inactivity_timeout,
+            interval,
+        }
+    }
+
+    /// Sweeps every `interval` until `shutdown` is cancelled. A sweep in
+    /// progress finishes first, so no removal is cut in half.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            match self.try_once(Utc::now()).await {
+                Ok(outcome) if outcome != ReapOutcome::default() => {
+                    tracing::info!(?outcome, "reaper sweep finished");
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(%error, "reaper sweep failed; retrying next interval")
+                }
+            }
+        }
+        tracing::info!("reaper stopped");
+    }
+
+    /// One sweep as of `now`: removes every runner idle for longer than the
+    /// inactivity timeout and retries unfinished removals.
+    pub async fn try_once(&self, now: DateTime<Utc>) -> anyhow::Result<ReapOutcome> {
+        let cutoff = now - self.inactivity_timeout;
+        let mut outcome = ReapOutcome::default();
+        for row in self.runners.db().reapable(cutoff).await? {
+            let reason = match row.state {
+                RunnerState::Removing => "finishing an earlier removal that failed",
+                _ => "no heartbeat within INACTIVITY_TIMEOUT_SECONDS",
+            };
+            let removal = Removal {
+                actor: Actor::Reaper,
+                action: AuditAction::Reaped,
+                reason,
+                stale_before: Some(cutoff),
+            };
+            match self.runners.remove(&row, removal).await {
+                Ok(RemovalOutcome::Removed) => {
+                    tracing::info!(session_id = %row.session_id, last_heartbeat = %row.last_heartbeat_at, reason, "reaped runner");
+                    outcome.reaped += 1;
+                }
+                Ok(RemovalOutcome::Skipped) => outcome.spared += 1,
+                Err(error) => {
+                    tracing::warn!(session_id = %row.session_id, %error, "could not reap runner; will retry");
+                    outcome.failed += 1;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,376 @@
+//! The runner lifecycle: provision, heartbeat, deprovision, and the removal
+//! that the reaper and reconciler share with deprovisioning.
+//!
+//! Order of writes, so that a crash between any two steps leaves something
+//! the startup reconciler can repair:
+//! provision: claim row (`provisioning`) → create + start container →
+//! row `running`; deprovision and reaping: row `removing` → stop + remove
+//! container → delete row. A row is deleted only once the engine confirmed
+//! its container is gone.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::Settings;
+use crate::db::{
+    Actor, AuditAction, AuditEntry, Claim, Db, NewRunner, RunnerKind, RunnerRow, RunnerState,
+};
+use crate::docker::{Engine, EngineError, ISOLATED_NETWORK, RunnerSpec};
+use crate::locks::SessionLocks;
+use crate::session::SessionId;
+
+/// The endpoint text for a runner without a published port (as the first
+/// orchestrator answered).
+pub const NO_ENDPOINT: &str = "N/A (isolated network or no ports mapped)";
+
+/// The lock key of the shared runner; no session id can contain a NUL.
+const SINGLETON_LOCK: &str = "\0singleton";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("no active runner for this session")]
+    NotFound,
+    #[error("no shared runner, or another session id")]
+    SingletonMismatch,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("operation panicked: {0}")]
+    Panicked(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerInfo {
+    pub session_id: String,
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provisioned {
+    Created(RunnerInfo),
+    Existing(RunnerInfo),
+    ExistingSingleton(RunnerInfo),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    Session,
+    Singleton,
+}
+
+/// Why a runner is being removed, for the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct Removal<'a> {
+    pub actor: Actor,
+    pub action: AuditAction,
+    pub reason: &'a str,
+    /// Remove only if the last heartbeat is still older than this.
+    pub stale_before: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovalOutcome {
+    Removed,
+    /// A heartbeat arrived in the meantime, or the row is already gone.
+    Skipped,
+}
+
+#[derive(Debug, Clone)]
+pub struct Runners {
+    db: Db,
+    engine: Engine,
+    locks: SessionLocks,
+    settings: Arc<Settings>,
+}
+
+impl Runners {
+    pub fn new(db: Db, engine: Engine, settings: Arc<Settings>) -> Self {
+        Self {
+            db,
+            engine,
+            locks: SessionLocks::default(),
+            settings,
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Returns the session's runner, starting one if it has none. In
+    /// `REUSE_RUNNER_MODE` every caller gets the one shared runner.
+    pub async fn provision(
+        &self,
+        requested: Option<SessionId>,
+        network_mode: Option<&str>,
+    ) -> Result<Provisioned, RunnerError> {
+        if self.settings.reuse_runner_mode {
+            let _guard = self.locks.lock(SINGLETON_LOCK).await;
+            if let Some(row) = self.usable(self.db.find_singleton().await?).await? {
+                return Ok(Provisioned::ExistingSingleton(self.info(&row)));
+            }
+            let session = requested.unwrap_or_else(SessionId::generate);
+            self.create(&session, RunnerKind::Singleton, network_mode)
+                .await
+        } else {
+            let session = requested.unwrap_or_else(SessionId::generate);
+            let _guard = self.locks.lock(session.as_str()).await;
+            if let Some(row) = self.usable(self.db.find(session.as_str()).await?).await? {
+                return Ok(Provisioned::Existing(self.info(&row)));
+            }
+            self.create(&session, RunnerKind::Session, network_mode)
+                .await
+        }
+    }
+
+    /// A running row is returned as is; a row left half-way (a removal that
+    /// failed) is finished first so that a fresh runner can take its place.
+    async fn usable(&self, row: Option<RunnerRow>) -> Result<Option<RunnerRow>, RunnerError> {
+        match row {
+            Some(row) if row.state == RunnerState::Running => Ok(Some(row)),
+            Some(row) => {
+                self.remove_locked(
+                    &row,
+                    Removal {
+                        actor: Actor::Api,
+                        action: AuditAction::Dropped,
+                        reason: "unfinished runner replaced by a new provision",
+                        stale_before: None,
+                    },
+                )
+                .await?;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn create(
+        &self,
+        session: &SessionId,
+        kind: RunnerKind,
+        network_mode: Option<&str>,
+    ) -> Result<Provisioned, RunnerError> {
+        let container_name = session.container_name(&self.settings.orchestrator_id);
+        let claim = self
+            .db
+            .claim(
+                &NewRunner {
+                    session_id: session,
+                    kind,
+                    container_name: &container_name,
+                    network_mode,
+                },
+                Utc::now(),
+            )
+            .await?;
+        if let Claim::Existing(row) = claim {
+            // Only possible if a row appeared without taking the lock.
+            return Ok(Provisioned::Existing(self.info(&row)));
+        }
+        tracing::info!(session_id = %session, container = %container_name, "starting runner");
+        let spec = RunnerSpec {
+            session_id: session.as_str(),
+            container_name: &container_name,
+            network_mode,
+            singleton: kind == RunnerKind::Singleton,
+        };
+        let started = match self.engine.start_runner(&spec).await {
+            Ok(started) => started,
+            Err(error) => {
+                self.undo_claim(session, None, &error.to_string()).await;
+                return Err(error.into());
+            }
+        };
+        if let Err(error) = self
+            .db
+            .mark_running(
+                session.as_str(),
+                &started.container_id,
+                started.host_port,
+                Utc::now(),
+            )
+            .await
+        {
+            if let Err(cleanup) = self.engine.remove(&started.container_id).await {
+                tracing::error!(session_id = %session, error = %cleanup,
+                    "could not remove a runner after a database error; the reconciler will");
+            } else {
+                self.undo_claim(session, Some(&started.container_id), &error.to_string())
+                    .await;
+            }
+            return Err(error.into());
+        }
+        tracing::info!(session_id = %session, container_id = %started.container_id,
+            host_port = ?started.host_port, "runner provisioned");
+        Ok(Provisioned::Created(RunnerInfo {
+            session_id: session.to_string(),
+            endpoint: self.endpoint(started.host_port),
+        }))
+    }
+
+    /// Deletes a claim whose container never started. If even that fails,
+    /// the `provisioning` row is left for the reconciler.
+    async fn undo_claim(&self, session: &SessionId, container_id: Option<&str>, reason: &str) {
+        let entry = AuditEntry {
+            session_id: session.as_str(),
+            container_id,
+            actor: Actor::Api,
+            action: AuditAction::ProvisionFailed,
+            reason,
+        };
+        if let Err(error) = self.db.delete(&entry, Utc::now()).await {
+            tracing::error!(session_id = %session, %error, "could not undo a failed provision's row");
+        }
+    }
+
+    pub async fn heartbeat(&self, session: &SessionId) -> Result<Heartbeat, RunnerError> {
+        match self.db.touch(session.as_str(), Utc::now()).await? {
+            Some(RunnerKind::Singleton) => Ok(Heartbeat::Singleton),
+            Some(RunnerKind::Session) => Ok(Heartbeat::Session),
+            None if self.settings.reuse_runner_mode => Err(RunnerError::SingletonMismatch),
+            None => Err(RunnerError::NotFound),
+        }
+    }
+
+    /// Stops and removes the session's runner. (`REUSE_RUNNER_MODE` never
+    /// gets here: the API refuses deprovisioning in that mode.)
+    pub async fn deprovision(&self, session: &SessionId) -> Result<(), RunnerError> {
+        let _guard = self.locks.lock(session.as_str()).await;
+        let row = self
+            .db
+            .find(session.as_str())
+            .await?
+            .ok_or(RunnerError::NotFound)?;
+        tracing::info!(session_id = %session, "deprovisioning runner");
+        let removal = Removal {
+            actor: Actor::Api,
+            action: AuditAction::Deprovisioned,
+            reason: "deprovision request",
+            stale_before: None,
+        };
+        match self.remove_locked(&row, removal).await? {
+            RemovalOutcome::Removed => Ok(()),
+            RemovalOutcome::Skipped => Err(RunnerError::NotFound),
+        }
+    }
+
+    /// Removes a runner on behalf of the reaper, taking the session's lock so
+    /// it cannot interleave with a request, and re-reading the row under it
+    /// (the caller's copy may be stale).
+    pub async fn remove(
+        &self,
+        row: &RunnerRow,
+        removal: Removal<'_>,
+    ) -> Result<RemovalOutcome, RunnerError> {
+        let key = match row.kind {
+            RunnerKind::Singleton => SINGLETON_LOCK,
+            RunnerKind::Session => row.session_id.as_str(),
+        };
+        let _guard = self.locks.lock(key).await;
+        match self.db.find(&row.session_id).await? {
+            Some(current) => self.remove_locked(&current, removal).await,
+            None => Ok(RemovalOutcome::Skipped),
+        }
+    }
+
+    async fn remove_locked(
+        &self,
+        row: &RunnerRow,
+        removal: Removal<'_>,
+    ) -> Result<RemovalOutcome, RunnerError> {
+        if !self
+            .db
+            .mark_removing(&row.session_id, removal.stale_before, Utc::now())
+            .await?
+        {
+            return Ok(RemovalOutcome::Skipped);
+        }
+        let container = row.container_id.as_deref().unwrap_or(&row.container_name);
+        // On failure the row stays `removing`; the reaper retries it.
+        self.engine.remove(container).await?;
+        self.db
+            .delete(
+                &AuditEntry {
+                    session_id: &row.session_id,
+                    container_id: row.container_id.as_deref(),
+                    actor: removal.actor,
+                    action: removal.action,
+                    reason: removal.reason,
+                },
+                Utc::now(),
+            )
+            .await?;
+        tracing::info!(session_id = %row.session_id, actor = ?removal.actor,
+            reason = removal.reason, "runner removed");
+        Ok(RemovalOutcome::Removed)
+    }
+
+    fn info(&self, row: &RunnerRow) -> RunnerInfo {
+        RunnerInfo {
+            session_id: row.session_id.clone(),
+            endpoint: self.endpoint(row.host_port),
+        }
+    }
+
+    fn endpoint(&self, host_port: Option<u16>) -> String {
+        match host_port {
+            Some(port) => self.settings.endpoint_for(port),
+            None => NO_ENDPOINT.to_owned(),
+        }
+    }
+}
+
+/// Network modes a browser may ask for. `host` and `container:<id>` would
+/// hand untrusted code the host's or another container's network, so only
+/// `none` and plain network names are accepted.
+pub fn validate_network_mode(mode: &str) -> Result<(), &'static str> {
+    if mode == ISOLATED_NETWORK {
+        return Ok(());
+    }
+    if mode == "host" || mode.contains(':') {
+        return Err("This network mode is not allowed for runners.");
+    }
+    let mut chars = mode.chars();
+    let valid = mode.len() <= 128
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err("networkMode must be \"none\" or a Docker network name.")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_modes() {
+        assert!(validate_network_mode("none").is_ok());
+        assert!(validate_network_mode("bridge").is_ok());
+        assert!(validate_network_mode("taylored_runners-1.net").is_ok());
+        for bad in [
+            "host",
+            "container:abc",
+            "",
+            "-x",
+            "a b",
+            "../x",
+            &"n".repeat(129),
+        ] {
+            assert!(validate_network_mode(bad).is_err(), "{bad:?}");
+        }
+    }
+}
