@@ -1,0 +1,537 @@
+//! Test harness: a real Docker Engine, a real SQLite file per test, and the
+//! real service, either in-process on port 0 or as the release binary.
+//!
+//! Every test gets its own `ORCHESTRATOR_ID`, so it sees and removes only the
+//! runners it started; cleanup runs on drop, also when the test panics.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder,
+};
+use serde_json::Value;
+use taylored_orchestrator::config::{INSTANCE_LABEL, SESSION_LABEL, Settings};
+use taylored_orchestrator::db::{Db, RunnerRow};
+use taylored_orchestrator::runners::Runners;
+use taylored_orchestrator::startup::Application;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The stand-in runner image and one whose command does not exist (for
+/// failures half-way through a provision), built once per machine.
+pub struct TestImages {
+    pub runner: String,
+    pub broken: String,
+}
+
+pub fn images() -> &'static TestImages {
+    static IMAGES: OnceLock<TestImages> = OnceLock::new();
+    IMAGES.get_or_init(build_images)
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds `tests/runner` as a static binary and packs it into a `FROM
+/// scratch` image, tagged by a hash of its sources so that an unchanged
+/// runner is not rebuilt. A file lock keeps parallel test processes from
+/// building at the same time.
+fn build_images() -> TestImages {
+    require_docker_cli();
+    let runner_dir = repo_root().join("tests/runner");
+    let mut hasher = std::hash::DefaultHasher::new();
+    for file in ["Cargo.toml", "src/main.rs"] {
+        let text = std::fs::read(runner_dir.join(file)).expect("read test runner sources");
+        std::hash::Hash::hash(&text, &mut hasher);
+    }
+    let tag = format!("{:016x}", std::hash::Hasher::finish(&hasher));
+    let images = TestImages {
+        runner: format!("taylored-test-runner:{tag}"),
+        broken: format!("taylored-test-runner:{tag}-broken"),
+    };
+    let target_dir = repo_root().join("target/test-runner");
+    std::fs::create_dir_all(&target_dir).unwrap();
+    let lock = std::fs::File::create(target_dir.join("build.lock")).unwrap();
+    lock.lock().expect("lock the test image build");
+    if image_exists(&images.runner) && image_exists(&images.broken) {
+        return images;
+    }
+    let triple = "x86_64-unknown-linux-gnu";
+    run(Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "--target", triple, "--manifest-path"])
+        .arg(runner_dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"));
+    let context = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        target_dir.join(triple).join("release/test-runner"),
+        context.path().join("runner"),
+    )
+    .unwrap();
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nCOPY runner /runner\nEXPOSE 3000\nCMD [\"/runner\"]\n",
+    )
+    .unwrap();
+    docker_build(context.path(), &images.runner);
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!("FROM {}\nCMD [\"/no-such-command\"]\n", images.runner),
+    )
+    .unwrap();
+    docker_build(context.path(), &images.broken);
+    images
+}
+
+fn require_docker_cli() {
+    let reachable = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .map(|output| output.status.success())
+        .unwrap_or(false);
+    assert!(
+        reachable,
+        "These tests need a running Docker Engine and the docker CLI: `docker version` failed. \
+         Start the daemon (e.g. `service docker start`) or set DOCKER_HOST."
+    );
+}
+
+fn image_exists(tag: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", tag])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|status| status.success())
+        .unwrap_or(false)
+}
+
+/// No registry is reachable, so the legacy builder (which needs none for
+/// `FROM scratch` or a local image) is used explicitly.
+fn docker_build(context: &Path, tag: &str) {
+    run(Command::new("docker")
+        .args(["build", "--quiet", "--tag", tag])
+        .arg(context)
+        .env("DOCKER_BUILDKIT", "0"));
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().expect("spawn command");
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+pub fn docker() -> Docker {
+    Docker::connect_with_defaults().expect("Docker client (check DOCKER_HOST)")
+}
+
+/// One test's world: an instance id, a database file, and cleanup of every
+/// container carrying the instance id when the last handle is dropped.
+pub struct TestEnv {
+    pub instance: String,
+    pub db_path: PathBuf,
+    pub image: String,
+    pub docker: Docker,
+    _dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn new() -> Arc<Self> {
+        let images = images();
+        let dir = tempfile::tempdir().unwrap();
+        Arc::new(Self {
+            instance: format!("test-{}", uuid::Uuid::new_v4().simple()),
+            db_path: dir.path().join("orchestrator.db"),
+            image: images.runner.clone(),
+            docker: docker(),
+            _dir: dir,
+        })
+    }
+
+    /// Settings as the test binary would get them; `extra` are flag/value
+    /// pairs that override the defaults below.
+    pub fn settings(&self, extra: &[&str]) -> Settings {
+        let mut args = vec![
+            "orchestrator".to_owned(),
+            "--port=0".into(),
+            "--listen-address=127.0.0.1".into(),
+            "--node-env=development".into(),
+            "--reuse-runner-mode=false".into(),
+            format!("--database-url={}", self.db_path.display()),
+            format!("--orchestrator-id={}", self.instance),
+            format!("--docker-image-name={}", self.image),
+            "--runners-host=127.0.0.1".into(),
+            "--runner-bind-address=127.0.0.1".into(),
+            "--cleanup-interval=3600".into(),
+            "--inactivity-timeout=60".into(),
+            "--runner-stop-timeout-seconds=1".into(),
+        ];
+        let overridden = |arg: &String| {
+            let flag = arg.split('=').next().unwrap_or_default();
+            extra.iter().any(|e| e.split('=').next() == Some(flag))
+        };
+        args.retain(|arg| !overridden(arg));
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        Settings::from_env_and_args(args).expect("test settings")
+    }
+
+    /// This instance's containers, running or not.
+    pub async fn containers(&self) -> Vec<ContainerSummary> {
+        let label = format!("{INSTANCE_LABEL}={}", self.instance);
+        let filters = HashMap::from([("label", vec![label.as_str()])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker.list_containers(Some(options)).await.unwrap()
+    }
+
+    pub async fn running_container_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .containers()
+            .await
+            .into_iter()
+            .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+            .filter_map(|c| c.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    pub async fn inspect(&self, container: &str) -> bollard::models::ContainerInspectResponse {
+        self.docker
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+            .unwrap()
+    }
+
+    /// Starts (or only creates) a runner container behind the
+    /// orchestrator's back, labelled for this instance.
+    pub async fn create_runner_container(&self, session: &str, name: &str, start: bool) -> String {
+        let body = ContainerCreateBody {
+            image: Some(self.image.clone()),
+            env: Some(vec!["PORT=3000".into()]),
+            labels: Some(HashMap::from([
+                (SESSION_LABEL.to_owned(), session.to_owned()),
+                (INSTANCE_LABEL.to_owned(), self.instance.clone()),
+            ])),
+            exposed_ports: Some(vec!["3000/tcp".into()]),
+            host_config: Some(HostConfig {
+                port_bindings: Some(HashMap::from([(
+                    "3000/tcp".to_owned(),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(String::new()),
+                    }]),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        let id = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .unwrap()
+            .id;
+        if start {
+            self.docker.start_container(&id, None).await.unwrap();
+        }
+        id
+    }
+
+    pub async fn db(&self) -> Db {
+        Db::connect(&self.db_path.display().to_string()).await.unwrap()
+    }
+
+    pub async fn row(&self, session: &str) -> Option<RunnerRow> {
+        self.db().await.find(session).await.unwrap()
+    }
+
+    pub async fn spawn(self: &Arc<Self>, extra: &[&str]) -> TestApp {
+        let application = Application::build(self.settings(extra))
+            .await
+            .expect("application starts");
+        let port = application.port();
+        let runners = application.runners().clone();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+        TestApp {
+            api: Api::new(port),
+            runners,
+            env: self.clone(),
+            shutdown,
+            server: Some(server),
+        }
+    }
+
+    /// Starts the real binary on this environment's database.
+    pub fn spawn_binary(self: &Arc<Self>, extra_env: &[(&str, &str)]) -> BinaryApp {
+        let settings = self.settings(&[]);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", "0")
+            .env("LISTEN_ADDRESS", "127.0.0.1")
+            .env("DATABASE_URL", &settings.database_url)
+            .env("ORCHESTRATOR_ID", &self.instance)
+            .env("DOCKER_IMAGE_NAME", &self.image)
+            .env("RUNNERS_HOST", "127.0.0.1")
+            .env("RUNNER_BIND_ADDRESS", "127.0.0.1")
+            .env("RUNNER_STOP_TIMEOUT_SECONDS", "1")
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Ok(host) = std::env::var("DOCKER_HOST") {
+            command.env("DOCKER_HOST", host);
+        }
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn orchestrator binary");
+        let (port_tx, port_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        // Drains the log for the whole life of the process (a full pipe
+        // would block it) and reports the bound port.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if event["message"] == "listening" {
+                    let address = event["address"].as_str().unwrap_or_default();
+                    let port = address.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+                    let _ = port_tx.send(port);
+                }
+            }
+        });
+        let port = port_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the orchestrator binary did not start listening within 60 s");
+        BinaryApp {
+            api: Api::new(port),
+            child,
+            _env: self.clone(),
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let instance = self.instance.clone();
+        // Drop cannot await, and may run inside a runtime: clean up from a
+        // thread with its own.
+        let cleanup = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(remove_instance_containers(&instance));
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn remove_instance_containers(instance: &str) {
+    let docker = docker();
+    let label = format!("{INSTANCE_LABEL}={instance}");
+    let filters = HashMap::from([("label", vec![label.as_str()])]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    for container in docker.list_containers(Some(options)).await.unwrap_or_default() {
+        let Some(id) = container.id else { continue };
+        let remove = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        let _ = docker.remove_container(&id, Some(remove)).await;
+    }
+}
+
+/// The service running in this test process.
+pub struct TestApp {
+    pub api: Api,
+    pub runners: Runners,
+    pub env: Arc<TestEnv>,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    TestEnv::new().spawn(&[]).await
+}
+
+pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+    TestEnv::new().spawn(extra).await
+}
+
+impl TestApp {
+    /// Stops the service the way SIGTERM does; its runners keep running.
+    pub async fn stop(mut self) -> Arc<TestEnv> {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+        self.env.clone()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The service as a separate process.
+pub struct BinaryApp {
+    pub api: Api,
+    child: Child,
+    _env: Arc<TestEnv>,
+}
+
+impl BinaryApp {
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the orchestrator did not exit within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for BinaryApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A reply: status, headers and the JSON body (`Value::Null` if not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn message(&self) -> &str {
+        self.body["message"].as_str().unwrap_or_default()
+    }
+
+    pub fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or_default()
+    }
+
+    pub fn endpoint(&self) -> &str {
+        self.body["endpoint"].as_str().unwrap_or_default()
+    }
+
+    pub fn session_id(&self) -> &str {
+        self.body["sessionId"].as_str().unwrap_or_default()
+    }
+}
+
+/// Typed requests, shaped like the browser client's.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    fn new(port: u16) -> Self {
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `POST /api/runner/provision` with `{}`, and `X-Session-Id` if given.
+    pub async fn provision(&self, session: Option<&str>) -> Reply {
+        let mut request = self.client.post(self.url("/api/runner/provision")).json(&serde_json::json!({}));
+        if let Some(session) = session {
+            request = request.header("X-Session-Id", session);
+        }
+        reply(request).await
+    }
+
+    pub async fn heartbeat(&self, session: &str) -> Reply {
+        reply(
+            self.client
+                .post(self.url("/api/runner/heartbeat"))
+                .json(&serde_json::json!({ "sessionId": session })),
+        )
+        .await
+    }
+
+    /// As the browser sends it: the id in the body and in the header.
+    pub async fn deprovision(&self, session: &str) -> Reply {
+        reply(
+            self.client
+                .post(self.url("/api/runner/deprovision"))
+                .header("X-Session-Id", session)
+                .json(&serde_json::json!({ "sessionId": session })),
+        )
+        .await
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        reply(request).await
+    }
+}
+
+async fn reply(request: reqwest::RequestBuilder) -> Reply {
+    let response = request.send().await.expect("request reaches the service");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap();
+    Reply {
+        status,
+        headers,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+/// GETs a runner's endpoint and checks that the stand-in runner answers.
+pub async fn assert_runner_answers(endpoint: &str) {
+    let response = reqwest::get(endpoint)
+        .await
+        .unwrap_or_else(|error| panic!("runner at {endpoint} does not answer: {error}"));
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["runner"], "ok");
+}
