@@ -109,7 +109,14 @@ impl Engine {
     /// assigned. On any failure nothing is left behind.
     pub async fn start_runner(&self, spec: &RunnerSpec<'_>) -> Result<StartedRunner, EngineError> {
         let container_id = self.create(spec).await?;
-        match self.start_and_read_port(&container_id, spec).await {
+        let started = self
+            .start_and_read_port(&container_id, spec)
+            .await
+            .map_err(|error| match error {
+                EngineError::Docker(error) => self.classify_error(error, spec),
+                other => other,
+            });
+        match started {
             Ok(host_port) => Ok(StartedRunner {
                 container_id,
                 host_port,
@@ -145,16 +152,18 @@ impl Engine {
                 );
                 self.remove(spec.container_name).await?;
             }
-            Err(error) => return Err(self.classify_create_error(error, spec)),
+            Err(error) => return Err(self.classify_error(error, spec)),
         }
         self.docker
             .create_container(Some(options), body)
             .await
             .map(|created| created.id)
-            .map_err(|error| self.classify_create_error(error, spec))
+            .map_err(|error| self.classify_error(error, spec))
     }
 
-    fn classify_create_error(&self, error: BollardError, spec: &RunnerSpec<'_>) -> EngineError {
+    /// The engine reports a missing image at create and (on some versions)
+    /// a missing network only at start; both are 404s told apart by text.
+    fn classify_error(&self, error: BollardError, spec: &RunnerSpec<'_>) -> EngineError {
         match &error {
             BollardError::DockerResponseServerError {
                 status_code: 404,

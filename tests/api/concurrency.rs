@@ -1,0 +1,73 @@
+use std::collections::HashSet;
+
+use futures_util::future::join_all;
+
+use crate::helpers::{assert_runner_answers, spawn_app};
+
+#[tokio::test]
+async fn twenty_concurrent_provisions_of_one_session_make_one_runner() {
+    let app = spawn_app().await;
+
+    let replies = join_all((0..20).map(|_| app.api.provision(Some("contended")))).await;
+
+    let created = replies.iter().filter(|reply| reply.status == 201).count();
+    let existing = replies.iter().filter(|reply| reply.status == 200).count();
+    assert_eq!((created, existing), (1, 19), "{replies:?}");
+    let endpoints: HashSet<&str> = replies.iter().map(|reply| reply.endpoint()).collect();
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    assert_eq!(app.env.containers().await.len(), 1);
+    assert_runner_answers(replies[0].endpoint()).await;
+}
+
+#[tokio::test]
+async fn thirty_concurrent_provisions_of_distinct_sessions() {
+    let app = spawn_app().await;
+
+    let started = std::time::Instant::now();
+    let replies = join_all((0..30).map(|_| app.api.provision(None))).await;
+    eprintln!("30 concurrent provisions took {:?}", started.elapsed());
+
+    assert!(
+        replies.iter().all(|reply| reply.status == 201),
+        "{replies:?}"
+    );
+    let endpoints: HashSet<&str> = replies.iter().map(|reply| reply.endpoint()).collect();
+    assert_eq!(endpoints.len(), 30);
+    assert_eq!(app.env.running_container_ids().await.len(), 30);
+    assert_eq!(app.runners.db().all().await.unwrap().len(), 30);
+    for reply in &replies {
+        assert_runner_answers(reply.endpoint()).await;
+    }
+}
+
+#[tokio::test]
+async fn racing_provision_heartbeat_and_deprovision_end_consistent() {
+    let app = spawn_app().await;
+    for round in 0..5 {
+        let session = format!("race-{round}");
+        let (provisions, heartbeats, deprovisions) = tokio::join!(
+            join_all((0..4).map(|_| app.api.provision(Some(&session)))),
+            join_all((0..4).map(|_| app.api.heartbeat(&session))),
+            join_all((0..4).map(|_| app.api.deprovision(&session))),
+        );
+        for reply in provisions.iter().chain(&heartbeats).chain(&deprovisions) {
+            assert!([200, 201, 404].contains(&reply.status), "{reply:?}");
+        }
+        // Whatever the interleaving: a row exists exactly when a running
+        // container does, and then it answers.
+        let row = app.env.row(&session).await;
+        let containers = app.env.containers().await;
+        let mine: Vec<_> = containers
+            .iter()
+            .filter(|c| c.labels.as_ref().unwrap()["taylored-runner-session-id"] == session)
+            .collect();
+        match row {
+            Some(row) => {
+                assert_eq!(mine.len(), 1, "{row:?} {mine:?}");
+                assert_eq!(mine[0].id, row.container_id);
+                assert_eq!(app.api.heartbeat(&session).await.status, 200);
+            }
+            None => assert!(mine.is_empty(), "{mine:?}"),
+        }
+    }
+}

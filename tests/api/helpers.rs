@@ -21,6 +21,7 @@ use bollard::query_parameters::{
 use serde_json::Value;
 use taylored_orchestrator::config::{INSTANCE_LABEL, SESSION_LABEL, Settings};
 use taylored_orchestrator::db::{Db, RunnerRow};
+use taylored_orchestrator::reconcile::Summary;
 use taylored_orchestrator::runners::Runners;
 use taylored_orchestrator::startup::Application;
 use tokio::task::JoinHandle;
@@ -68,7 +69,14 @@ fn build_images() -> TestImages {
     }
     let triple = "x86_64-unknown-linux-gnu";
     run(Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "--target", triple, "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--target",
+            triple,
+            "--manifest-path",
+        ])
         .arg(runner_dir.join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static"));
@@ -256,7 +264,9 @@ impl TestEnv {
     }
 
     pub async fn db(&self) -> Db {
-        Db::connect(&self.db_path.display().to_string()).await.unwrap()
+        Db::connect(&self.db_path.display().to_string())
+            .await
+            .unwrap()
     }
 
     pub async fn row(&self, session: &str) -> Option<RunnerRow> {
@@ -269,11 +279,13 @@ impl TestEnv {
             .expect("application starts");
         let port = application.port();
         let runners = application.runners().clone();
+        let reconciled = application.reconciled();
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(application.run_until_stopped(shutdown.clone()));
         TestApp {
             api: Api::new(port),
             runners,
+            reconciled,
             env: self.clone(),
             shutdown,
             server: Some(server),
@@ -356,9 +368,16 @@ async fn remove_instance_containers(instance: &str) {
         .all(true)
         .filters(&filters)
         .build();
-    for container in docker.list_containers(Some(options)).await.unwrap_or_default() {
+    for container in docker
+        .list_containers(Some(options))
+        .await
+        .unwrap_or_default()
+    {
         let Some(id) = container.id else { continue };
-        let remove = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        let remove = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
         let _ = docker.remove_container(&id, Some(remove)).await;
     }
 }
@@ -367,6 +386,8 @@ async fn remove_instance_containers(instance: &str) {
 pub struct TestApp {
     pub api: Api,
     pub runners: Runners,
+    /// What the startup reconcile did.
+    pub reconciled: Summary,
     pub env: Arc<TestEnv>,
     shutdown: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
@@ -482,7 +503,10 @@ impl Api {
 
     /// `POST /api/runner/provision` with `{}`, and `X-Session-Id` if given.
     pub async fn provision(&self, session: Option<&str>) -> Reply {
-        let mut request = self.client.post(self.url("/api/runner/provision")).json(&serde_json::json!({}));
+        let mut request = self
+            .client
+            .post(self.url("/api/runner/provision"))
+            .json(&serde_json::json!({}));
         if let Some(session) = session {
             request = request.header("X-Session-Id", session);
         }

@@ -10,7 +10,10 @@ async fn liveness_answers_200() {
     let app = spawn_app().await;
     let response = reqwest::get(app.api.url("/")).await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), "Orchestrator service is running!");
+    assert_eq!(
+        response.text().await.unwrap(),
+        "Orchestrator service is running!"
+    );
 }
 
 #[tokio::test]
@@ -23,7 +26,10 @@ async fn browser_provision_creates_a_runner_that_answers_on_its_endpoint() {
     assert_eq!(reply.message(), "Runner provisioned successfully.");
     let session = reply.session_id();
     assert_eq!(uuid::Uuid::parse_str(session).unwrap().get_version_num(), 4);
-    assert!(reply.endpoint().starts_with("http://127.0.0.1:"), "{reply:?}");
+    assert!(
+        reply.endpoint().starts_with("http://127.0.0.1:"),
+        "{reply:?}"
+    );
     assert_runner_answers(reply.endpoint()).await;
 
     let row = app.env.row(session).await.expect("row written");
@@ -54,7 +60,10 @@ async fn runner_container_has_the_seed_image_labels_env_and_a_deterministic_name
     let expected_name = SessionId::parse("label-check")
         .unwrap()
         .container_name(&app.env.instance);
-    assert_eq!(inspected.name.as_deref(), Some(format!("/{expected_name}").as_str()));
+    assert_eq!(
+        inspected.name.as_deref(),
+        Some(format!("/{expected_name}").as_str())
+    );
     let bindings = inspected.host_config.unwrap().port_bindings.unwrap();
     let binding = &bindings["3000/tcp"].as_ref().unwrap()[0];
     assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
@@ -98,7 +107,10 @@ async fn isolated_network_mode_gives_no_port() {
         )
         .await;
     assert_eq!(reply.status, 201, "{reply:?}");
-    assert_eq!(reply.endpoint(), "N/A (isolated network or no ports mapped)");
+    assert_eq!(
+        reply.endpoint(),
+        "N/A (isolated network or no ports mapped)"
+    );
     let row = app.env.row(reply.session_id()).await.unwrap();
     assert_eq!(row.host_port, None);
     let inspected = app.env.inspect(row.container_id.as_deref().unwrap()).await;
@@ -121,7 +133,10 @@ async fn heartbeat_refreshes_the_row_and_names_the_session() {
     let reply = app.api.heartbeat(&session).await;
 
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.message(), format!("Heartbeat received for session {session}."));
+    assert_eq!(
+        reply.message(),
+        format!("Heartbeat received for session {session}.")
+    );
     let after = app.env.row(&session).await.unwrap().last_heartbeat_at;
     assert!(after > before, "{after} should be later than {before}");
 }
@@ -143,7 +158,12 @@ async fn heartbeat_by_header_and_its_errors() {
 
     let missing = app
         .api
-        .send(app.api.client.post(app.api.url("/api/runner/heartbeat")).json(&serde_json::json!({})))
+        .send(
+            app.api
+                .client
+                .post(app.api.url("/api/runner/heartbeat"))
+                .json(&serde_json::json!({})),
+        )
         .await;
     assert_eq!(missing.status, 400);
     assert_eq!(missing.error(), "SESSION_ID_REQUIRED");
@@ -152,7 +172,10 @@ async fn heartbeat_by_header_and_its_errors() {
     let unknown = app.api.heartbeat("nobody").await;
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.error(), "RUNNER_NOT_FOUND");
-    assert_eq!(unknown.message(), "No active runner found for this session ID.");
+    assert_eq!(
+        unknown.message(),
+        "No active runner found for this session ID."
+    );
 }
 
 #[tokio::test]
@@ -203,16 +226,27 @@ async fn deprovision_by_header_only_and_its_errors() {
 
     let missing = app
         .api
-        .send(app.api.client.post(app.api.url("/api/runner/deprovision")).json(&serde_json::json!({})))
+        .send(
+            app.api
+                .client
+                .post(app.api.url("/api/runner/deprovision"))
+                .json(&serde_json::json!({})),
+        )
         .await;
     assert_eq!(missing.status, 400);
     assert_eq!(missing.error(), "SESSION_ID_REQUIRED");
-    assert_eq!(missing.message(), "Session ID is required for deprovisioning.");
+    assert_eq!(
+        missing.message(),
+        "Session ID is required for deprovisioning."
+    );
 
     let unknown = app.api.deprovision(&session).await;
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.error(), "RUNNER_NOT_FOUND");
-    assert_eq!(unknown.message(), "No active runner found for this session ID.");
+    assert_eq!(
+        unknown.message(),
+        "No active runner found for this session ID."
+    );
 }
 
 #[tokio::test]
@@ -246,9 +280,15 @@ async fn a_runner_that_fails_to_start_leaves_neither_container_nor_row() {
 
     assert_eq!(reply.status, 500, "{reply:?}");
     assert_eq!(reply.error(), "SERVER_ERROR");
-    assert_eq!(reply.message(), "An unexpected error occurred on the server.");
+    assert_eq!(
+        reply.message(),
+        "An unexpected error occurred on the server."
+    );
     assert!(
-        reply.body["details"].as_str().unwrap().contains("no-such-command"),
+        reply.body["details"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-command"),
         "{reply:?}"
     );
     assert!(app.env.row("broken").await.is_none());
@@ -264,7 +304,10 @@ async fn production_hides_error_details() {
 
     assert_eq!(reply.status, 500);
     assert_eq!(reply.error(), "SERVER_ERROR");
-    assert_eq!(reply.message(), "An unexpected error occurred on the server.");
+    assert_eq!(
+        reply.message(),
+        "An unexpected error occurred on the server."
+    );
     assert!(reply.body.get("details").is_none(), "{reply:?}");
 }
 
@@ -273,8 +316,13 @@ async fn a_leftover_container_with_the_session_name_is_replaced() {
     // A container under the session's deterministic name that no row knows
     // (left by a crash after the reconciler ran) must not block provisioning.
     let app = spawn_app().await;
-    let name = SessionId::parse("leftover").unwrap().container_name(&app.env.instance);
-    let leftover = app.env.create_runner_container("leftover", &name, false).await;
+    let name = SessionId::parse("leftover")
+        .unwrap()
+        .container_name(&app.env.instance);
+    let leftover = app
+        .env
+        .create_runner_container("leftover", &name, false)
+        .await;
 
     let reply = app.api.provision(Some("leftover")).await;
 
@@ -282,5 +330,8 @@ async fn a_leftover_container_with_the_session_name_is_replaced() {
     let containers = app.env.containers().await;
     assert_eq!(containers.len(), 1);
     assert_ne!(containers[0].id.as_deref(), Some(leftover.as_str()));
-    assert_eq!(containers[0].state, Some(ContainerSummaryStateEnum::RUNNING));
+    assert_eq!(
+        containers[0].state,
+        Some(ContainerSummaryStateEnum::RUNNING)
+    );
 }

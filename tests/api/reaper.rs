@@ -1,0 +1,65 @@
+use std::time::Duration;
+
+use chrono::Utc;
+use taylored_orchestrator::reaper::{ReapOutcome, Reaper};
+
+use crate::helpers::{spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn idle_runners_are_reaped_and_heartbeating_ones_kept() {
+    let app = spawn_app_with(&["--inactivity-timeout=2", "--cleanup-interval=1"]).await;
+    let idle = app.api.provision(Some("idle")).await;
+    let alive = app.api.provision(Some("alive")).await;
+    assert_eq!((idle.status, alive.status), (201, 201));
+
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(app.api.heartbeat("alive").await.status, 200);
+    }
+
+    assert!(
+        app.env.row("idle").await.is_none(),
+        "idle runner still has a row"
+    );
+    assert_eq!(app.api.heartbeat("idle").await.status, 404);
+    let remaining = app.env.containers().await;
+    assert_eq!(remaining.len(), 1);
+    assert_eq!(
+        remaining[0].labels.as_ref().unwrap()["taylored-runner-session-id"],
+        "alive"
+    );
+    let trail = app.runners.db().audit_trail("idle").await.unwrap();
+    let last = trail.last().unwrap();
+    assert_eq!(
+        (last.actor.as_str(), last.action.as_str()),
+        ("reaper", "reaped")
+    );
+}
+
+#[tokio::test]
+async fn one_sweep_can_be_stepped() {
+    let app = spawn_app().await;
+    for session in ["a", "b"] {
+        assert_eq!(app.api.provision(Some(session)).await.status, 201);
+    }
+    let reaper = Reaper::new(
+        app.runners.clone(),
+        Duration::from_secs(60),
+        Duration::from_secs(30),
+    );
+
+    let now = reaper.try_once(Utc::now()).await.unwrap();
+    assert_eq!(
+        now,
+        ReapOutcome::default(),
+        "fresh runners must not be reaped"
+    );
+
+    let later = reaper
+        .try_once(Utc::now() + chrono::Duration::seconds(61))
+        .await
+        .unwrap();
+    assert_eq!(later.reaped, 2);
+    assert!(app.env.containers().await.is_empty());
+    assert!(app.runners.db().all().await.unwrap().is_empty());
+}
