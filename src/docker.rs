@@ -117,10 +117,13 @@ impl Engine {
                 other => other,
             });
         match started {
-            Ok(host_port) => Ok(StartedRunner {
-                container_id,
-                host_port,
-            }),
+            Ok(host_port) => {
+                tracing::info!(container = spec.container_name, %container_id, ?host_port, "runner container started");
+                Ok(StartedRunner {
+                    container_id,
+                    host_port,
+                })
+            }
             Err(error) => {
                 if let Err(cleanup) = self.remove(&container_id).await {
                     tracing::error!(%container_id, error = %cleanup,
@@ -295,7 +298,10 @@ impl Engine {
             .build();
         match self.docker.stop_container(container, Some(stop)).await {
             Ok(()) => {}
-            Err(error) if status_of(&error) == Some(404) => return Ok(()),
+            Err(error) if status_of(&error) == Some(404) => {
+                tracing::info!(container, "runner container already gone");
+                return Ok(());
+            }
             // Stopping is a courtesy to the runner; the forced removal below
             // is what must succeed.
             Err(error) => tracing::warn!(container, %error, "stopping a runner failed"),
@@ -305,7 +311,10 @@ impl Engine {
             .v(true)
             .build();
         match self.docker.remove_container(container, Some(remove)).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                tracing::info!(container, "runner container stopped and removed");
+                Ok(())
+            }
             Err(error) if status_of(&error) == Some(404) => Ok(()),
             Err(error) => Err(error.into()),
         }
