@@ -30,6 +30,38 @@ pub struct Cli {
 pub enum Command {
     /// Run the REST service (the default when no command is given).
     Serve,
+    /// Exit 0 if the service on PORT answers `GET /healthz` with a 2xx within
+    /// 3 s, else 1 (the container image's HEALTHCHECK; needs no shell).
+    Healthcheck,
+    /// Inspect the runners recorded in DATABASE_URL (read-only; safe while
+    /// the service runs).
+    Runners {
+        #[command(subcommand)]
+        command: RunnersCommand,
+    },
+    /// Print what a start's reconcile would adopt, remove or drop, changing
+    /// nothing (the service reconciles by itself; only a dry run is offered).
+    Reconcile {
+        #[arg(long, required = true)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunnersCommand {
+    /// One line per runner.
+    List {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A runner's row and its audit trail.
+    Show {
+        session_id: String,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// What a user may want to change between deployments.
@@ -141,6 +173,18 @@ pub struct Settings {
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value = "60",
           value_name = "REQUEST_TIMEOUT_SECONDS", value_parser = parse_positive_seconds)]
     pub request_timeout: Duration,
+
+    /// Seconds between two reconciles while serving (engine events are
+    /// handled at once; this catches what the event stream missed).
+    #[arg(long, env = "RECONCILE_INTERVAL_SECONDS", default_value = "30",
+          value_name = "RECONCILE_INTERVAL_SECONDS", value_parser = parse_positive_seconds)]
+    pub reconcile_interval: Duration,
+
+    /// Seconds that in-flight requests get to finish after SIGTERM; what is
+    /// cut off then is repaired by the next start's reconcile.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "30",
+          value_name = "SHUTDOWN_TIMEOUT_SECONDS", value_parser = parse_positive_seconds)]
+    pub shutdown_timeout: Duration,
 
     /// `text` for people, `json` for log collectors.
     #[arg(

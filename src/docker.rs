@@ -12,6 +12,13 @@ use bollard::query_parameters::{
     StopContainerOptionsBuilder,
 };
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{DEFAULT_INSTANCE, INSTANCE_LABEL, SESSION_LABEL, SINGLETON_LABEL, Settings};
 
 /// The port the runner listens on inside its container (the runner reads
@@ -20,6 +27,8 @@ pub const RUNNER_PORT: u16 = 3000;
 const RUNNER_PORT_KEY: &str = "3000/tcp";
 /// The network mode that gives a runner no network and no published port.
 pub const ISOLATED_NETWORK: &str = "none";
+/// How long a health check waits for the engine.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -29,9 +38,37 @@ pub enum EngineError {
     NetworkNotFound(String),
     #[error("container {0} is running but publishes no port for {RUNNER_PORT_KEY}")]
     PortNotPublished(String),
+    /// The engine could not be reached or did not answer in time.
+    #[error("Docker Engine unavailable: {0}")]
+    Unavailable(String),
     #[error("Docker Engine error: {0}")]
-    Docker(#[from] BollardError),
+    Docker(BollardError),
 }
+
+impl From<BollardError> for EngineError {
+    /// Transport failures (socket gone, connection reset, timeout) mean the
+    /// engine is unavailable; answers from the engine are ordinary errors.
+    fn from(error: BollardError) -> Self {
+        match error {
+            BollardError::RequestTimeoutError
+            | BollardError::IOError { .. }
+            | BollardError::HttpClientError { .. }
+            | BollardError::HyperResponseError { .. }
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::SocketNotFoundError(_) => EngineError::Unavailable(error.to_string()),
+            other => EngineError::Docker(other),
+        }
+    }
+}
+
+impl EngineError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, EngineError::Unavailable(_))
+    }
+}
+
+/// Seconds any single engine request may take (on top of a stop's grace).
+const ENGINE_TIMEOUT_SECONDS: u64 = 20;
 
 /// What a runner container is made of, apart from its image and instance.
 #[derive(Debug, Clone)]
@@ -73,6 +110,9 @@ pub struct Engine {
     bind_address: IpAddr,
     free_doors: u16,
     stop_timeout_seconds: u32,
+    /// Whether the last health check reached the engine; lets requests fail
+    /// fast instead of each waiting for a timeout while it is down.
+    reachable: Arc<AtomicBool>,
 }
 
 impl Engine {
@@ -82,6 +122,9 @@ impl Engine {
             Some(host) => Docker::connect_with_host(host)?,
             None => Docker::connect_with_defaults()?,
         };
+        // The grace of a stop must fit in one request's time.
+        let timeout = ENGINE_TIMEOUT_SECONDS + u64::from(settings.runner_stop_timeout_seconds);
+        let docker = docker.with_timeout(Duration::from_secs(timeout));
         Ok(Self {
             docker,
             image: settings.docker_image_name.clone(),
@@ -89,6 +132,7 @@ impl Engine {
             bind_address: settings.runner_bind_address,
             free_doors: settings.free_doors,
             stop_timeout_seconds: settings.runner_stop_timeout_seconds,
+            reachable: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -100,38 +144,69 @@ impl Engine {
         &self.docker
     }
 
+    /// Asks the engine whether it is there (within `HEALTH_TIMEOUT`) and
+    /// records the answer for [`Engine::is_reachable`].
     pub async fn ping(&self) -> Result<(), EngineError> {
-        self.docker.ping().await?;
-        Ok(())
+        let result = match tokio::time::timeout(HEALTH_TIMEOUT, self.docker.ping()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(EngineError::from(error)),
+            Err(_) => Err(EngineError::Unavailable(
+                "no answer to a ping within 2 s".to_owned(),
+            )),
+        };
+        let reachable = result.is_ok();
+        if self.reachable.swap(reachable, Ordering::Relaxed) != reachable {
+            if reachable {
+                tracing::info!("Docker Engine reachable again");
+            } else {
+                tracing::warn!(error = %result.as_ref().unwrap_err(), "Docker Engine unreachable");
+            }
+        }
+        result
+    }
+
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Called when a request found the engine gone, so that the next ones
+    /// fail fast until a health check reaches it again.
+    pub fn mark_unreachable(&self) {
+        if self.reachable.swap(false, Ordering::Relaxed) {
+            tracing::warn!("Docker Engine unreachable");
+        }
+    }
+
+    /// Pings the engine every `interval` until `shutdown`, keeping
+    /// [`Engine::is_reachable`] current.
+    pub async fn monitor_until_stopped(self, interval: Duration, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticks.tick() => { let _ = self.ping().await; }
+            }
+        }
     }
 
     /// Creates and starts a runner and reads back the host port the engine
-    /// assigned. On any failure nothing is left behind.
+    /// assigned. On failure the caller removes whatever may have been
+    /// created (by the container's name), because only it knows whether the
+    /// removal must be retried.
     pub async fn start_runner(&self, spec: &RunnerSpec<'_>) -> Result<StartedRunner, EngineError> {
         let container_id = self.create(spec).await?;
-        let started = self
+        let host_port = self
             .start_and_read_port(&container_id, spec)
             .await
             .map_err(|error| match error {
                 EngineError::Docker(error) => self.classify_error(error, spec),
                 other => other,
-            });
-        match started {
-            Ok(host_port) => {
-                tracing::info!(container = spec.container_name, %container_id, ?host_port, "runner container started");
-                Ok(StartedRunner {
-                    container_id,
-                    host_port,
-                })
-            }
-            Err(error) => {
-                if let Err(cleanup) = self.remove(&container_id).await {
-                    tracing::error!(%container_id, error = %cleanup,
-                        "could not remove a runner that failed to start; the reconciler will");
-                }
-                Err(error)
-            }
-        }
+            })?;
+        tracing::info!(container = spec.container_name, %container_id, ?host_port, "runner container started");
+        Ok(StartedRunner {
+            container_id,
+            host_port,
+        })
     }
 
     /// The container name is derived from the session, so a name conflict
@@ -178,10 +253,10 @@ impl Engine {
                 } else if message.contains("image") {
                     EngineError::ImageNotFound(self.image.clone())
                 } else {
-                    EngineError::Docker(error)
+                    error.into()
                 }
             }
-            _ => EngineError::Docker(error),
+            _ => error.into(),
         }
     }
 
@@ -320,9 +395,37 @@ impl Engine {
         }
     }
 
+    /// Whether a container runs, from its own state (a missing one does not).
+    pub async fn is_running(&self, container: &str) -> Result<bool, EngineError> {
+        match self.docker.inspect_container(container, None).await {
+            Ok(inspected) => Ok(inspected
+                .state
+                .and_then(|state| state.running)
+                .unwrap_or(false)),
+            Err(error) if status_of(&error) == Some(404) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Every container of this instance, running or not.
     pub async fn list_runners(&self) -> Result<Vec<ObservedContainer>, EngineError> {
-        let filters = HashMap::from([("label", vec![SESSION_LABEL])]);
+        self.list_labelled(SESSION_LABEL).await
+    }
+
+    /// This instance's containers for one session, running or not.
+    pub async fn list_session_runners(
+        &self,
+        session_id: &str,
+    ) -> Result<Vec<ObservedContainer>, EngineError> {
+        self.list_labelled(&format!("{SESSION_LABEL}={session_id}"))
+            .await
+    }
+
+    async fn list_labelled(
+        &self,
+        label_filter: &str,
+    ) -> Result<Vec<ObservedContainer>, EngineError> {
+        let filters = HashMap::from([("label", vec![label_filter])]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
@@ -362,6 +465,67 @@ impl Engine {
                 })
             })
             .collect())
+    }
+}
+
+/// A runner of this instance that stopped or vanished, as the engine's
+/// event stream reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerEvent {
+    pub session_id: String,
+    pub container_id: String,
+    pub singleton: bool,
+    /// `die`, `oom` or `destroy`, with the exit code where there is one.
+    pub description: String,
+    /// Seconds since the epoch, to resume the stream after a reconnect.
+    pub time: i64,
+}
+
+impl Engine {
+    /// This instance's runners dying, OOM-killed or removed, from `since`
+    /// (seconds since the epoch) on. The stream ends when the engine
+    /// restarts or the connection drops; the caller reconnects.
+    pub fn runner_events(
+        &self,
+        since: i64,
+    ) -> impl Stream<Item = Result<RunnerEvent, EngineError>> + use<> {
+        let filters = HashMap::from([
+            ("type", vec!["container"]),
+            ("event", vec!["die", "oom", "destroy"]),
+            ("label", vec![SESSION_LABEL]),
+        ]);
+        let options = bollard::query_parameters::EventsOptionsBuilder::new()
+            .since(&since.to_string())
+            .filters(&filters)
+            .build();
+        let instance = self.instance.clone();
+        self.docker.events(Some(options)).filter_map(move |event| {
+            let event = match event {
+                Ok(event) => event,
+                Err(error) => return std::future::ready(Some(Err(EngineError::from(error)))),
+            };
+            let actor = event.actor.unwrap_or_default();
+            let attributes = actor.attributes.unwrap_or_default();
+            let ours = belongs_to_instance(&attributes, &instance);
+            let parsed = attributes
+                .get(SESSION_LABEL)
+                .filter(|_| ours)
+                .map(|session| {
+                    let action = event.action.unwrap_or_default();
+                    let description = match attributes.get("exitCode") {
+                        Some(code) => format!("{action} (exit code {code})"),
+                        None => action,
+                    };
+                    Ok(RunnerEvent {
+                        session_id: session.clone(),
+                        container_id: actor.id.unwrap_or_default(),
+                        singleton: attributes.get(SINGLETON_LABEL).is_some_and(|v| v == "true"),
+                        description,
+                        time: event.time.unwrap_or_default(),
+                    })
+                });
+            std::future::ready(parsed)
+        })
     }
 }
 

@@ -4,8 +4,13 @@
 pub mod config;
 pub mod db;
 pub mod docker;
+pub mod drift;
+pub mod healthcheck;
 pub mod http;
 pub mod locks;
+pub mod metrics;
+pub mod operator;
+pub mod readiness;
 pub mod reaper;
 pub mod reconcile;
 pub mod runners;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use taylored_orchestrator::config::{Cli, Command};
 use taylored_orchestrator::startup::Application;
-use taylored_orchestrator::{shutdown, telemetry};
+use taylored_orchestrator::{healthcheck, operator, shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -11,6 +11,9 @@ async fn main() -> ExitCode {
     telemetry::init(cli.settings.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.settings).await,
+        Command::Healthcheck => return healthcheck::run(&cli.settings),
+        Command::Runners { command } => operator::runners(command, &cli.settings).await,
+        Command::Reconcile { dry_run: _ } => operator::reconcile_dry_run(&cli.settings).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -77,6 +77,7 @@ impl Reaper {
                 Ok(RemovalOutcome::Removed) => {
                     tracing::info!(session_id = %row.session_id, last_heartbeat = %row.last_heartbeat_at, reason, "reaped runner");
                     outcome.reaped += 1;
+                    self.runners.metrics().reaped();
                 }
                 Ok(RemovalOutcome::Skipped) => outcome.spared += 1,
                 Err(error) => {

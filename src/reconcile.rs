@@ -1,20 +1,25 @@
-//! Startup reconciliation: makes the database and the engine agree before the
-//! service accepts a request.
+//! Reconciliation: makes the database and the engine agree. It runs once at
+//! start, before the service accepts runner requests, and again while the
+//! service runs: on a timer and for each engine event about a runner (died,
+//! OOM-killed, removed behind the orchestrator's back).
 //!
 //! [`plan`] is a pure function of (rows, containers) that says what to do;
-//! [`Reconciler::apply`] does it. Keeping the decisions pure keeps every case
+//! [`Reconciler`] does it. Keeping the decisions pure keeps every case
 //! unit-testable without Docker.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use chrono::Utc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use crate::config::OrphanPolicy;
 use crate::db::{
     Actor, AuditAction, AuditEntry, Db, ObservedRunner, RunnerKind, RunnerRow, RunnerState,
 };
-use crate::docker::{Engine, ObservedContainer};
+use crate::docker::{Engine, ObservedContainer, RunnerEvent};
+use crate::runners::Runners;
 
 /// One step towards agreement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,12 +44,22 @@ pub enum Action {
     Adopt { container: ObservedContainer },
 }
 
+/// Why a reconcile runs; it decides whether agreeing rows are touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// After a start: every kept runner gets a fresh grace period.
+    Startup,
+    /// While serving: rows that already agree are left alone.
+    Drift,
+}
+
 /// Decides, for every row and every container of this instance, what to do.
 /// Container removals come first, then row drops, keeps and adoptions.
 pub fn plan(
     rows: &[RunnerRow],
     containers: &[ObservedContainer],
     policy: OrphanPolicy,
+    purpose: Purpose,
 ) -> Vec<Action> {
     let mut by_session: BTreeMap<&str, Vec<&ObservedContainer>> = BTreeMap::new();
     for container in containers {
@@ -87,6 +102,7 @@ pub fn plan(
             });
         }
         match kept {
+            Some(container) if purpose == Purpose::Drift && agrees(row, container) => {}
             Some(container) => keeps.push(Action::Keep {
                 row: row.clone(),
                 container: container.clone(),
@@ -146,6 +162,35 @@ pub fn plan(
         .collect()
 }
 
+/// How long a create or remove that a killed service sent may still be
+/// carried out by the engine after the service died.
+const ENGINE_SETTLE: Duration = Duration::from_secs(2);
+
+/// Rows left half-way by a killed service may have an engine request still
+/// in flight (the engine finishes a create whose client is gone); looking
+/// before it lands would drop a row whose container appears a moment later.
+/// Returns how long to wait until the youngest such row is old enough.
+fn settle_time(rows: &[RunnerRow], now: DateTime<Utc>) -> Option<Duration> {
+    let youngest = rows
+        .iter()
+        .filter(|row| row.state != RunnerState::Running)
+        .filter_map(|row| DateTime::parse_from_rfc3339(&row.updated_at).ok())
+        .max()?;
+    let age = (now - youngest.with_timezone(&Utc))
+        .to_std()
+        .unwrap_or_default();
+    ENGINE_SETTLE
+        .checked_sub(age)
+        .filter(|wait| !wait.is_zero())
+}
+
+/// A running row that names this container and its port needs nothing.
+fn agrees(row: &RunnerRow, container: &ObservedContainer) -> bool {
+    row.state == RunnerState::Running
+        && row.container_id.as_deref() == Some(container.id.as_str())
+        && row.host_port == container.host_port
+}
+
 /// The container a row names, if it runs; otherwise the newest running one
 /// labelled with its session (a row is never kept on a stopped container).
 fn tracked_or_newest_running<'a>(
@@ -171,6 +216,20 @@ fn newest_running<'a>(candidates: &[&'a ObservedContainer]) -> Option<&'a Observ
         .max_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)))
 }
 
+impl Action {
+    /// The session an action is about, and whether it is the shared runner.
+    fn session(&self) -> (&str, bool) {
+        match self {
+            Action::RemoveContainer { container, .. } | Action::Adopt { container } => {
+                (&container.session_id, container.singleton)
+            }
+            Action::DropRow { row, .. } | Action::Keep { row, .. } => {
+                (&row.session_id, row.kind == RunnerKind::Singleton)
+            }
+        }
+    }
+}
+
 /// What one reconciliation did, for the summary log line.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -179,6 +238,16 @@ pub struct Summary {
     pub containers_removed: usize,
     pub rows_dropped: usize,
     pub failed: usize,
+}
+
+impl std::ops::AddAssign for Summary {
+    fn add_assign(&mut self, other: Self) {
+        self.kept += other.kept;
+        self.adopted += other.adopted;
+        self.containers_removed += other.containers_removed;
+        self.rows_dropped += other.rows_dropped;
+        self.failed += other.failed;
+    }
 }
 
 impl fmt::Display for Summary {
@@ -191,21 +260,115 @@ impl fmt::Display for Summary {
     }
 }
 
-pub struct Reconciler<'a> {
-    pub db: &'a Db,
-    pub engine: &'a Engine,
-    pub policy: OrphanPolicy,
+/// Applies plans through the runner service, so that reconciling a session
+/// while serving takes the same per-session lock as the API and the reaper.
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    runners: Runners,
+    policy: OrphanPolicy,
 }
 
-impl Reconciler<'_> {
-    /// Reads both sides, plans, and applies the plan.
-    pub async fn run(&self) -> anyhow::Result<Summary> {
-        let rows = self.db.all().await?;
-        let containers = self.engine.list_runners().await?;
-        let actions = plan(&rows, &containers, self.policy);
+impl Reconciler {
+    pub fn new(runners: Runners, policy: OrphanPolicy) -> Self {
+        Self { runners, policy }
+    }
+
+    pub fn runners(&self) -> &Runners {
+        &self.runners
+    }
+
+    fn db(&self) -> &Db {
+        self.runners.db()
+    }
+
+    fn engine(&self) -> &Engine {
+        self.runners.engine()
+    }
+
+    /// The reconcile at start: nothing else touches runners yet, so the
+    /// whole plan is applied without per-session locks.
+    pub async fn run_startup(&self) -> anyhow::Result<Summary> {
+        let rows = self.db().all().await?;
+        if let Some(wait) = settle_time(&rows, Utc::now()) {
+            tracing::info!(
+                ?wait,
+                "waiting for engine requests of the previous run to settle"
+            );
+            tokio::time::sleep(wait).await;
+        }
+        let rows = self.db().all().await?;
+        let containers = self.engine().list_runners().await?;
+        let actions = plan(&rows, &containers, self.policy, Purpose::Startup);
         let summary = self.apply(actions).await;
         tracing::info!(%summary, rows = rows.len(), containers = containers.len(), "startup reconcile finished");
         Ok(summary)
+    }
+
+    /// A reconcile while serving: finds the sessions that disagree, then
+    /// re-reads and repairs each under its lock (a request may have changed
+    /// it since the first look).
+    pub async fn run_drift(&self) -> anyhow::Result<Summary> {
+        let rows = self.db().all().await?;
+        let containers = self.engine().list_runners().await?;
+        let mut sessions: BTreeMap<String, bool> = BTreeMap::new();
+        for action in plan(&rows, &containers, self.policy, Purpose::Drift) {
+            let (session, singleton) = action.session();
+            *sessions.entry(session.to_owned()).or_default() |= singleton;
+        }
+        let mut summary = Summary::default();
+        for (session, singleton) in sessions {
+            summary += self.reconcile_session(&session, singleton, None).await?;
+        }
+        if summary != Summary::default() {
+            tracing::info!(%summary, "drift reconcile repaired runners");
+        }
+        Ok(summary)
+    }
+
+    /// Repairs one session after the engine reported its runner stopped or
+    /// gone, recording the event in the audit log first.
+    pub async fn on_event(&self, event: &RunnerEvent) -> anyhow::Result<Summary> {
+        tracing::info!(session_id = %event.session_id, container_id = %event.container_id,
+            event = %event.description, "runner container event");
+        self.reconcile_session(&event.session_id, event.singleton, Some(event))
+            .await
+    }
+
+    async fn reconcile_session(
+        &self,
+        session: &str,
+        singleton: bool,
+        event: Option<&RunnerEvent>,
+    ) -> anyhow::Result<Summary> {
+        let _guard = self.runners.lock_session(session, singleton).await;
+        let row = self.db().find(session).await?;
+        if let (Some(row), Some(event)) = (&row, event) {
+            // Only events about the tracked container concern the row; the
+            // others are echoes of removals the service itself made.
+            if row.container_id.as_deref() == Some(event.container_id.as_str()) {
+                let reason = format!("container {}", event.description);
+                let entry = AuditEntry {
+                    session_id: session,
+                    container_id: Some(&event.container_id),
+                    actor: Actor::Reconciler,
+                    action: AuditAction::EngineEvent,
+                    reason: &reason,
+                };
+                self.db().audit(&entry, Utc::now()).await?;
+            }
+        }
+        let mut containers = self.engine().list_session_runners(session).await?;
+        if let Some(event) = event {
+            // The engine's container list may still say "running" just after
+            // a `die` event; asking for the container itself does not.
+            for container in containers.iter_mut().filter(|c| c.id == event.container_id) {
+                container.running = self.engine().is_running(&container.id).await?;
+            }
+        }
+        let rows: Vec<RunnerRow> = row.into_iter().collect();
+        Ok(self
+            .apply(plan(&rows, &containers, self.policy, Purpose::Drift))
+            .await)
     }
 
     /// Carries out a plan. A failed container removal never lets its row be
@@ -220,18 +383,21 @@ impl Reconciler<'_> {
                     if removed.is_err() {
                         unremoved.insert(container.session_id.clone());
                     }
-                    removed.map(|()| summary.containers_removed += 1)
+                    removed.map(|()| {
+                        summary.containers_removed += 1;
+                        self.runners.metrics().reconcile_action("container_removed");
+                    })
                 }
                 Action::DropRow { row, reason } if unremoved.contains(&row.session_id) => {
                     tracing::warn!(session_id = %row.session_id, reason, "row kept for the reaper: its container could not be removed");
-                    self.db
+                    self.db()
                         .mark_removing(&row.session_id, None, Utc::now())
                         .await
                         .map(drop)
                         .map_err(Into::into)
                 }
                 Action::DropRow { row, reason } => self
-                    .db
+                    .db()
                     .delete(
                         &self.entry(
                             row,
@@ -242,7 +408,10 @@ impl Reconciler<'_> {
                         Utc::now(),
                     )
                     .await
-                    .map(|()| summary.rows_dropped += 1)
+                    .map(|()| {
+                        summary.rows_dropped += 1;
+                        self.runners.metrics().reconcile_action("row_dropped");
+                    })
                     .map_err(Into::into),
                 Action::Keep {
                     row,
@@ -251,7 +420,10 @@ impl Reconciler<'_> {
                 } => self
                     .record(container, row.kind, AuditAction::Kept, reason)
                     .await
-                    .map(|()| summary.kept += 1),
+                    .map(|()| {
+                        summary.kept += 1;
+                        self.runners.metrics().reconcile_action("kept");
+                    }),
                 Action::Adopt { container } => {
                     let kind = if container.singleton {
                         RunnerKind::Singleton
@@ -265,11 +437,15 @@ impl Reconciler<'_> {
                         "running runner without a row",
                     )
                     .await
-                    .map(|()| summary.adopted += 1)
+                    .map(|()| {
+                        summary.adopted += 1;
+                        self.runners.metrics().reconcile_action("adopted");
+                    })
                 }
             };
             if let Err(error) = result {
                 summary.failed += 1;
+                self.runners.metrics().reconcile_action("failed");
                 tracing::error!(?action, error = %error, "reconcile action failed");
             }
         }
@@ -281,7 +457,7 @@ impl Reconciler<'_> {
         container: &ObservedContainer,
         reason: &str,
     ) -> anyhow::Result<()> {
-        self.engine.remove(&container.id).await?;
+        self.engine().remove(&container.id).await?;
         tracing::info!(session_id = %container.session_id, container_id = %container.id, reason, "removed runner container");
         let entry = AuditEntry {
             session_id: &container.session_id,
@@ -290,7 +466,7 @@ impl Reconciler<'_> {
             action: AuditAction::ContainerRemoved,
             reason,
         };
-        self.db.audit(&entry, Utc::now()).await?;
+        self.db().audit(&entry, Utc::now()).await?;
         Ok(())
     }
 
@@ -316,7 +492,7 @@ impl Reconciler<'_> {
             action,
             reason,
         };
-        self.db
+        self.db()
             .record_observed(&observed, &entry, Utc::now())
             .await?;
         Ok(())
@@ -385,7 +561,7 @@ mod tests {
     fn row_with_running_container_is_kept_with_the_observed_port() {
         let rows = [row("s", RunnerState::Running, Some("c1"))];
         let containers = [container("c1", "s", true, 1)];
-        let actions = plan(&rows, &containers, OrphanPolicy::Adopt);
+        let actions = plan(&rows, &containers, OrphanPolicy::Adopt, Purpose::Startup);
         assert_eq!(actions.len(), 1);
         let Action::Keep { container, .. } = &actions[0] else {
             panic!("expected keep, got {actions:?}")
@@ -397,7 +573,7 @@ mod tests {
     fn row_with_stopped_container_removes_it_then_drops_the_row() {
         let rows = [row("s", RunnerState::Running, Some("c1"))];
         let containers = [container("c1", "s", false, 1)];
-        let actions = plan(&rows, &containers, OrphanPolicy::Adopt);
+        let actions = plan(&rows, &containers, OrphanPolicy::Adopt, Purpose::Startup);
         assert_eq!(removed_ids(&actions), ["c1"]);
         assert!(matches!(
             &actions[1],
@@ -412,7 +588,7 @@ mod tests {
     #[test]
     fn row_without_container_is_dropped() {
         let rows = [row("s", RunnerState::Running, Some("c1"))];
-        let actions = plan(&rows, &[], OrphanPolicy::Adopt);
+        let actions = plan(&rows, &[], OrphanPolicy::Adopt, Purpose::Startup);
         assert!(matches!(
             &actions[..],
             [Action::DropRow {
@@ -426,11 +602,16 @@ mod tests {
     fn running_orphan_is_adopted_or_removed_by_policy() {
         let containers = [container("c1", "s", true, 1)];
         assert!(matches!(
-            &plan(&[], &containers, OrphanPolicy::Adopt)[..],
+            &plan(&[], &containers, OrphanPolicy::Adopt, Purpose::Startup)[..],
             [Action::Adopt { container }] if container.id == "c1"
         ));
         assert_eq!(
-            removed_ids(&plan(&[], &containers, OrphanPolicy::Remove)),
+            removed_ids(&plan(
+                &[],
+                &containers,
+                OrphanPolicy::Remove,
+                Purpose::Startup
+            )),
             ["c1"]
         );
     }
@@ -439,7 +620,7 @@ mod tests {
     fn stopped_orphan_is_removed_under_either_policy() {
         let containers = [container("c1", "s", false, 1)];
         for policy in [OrphanPolicy::Adopt, OrphanPolicy::Remove] {
-            let actions = plan(&[], &containers, policy);
+            let actions = plan(&[], &containers, policy, Purpose::Startup);
             assert_eq!(removed_ids(&actions), ["c1"]);
             assert_eq!(actions.len(), 1);
         }
@@ -452,7 +633,7 @@ mod tests {
             container("old", "s", true, 1),
             container("new", "s", true, 9),
         ];
-        let actions = plan(&rows, &containers, OrphanPolicy::Adopt);
+        let actions = plan(&rows, &containers, OrphanPolicy::Adopt, Purpose::Startup);
         assert_eq!(removed_ids(&actions), ["new"]);
         assert!(
             matches!(actions.last(), Some(Action::Keep { container, .. }) if container.id == "old")
@@ -466,7 +647,7 @@ mod tests {
             container("b", "s", true, 5),
             container("c", "s", false, 9),
         ];
-        let actions = plan(&[], &containers, OrphanPolicy::Adopt);
+        let actions = plan(&[], &containers, OrphanPolicy::Adopt, Purpose::Startup);
         let mut removed = removed_ids(&actions);
         removed.sort();
         assert_eq!(removed, ["a", "c"]);
@@ -484,6 +665,7 @@ mod tests {
             std::slice::from_ref(&provisioning),
             &[started],
             OrphanPolicy::Adopt,
+            Purpose::Startup,
         );
         assert!(matches!(
             &actions[..],
@@ -500,13 +682,14 @@ mod tests {
             std::slice::from_ref(&provisioning),
             &[created],
             OrphanPolicy::Adopt,
+            Purpose::Startup,
         );
         assert_eq!(removed_ids(&actions), ["c1"]);
         assert!(matches!(actions.last(), Some(Action::DropRow { .. })));
 
         // Crash before create.
         provisioning.container_name = "never-created".into();
-        let actions = plan(&[provisioning], &[], OrphanPolicy::Adopt);
+        let actions = plan(&[provisioning], &[], OrphanPolicy::Adopt, Purpose::Startup);
         assert!(matches!(
             &actions[..],
             [Action::DropRow {
@@ -520,7 +703,7 @@ mod tests {
     fn interrupted_removal_is_finished() {
         let rows = [row("s", RunnerState::Removing, Some("c1"))];
         let containers = [container("c1", "s", true, 1)];
-        let actions = plan(&rows, &containers, OrphanPolicy::Adopt);
+        let actions = plan(&rows, &containers, OrphanPolicy::Adopt, Purpose::Startup);
         assert_eq!(removed_ids(&actions), ["c1"]);
         assert!(matches!(
             actions.last(),
@@ -539,12 +722,50 @@ mod tests {
         kept.singleton = true;
         let mut second = container("c2", "s2", true, 2);
         second.singleton = true;
-        let actions = plan(&[tracked], &[kept, second], OrphanPolicy::Adopt);
+        let actions = plan(
+            &[tracked],
+            &[kept, second],
+            OrphanPolicy::Adopt,
+            Purpose::Startup,
+        );
         assert_eq!(removed_ids(&actions), ["c2"]);
         assert!(
             !actions
                 .iter()
                 .any(|action| matches!(action, Action::Adopt { .. }))
+        );
+    }
+
+    #[test]
+    fn startup_waits_only_for_young_unfinished_rows() {
+        let now = Utc::now();
+        let at =
+            |seconds_ago: i64| crate::db::timestamp(now - chrono::Duration::seconds(seconds_ago));
+        let mut young = row("young", RunnerState::Provisioning, None);
+        young.updated_at = at(0);
+        let mut old = row("old", RunnerState::Removing, None);
+        old.updated_at = at(10);
+        let mut running = row("running", RunnerState::Running, None);
+        running.updated_at = at(0);
+
+        let wait = settle_time(&[young, old.clone(), running.clone()], now).unwrap();
+        assert!(
+            wait > Duration::from_millis(1900) && wait <= ENGINE_SETTLE,
+            "{wait:?}"
+        );
+        assert_eq!(settle_time(&[old, running], now), None);
+        assert_eq!(settle_time(&[], now), None);
+    }
+
+    #[test]
+    fn drift_leaves_agreeing_rows_alone() {
+        let rows = [row("s", RunnerState::Running, Some("c1"))];
+        let mut containers = [container("c1", "s", true, 1)];
+        containers[0].host_port = Some(40000);
+        assert!(plan(&rows, &containers, OrphanPolicy::Adopt, Purpose::Drift).is_empty());
+        assert_eq!(
+            plan(&rows, &containers, OrphanPolicy::Adopt, Purpose::Startup).len(),
+            1
         );
     }
 
@@ -559,7 +780,7 @@ mod tests {
             container("o1", "orphan", true, 1),
             container("o2", "stopped", false, 1),
         ];
-        let actions = plan(&rows, &containers, OrphanPolicy::Adopt);
+        let actions = plan(&rows, &containers, OrphanPolicy::Adopt, Purpose::Startup);
         let order: Vec<u8> = actions
             .iter()
             .map(|action| match action {

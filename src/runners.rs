@@ -17,7 +17,8 @@ use crate::db::{
     Actor, AuditAction, AuditEntry, Claim, Db, NewRunner, RunnerKind, RunnerRow, RunnerState,
 };
 use crate::docker::{Engine, EngineError, ISOLATED_NETWORK, RunnerSpec};
-use crate::locks::SessionLocks;
+use crate::locks::{SessionGuard, SessionLocks};
+use crate::metrics::Metrics;
 use crate::session::SessionId;
 
 /// The endpoint text for a runner without a published port (as the first
@@ -83,6 +84,7 @@ pub struct Runners {
     engine: Engine,
     locks: SessionLocks,
     settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
 }
 
 impl Runners {
@@ -91,6 +93,7 @@ impl Runners {
             db,
             engine,
             locks: SessionLocks::default(),
+            metrics: Metrics::shared(),
             settings,
         }
     }
@@ -107,6 +110,14 @@ impl Runners {
         &self.settings
     }
 
+    pub fn settings_arc(&self) -> &Arc<Settings> {
+        &self.settings
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Returns the session's runner, starting one if it has none. In
     /// `REUSE_RUNNER_MODE` every caller gets the one shared runner.
     pub async fn provision(
@@ -114,6 +125,28 @@ impl Runners {
         requested: Option<SessionId>,
         network_mode: Option<&str>,
     ) -> Result<Provisioned, RunnerError> {
+        let result = self.provision_uncounted(requested, network_mode).await;
+        self.metrics.provision(match &result {
+            Ok(Provisioned::Created(_)) => "created",
+            Ok(Provisioned::Existing(_) | Provisioned::ExistingSingleton(_)) => "existing",
+            Err(RunnerError::Engine(EngineError::ImageNotFound(_))) => "image_not_found",
+            Err(RunnerError::Engine(EngineError::Unavailable(_))) => "engine_unavailable",
+            Err(_) => "error",
+        });
+        result
+    }
+
+    async fn provision_uncounted(
+        &self,
+        requested: Option<SessionId>,
+        network_mode: Option<&str>,
+    ) -> Result<Provisioned, RunnerError> {
+        if !self.engine.is_reachable() {
+            return Err(EngineError::Unavailable(
+                "the last health check could not reach it".to_owned(),
+            )
+            .into());
+        }
         if self.settings.reuse_runner_mode {
             let _guard = self.locks.lock(SINGLETON_LOCK).await;
             if let Some(row) = self.usable(self.db.find_singleton().await?).await? {
@@ -179,6 +212,7 @@ impl Runners {
             return Ok(Provisioned::Existing(self.info(&row)));
         }
         tracing::info!(session_id = %session, container = %container_name, "starting runner");
+        let started_at = std::time::Instant::now();
         let spec = RunnerSpec {
             session_id: session.as_str(),
             container_name: &container_name,
@@ -188,11 +222,12 @@ impl Runners {
         let started = match self.engine.start_runner(&spec).await {
             Ok(started) => started,
             Err(error) => {
-                self.undo_claim(session, None, &error.to_string()).await;
-                return Err(error.into());
+                self.abandon(session, &container_name, &error.to_string())
+                    .await;
+                return Err(self.engine_failed(error));
             }
         };
-        if let Err(error) = self
+        let recorded = self
             .db
             .mark_running(
                 session.as_str(),
@@ -200,42 +235,61 @@ impl Runners {
                 started.host_port,
                 Utc::now(),
             )
-            .await
-        {
-            if let Err(cleanup) = self.engine.remove(&started.container_id).await {
-                tracing::error!(session_id = %session, error = %cleanup,
-                    "could not remove a runner after a database error; the reconciler will");
-            } else {
-                self.undo_claim(session, Some(&started.container_id), &error.to_string())
-                    .await;
-            }
+            .await;
+        if let Err(error) = recorded {
+            self.abandon(session, &container_name, &error.to_string())
+                .await;
             return Err(error.into());
         }
         tracing::info!(session_id = %session, container_id = %started.container_id,
             host_port = ?started.host_port, "runner provisioned");
+        self.metrics.provision_duration(started_at.elapsed());
         Ok(Provisioned::Created(RunnerInfo {
             session_id: session.to_string(),
             endpoint: self.endpoint(started.host_port),
         }))
     }
 
-    /// Deletes a claim whose container never started. If even that fails,
-    /// the `provisioning` row is left for the reconciler.
-    async fn undo_claim(&self, session: &SessionId, container_id: Option<&str>, reason: &str) {
-        let entry = AuditEntry {
-            session_id: session.as_str(),
-            container_id,
-            actor: Actor::Api,
-            action: AuditAction::ProvisionFailed,
-            reason,
+    /// Undoes a provision that failed half-way: removes whatever container
+    /// may exist under the session's name, then the row. If the engine
+    /// cannot confirm the removal, the row stays `removing` and the reaper
+    /// retries; if the database fails, the reconciler finds the row.
+    async fn abandon(&self, session: &SessionId, container_name: &str, reason: &str) {
+        let undone = async {
+            self.db
+                .mark_removing(session.as_str(), None, Utc::now())
+                .await?;
+            self.engine.remove(container_name).await?;
+            let entry = AuditEntry {
+                session_id: session.as_str(),
+                container_id: None,
+                actor: Actor::Api,
+                action: AuditAction::ProvisionFailed,
+                reason,
+            };
+            self.db.delete(&entry, Utc::now()).await?;
+            Ok::<_, RunnerError>(())
         };
-        if let Err(error) = self.db.delete(&entry, Utc::now()).await {
-            tracing::error!(session_id = %session, %error, "could not undo a failed provision's row");
+        if let Err(error) = undone.await {
+            tracing::error!(session_id = %session, %error, "could not undo a failed provision; left for the reaper");
         }
     }
 
+    /// Engine errors pass through here so that an unreachable engine makes
+    /// the following requests fail fast.
+    fn engine_failed(&self, error: EngineError) -> RunnerError {
+        self.metrics.engine_error(error.is_unavailable());
+        if error.is_unavailable() {
+            self.engine.mark_unreachable();
+        }
+        error.into()
+    }
+
     pub async fn heartbeat(&self, session: &SessionId) -> Result<Heartbeat, RunnerError> {
-        match self.db.touch(session.as_str(), Utc::now()).await? {
+        let kind = self.db.touch(session.as_str(), Utc::now()).await?;
+        self.metrics
+            .heartbeat(if kind.is_some() { "ok" } else { "not_found" });
+        match kind {
             Some(RunnerKind::Singleton) => Ok(Heartbeat::Singleton),
             Some(RunnerKind::Session) => Ok(Heartbeat::Session),
             None if self.settings.reuse_runner_mode => Err(RunnerError::SingletonMismatch),
@@ -265,6 +319,12 @@ impl Runners {
         }
     }
 
+    /// Serialises work on one session (or on the shared runner) with every
+    /// request, sweep and reconcile touching it.
+    pub async fn lock_session(&self, session_id: &str, singleton: bool) -> SessionGuard {
+        self.locks.lock(lock_key(session_id, singleton)).await
+    }
+
     /// Removes a runner on behalf of the reaper, taking the session's lock so
     /// it cannot interleave with a request, and re-reading the row under it
     /// (the caller's copy may be stale).
@@ -273,11 +333,9 @@ impl Runners {
         row: &RunnerRow,
         removal: Removal<'_>,
     ) -> Result<RemovalOutcome, RunnerError> {
-        let key = match row.kind {
-            RunnerKind::Singleton => SINGLETON_LOCK,
-            RunnerKind::Session => row.session_id.as_str(),
-        };
-        let _guard = self.locks.lock(key).await;
+        let _guard = self
+            .lock_session(&row.session_id, row.kind == RunnerKind::Singleton)
+            .await;
         match self.db.find(&row.session_id).await? {
             Some(current) => self.remove_locked(&current, removal).await,
             None => Ok(RemovalOutcome::Skipped),
@@ -298,7 +356,10 @@ impl Runners {
         }
         let container = row.container_id.as_deref().unwrap_or(&row.container_name);
         // On failure the row stays `removing`; the reaper retries it.
-        self.engine.remove(container).await?;
+        self.engine
+            .remove(container)
+            .await
+            .map_err(|error| self.engine_failed(error))?;
         self.db
             .delete(
                 &AuditEntry {
@@ -328,6 +389,14 @@ impl Runners {
             Some(port) => self.settings.endpoint_for(port),
             None => NO_ENDPOINT.to_owned(),
         }
+    }
+}
+
+fn lock_key(session_id: &str, singleton: bool) -> &str {
+    if singleton {
+        SINGLETON_LOCK
+    } else {
+        session_id
     }
 }
 

@@ -1,43 +1,42 @@
-//! Builds the service from its settings: database, engine, startup
-//! reconciliation, then the listener, so that no request is accepted before
-//! the database and the engine agree.
+//! Builds the service from its settings and runs it: the database (locked
+//! and migrated) and the listener come first; runner requests are refused
+//! with 503 until the startup reconcile has made the database and the engine
+//! agree, which is retried with backoff while the engine is unreachable.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::db::Db;
 use crate::docker::Engine;
+use crate::drift::{self, DriftWatcher};
+use crate::readiness::Readiness;
 use crate::reaper::Reaper;
-use crate::reconcile::{Reconciler, Summary};
+use crate::reconcile::Reconciler;
 use crate::runners::Runners;
+
+/// How often the engine is pinged, so requests fail fast while it is down.
+const ENGINE_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest wait between two attempts of the startup reconcile.
+const MAX_STARTUP_BACKOFF: Duration = Duration::from_secs(10);
 
 pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
     runners: Runners,
-    reconciled: Summary,
+    readiness: Readiness,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let db = Db::connect(&settings.database_url).await?;
         let engine = Engine::connect(&settings).context("invalid DOCKER_HOST")?;
-        engine.ping().await.context(
-            "cannot reach the Docker Engine (check DOCKER_HOST and the socket's permissions)",
-        )?;
-        let reconciled = Reconciler {
-            db: &db,
-            engine: &engine,
-            policy: settings.orphan_policy,
-        }
-        .run()
-        .await
-        .context("startup reconcile failed")?;
         let listener = TcpListener::bind((settings.listen_address, settings.port))
             .await
             .with_context(|| {
@@ -51,7 +50,7 @@ impl Application {
             listener,
             address,
             runners: Runners::new(db, engine, Arc::new(settings)),
-            reconciled,
+            readiness: Readiness::default(),
         })
     }
 
@@ -64,30 +63,89 @@ impl Application {
         &self.runners
     }
 
-    /// What the startup reconcile did.
-    pub fn reconciled(&self) -> Summary {
-        self.reconciled
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
     }
 
     /// Serves until `shutdown` is cancelled, then lets in-flight requests
-    /// finish and stops the reaper. Runners are left running: the next
-    /// start adopts them.
+    /// finish (for at most `SHUTDOWN_TIMEOUT_SECONDS`) and stops the
+    /// background tasks. Runners are left running: the next start keeps them.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let settings = self.runners.settings();
-        let reaper = Reaper::new(
-            self.runners.clone(),
-            settings.inactivity_timeout,
-            settings.cleanup_interval,
+        let settings = Arc::clone(self.runners.settings_arc());
+        let mut workers = JoinSet::new();
+        workers.spawn(
+            self.runners
+                .engine()
+                .clone()
+                .monitor_until_stopped(ENGINE_HEALTH_INTERVAL, shutdown.clone()),
         );
-        let reaper = tokio::spawn(reaper.run_until_stopped(shutdown.clone()));
+        workers.spawn(run_background(
+            self.runners.clone(),
+            self.readiness.clone(),
+            shutdown.clone(),
+        ));
         tracing::info!(address = %self.address, "listening");
-        let served = axum::serve(self.listener, crate::http::router(self.runners))
+        let router = crate::http::router(self.runners, self.readiness);
+        let server = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+            .into_future();
+        let drain_deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(settings.shutdown_timeout).await;
+        };
+        let served = tokio::select! {
+            served = server => served.context("HTTP server failed"),
+            () = drain_deadline => {
+                tracing::warn!("requests still in flight after SHUTDOWN_TIMEOUT_SECONDS; exiting anyway");
+                Ok(())
+            }
+        };
         shutdown.cancel();
-        reaper.await.context("reaper task failed")?;
-        served.context("HTTP server failed")?;
+        while let Some(worker) = workers.join_next().await {
+            worker.context("background task failed")?;
+        }
+        served?;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Runs the startup reconcile until it succeeds, marks the service ready,
+/// then runs the reaper and the drift watcher until shutdown.
+async fn run_background(runners: Runners, readiness: Readiness, shutdown: CancellationToken) {
+    let settings = Arc::clone(runners.settings_arc());
+    let reconciler = Reconciler::new(runners.clone(), settings.orphan_policy);
+    let events_since = drift::now_seconds();
+    let mut backoff = Duration::from_millis(500);
+    let summary = loop {
+        match reconciler.run_startup().await {
+            Ok(summary) => break summary,
+            Err(error) => {
+                let reason =
+                    format!("startup reconcile failed ({error:#}); retrying in {backoff:?}");
+                tracing::warn!("{reason}");
+                readiness.waiting(reason);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_STARTUP_BACKOFF);
+            }
+        }
+    };
+    // Refresh the engine's health at once, so requests do not fail fast on
+    // a stale "unreachable" from before it came back.
+    let _ = runners.engine().ping().await;
+    readiness.ready(summary);
+    tracing::info!(%summary, "ready");
+    let reaper = Reaper::new(
+        runners,
+        settings.inactivity_timeout,
+        settings.cleanup_interval,
+    );
+    let drift = DriftWatcher::new(reconciler, settings.reconcile_interval, events_since);
+    tokio::join!(
+        reaper.run_until_stopped(shutdown.clone()),
+        drift.run_until_stopped(shutdown)
+    );
 }

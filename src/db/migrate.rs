@@ -2,6 +2,7 @@
 //! links one SQLite driver. refinery has no sqlx driver; it exposes async
 //! traits that any connection type can implement, which this module does.
 
+use refinery_core::error::Kind;
 use refinery_core::traits::r#async::{AsyncQuery, AsyncTransaction};
 use refinery_core::{AsyncMigrate, Migration};
 use sqlx::pool::PoolConnection;
@@ -22,12 +23,28 @@ pub async fn run(pool: &SqlitePool) -> anyhow::Result<Vec<String>> {
         .set_abort_divergent(true)
         .set_abort_missing(true)
         .run_async(&mut connection)
-        .await?;
+        .await
+        .map_err(explain)?;
     Ok(report
         .applied_migrations()
         .iter()
         .map(ToString::to_string)
         .collect())
+}
+
+/// Says what a history mismatch means for the operator.
+fn explain(error: refinery_core::Error) -> anyhow::Error {
+    match error.kind() {
+        Kind::MissingVersion(migration) => anyhow::anyhow!(
+            "the database has migration {migration}, which this binary does not know: it was \
+             written by a newer orchestrator; refusing to start (run the newer version)"
+        ),
+        Kind::DivergentVersion(applied, embedded) => anyhow::anyhow!(
+            "the database's applied migration {applied} differs from this binary's {embedded}; \
+             refusing to start rather than guess at the schema"
+        ),
+        _ => error.into(),
+    }
 }
 
 struct MigrationConnection(PoolConnection<Sqlite>);

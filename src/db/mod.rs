@@ -8,8 +8,10 @@
 
 mod migrate;
 
-use std::path::Path;
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,16 +21,18 @@ use sqlx::{FromRow, SqlitePool};
 
 use crate::session::SessionId;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
 #[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum RunnerState {
     Provisioning,
     Running,
     Removing,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
 #[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum RunnerKind {
     /// One runner per browser session.
     Session,
@@ -36,7 +40,7 @@ pub enum RunnerKind {
     Singleton,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, serde::Serialize)]
 pub struct RunnerRow {
     pub session_id: String,
     pub kind: RunnerKind,
@@ -84,6 +88,9 @@ pub enum AuditAction {
     ContainerRemoved,
     /// A row deleted because its container was gone or not running.
     Dropped,
+    /// The engine reported the tracked container died, was OOM-killed or
+    /// removed.
+    EngineEvent,
 }
 
 impl AuditAction {
@@ -97,6 +104,7 @@ impl AuditAction {
             AuditAction::Adopted => "adopted",
             AuditAction::ContainerRemoved => "container_removed",
             AuditAction::Dropped => "dropped",
+            AuditAction::EngineEvent => "engine_event",
         }
     }
 }
@@ -112,7 +120,7 @@ pub struct AuditEntry<'a> {
 }
 
 /// One line of the audit trail, as read back.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, serde::Serialize)]
 pub struct AuditRecord {
     pub id: i64,
     pub at: String,
@@ -160,6 +168,8 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: SqlitePool,
+    /// Held for the life of the service; see [`Db::connect`].
+    _lock: Option<Arc<File>>,
 }
 
 /// `SELECT` of every runner column followed by the rest of a query, as one
@@ -176,8 +186,37 @@ macro_rules! select_runners {
 
 impl Db {
     /// Opens (creating if missing) the database and applies migrations.
+    /// Opens the database for the service: takes an exclusive lock on
+    /// `<file>.lock` first (two services on one state would fight over its
+    /// runners), then applies migrations.
     pub async fn connect(database_url: &str) -> anyhow::Result<Self> {
         let options = connect_options(database_url)?;
+        let lock = lock_database(options.get_filename())?;
+        Ok(Self {
+            _lock: lock,
+            ..Self::open(database_url, options).await?
+        })
+    }
+
+    /// Opens an existing database read-only, without the service lock and
+    /// without migrating: for operators' commands beside a running service.
+    pub async fn connect_read_only(database_url: &str) -> anyhow::Result<Self> {
+        let options = base_options(database_url)?.read_only(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open the database `{database_url}` read-only"))?;
+        Ok(Self { pool, _lock: None })
+    }
+
+    /// Opens the database without the service lock, for tests and tools
+    /// that read or repair it beside a running service.
+    pub async fn connect_unlocked(database_url: &str) -> anyhow::Result<Self> {
+        Self::open(database_url, connect_options(database_url)?).await
+    }
+
+    async fn open(database_url: &str, options: SqliteConnectOptions) -> anyhow::Result<Self> {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
@@ -189,7 +228,21 @@ impl Db {
         for migration in applied {
             tracing::info!(%migration, "applied database migration");
         }
-        Ok(Self { pool })
+        Ok(Self { pool, _lock: None })
+    }
+
+    /// How many runners are in each state, for the metrics.
+    pub async fn count_by_state(&self) -> sqlx::Result<Vec<(String, i64)>> {
+        sqlx::query_as("SELECT state, COUNT(*) FROM runners GROUP BY state ORDER BY state")
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Proves the database takes writes (the disk is not full or read-only)
+    /// without changing anything.
+    pub async fn check_writable(&self) -> sqlx::Result<()> {
+        let transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        transaction.rollback().await
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -419,23 +472,58 @@ async fn insert_audit(
     Ok(())
 }
 
-/// Accepts a `sqlite:` URL or a plain file path.
+/// Takes the service's exclusive lock beside the database file. The OS
+/// releases it when the process dies, so a killed service never leaves a
+/// stale lock behind.
+fn lock_database(database: &Path) -> anyhow::Result<Option<Arc<File>>> {
+    if database.as_os_str().is_empty() || database == Path::new(":memory:") {
+        return Ok(None);
+    }
+    let mut path = database.as_os_str().to_owned();
+    path.push(".lock");
+    let path = PathBuf::from(path);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot create the database lock file `{}`", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(Arc::new(file))),
+        Err(TryLockError::WouldBlock) => anyhow::bail!(
+            "another orchestrator is already using the database `{}` (it holds `{}`); \
+             two services on one database would fight over its runners",
+            database.display(),
+            path.display()
+        ),
+        Err(TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock `{}`", path.display()))
+        }
+    }
+}
+
+/// The service's options.
 ///
 /// WAL lets readers (heartbeats, operator queries) run beside the writer.
 /// `synchronous = NORMAL` in WAL mode survives a killed process; an OS crash
 /// may lose the last commits, which the startup reconciler repairs (a lost
 /// row's container is adopted, a lost deletion's row is dropped).
 fn connect_options(database_url: &str) -> anyhow::Result<SqliteConnectOptions> {
+    Ok(base_options(database_url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true))
+}
+
+/// Accepts a `sqlite:` URL or a plain file path.
+fn base_options(database_url: &str) -> anyhow::Result<SqliteConnectOptions> {
     let options = if database_url.starts_with("sqlite:") {
         SqliteConnectOptions::from_str(database_url)
             .with_context(|| format!("DATABASE_URL `{database_url}` is not a valid SQLite URL"))?
     } else {
         SqliteConnectOptions::new().filename(Path::new(database_url))
     };
-    Ok(options
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5))
-        .foreign_keys(true))
+    Ok(options.busy_timeout(Duration::from_secs(5)))
 }

@@ -3,13 +3,16 @@
 //! `details` only outside production.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::docker::EngineError;
 use crate::runners::RunnerError;
 use crate::session::InvalidSessionId;
+
+/// What a 503 tells clients to wait before trying again.
+const RETRY_AFTER_SECONDS: &str = "5";
 
 /// What a request for a session id was for; it words the 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,11 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("request timed out")]
     Timeout,
+    #[error("docker engine unavailable")]
+    DockerUnavailable,
+    /// The startup reconcile has not finished; the text says why.
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// Details are `None` in production: they never reach clients there.
     #[error("internal error: {}", .details.as_deref().unwrap_or("hidden"))]
     Internal { details: Option<String> },
@@ -73,6 +81,10 @@ impl ApiError {
             }
             RunnerError::Engine(EngineError::NetworkNotFound(network)) => {
                 ApiError::NetworkNotFound(network)
+            }
+            RunnerError::Engine(EngineError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "request refused: Docker Engine unavailable");
+                ApiError::DockerUnavailable
             }
             other => {
                 tracing::error!(error = %other, "request failed");
@@ -101,6 +113,7 @@ impl ApiError {
             ApiError::ImageNotFound(_) | ApiError::Internal { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            ApiError::DockerUnavailable | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -120,6 +133,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ApiError::Timeout => "REQUEST_TIMEOUT",
             ApiError::Internal { .. } => "SERVER_ERROR",
+            ApiError::DockerUnavailable => "DOCKER_UNAVAILABLE",
+            ApiError::NotReady(_) => "NOT_READY",
         }
     }
 
@@ -155,6 +170,11 @@ impl ApiError {
             ApiError::MethodNotAllowed => "This method is not allowed on this endpoint.".to_owned(),
             ApiError::Timeout => "The request took too long.".to_owned(),
             ApiError::Internal { .. } => "An unexpected error occurred on the server.".to_owned(),
+            ApiError::DockerUnavailable => {
+                "The Docker Engine is unavailable; runners cannot be started or removed right now."
+                    .to_owned()
+            }
+            ApiError::NotReady(reason) => format!("The orchestrator is not ready yet: {reason}"),
         }
     }
 }
@@ -171,6 +191,13 @@ impl IntoResponse for ApiError {
             details,
         };
         // axum adds the `Allow` header to 405s itself.
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }

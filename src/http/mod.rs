@@ -6,8 +6,10 @@ mod extract;
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Json, Router};
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,7 @@ pub use extract::SESSION_HEADER;
 use extract::{OptionalJson, SessionHeader, parse_optional};
 
 use crate::config::AllowedOrigins;
+use crate::readiness::{Phase, Readiness};
 use crate::runners::{Heartbeat, Provisioned, RunnerError, Runners, validate_network_mode};
 use crate::session::SessionId;
 
@@ -29,7 +32,14 @@ pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 /// How long browsers may cache a CORS preflight answer.
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 
-pub fn router(runners: Runners) -> Router {
+/// What the handlers share: the runner service and whether it is ready.
+#[derive(Clone, FromRef)]
+struct AppState {
+    runners: Runners,
+    readiness: Readiness,
+}
+
+pub fn router(runners: Runners, readiness: Readiness) -> Router {
     let settings = runners.settings();
     let middleware = ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
@@ -38,16 +48,67 @@ pub fn router(runners: Runners) -> Router {
             ApiError::Timeout
         }))
         .timeout(settings.request_timeout);
-    Router::new()
-        .route("/", get(liveness))
+    let state = AppState { runners, readiness };
+    let runner_api = Router::new()
         .route("/api/runner/provision", post(provision))
         .route("/api/runner/deprovision", post(deprovision))
         .route("/api/runner/heartbeat", post(heartbeat))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_ready,
+        ));
+    Router::new()
+        .route("/", get(liveness))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(runner_api)
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware)
-        .with_state(runners)
+        .with_state(state)
+}
+
+/// Runner requests wait for the startup reconcile: before it, a heartbeat
+/// could answer 404 for a runner about to be adopted (and the browser never
+/// heartbeats again after a 404).
+async fn require_ready(
+    State(readiness): State<Readiness>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match readiness.phase() {
+        Phase::Ready(_) => next.run(request).await,
+        Phase::Starting(reason) => ApiError::NotReady(reason).into_response(),
+    }
+}
+
+/// The process is alive.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// The service can do its work: reconciled, database writable, engine
+/// reachable; otherwise 503 saying which is missing.
+async fn readyz(
+    State(readiness): State<Readiness>,
+    State(runners): State<Runners>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Phase::Starting(reason) = readiness.phase() {
+        return Err(ApiError::NotReady(reason));
+    }
+    if let Err(error) = runners.db().check_writable().await {
+        return Err(ApiError::NotReady(format!(
+            "the database does not take writes: {error}"
+        )));
+    }
+    if let Err(error) = runners.engine().ping().await {
+        return Err(ApiError::NotReady(format!(
+            "the Docker Engine is unreachable: {error}"
+        )));
+    }
+    Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
 /// Every origin by default, as the first orchestrator answered (the browser
@@ -65,6 +126,25 @@ fn cors(origins: &AllowedOrigins) -> CorsLayer {
                 .filter_map(|origin| HeaderValue::from_str(origin).ok()),
         )),
     }
+}
+
+/// Prometheus text exposition (OpenMetrics).
+async fn metrics(State(runners): State<Runners>) -> Result<Response, ApiError> {
+    let production = runners.settings().is_production();
+    let counts = runners
+        .db()
+        .count_by_state()
+        .await
+        .map_err(|error| ApiError::from_runner_error(error.into(), production))?;
+    let text = runners.metrics().render(&counts);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn liveness() -> &'static str {

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -21,6 +21,7 @@ use bollard::query_parameters::{
 use serde_json::Value;
 use taylored_orchestrator::config::{INSTANCE_LABEL, SESSION_LABEL, Settings};
 use taylored_orchestrator::db::{Db, RunnerRow};
+use taylored_orchestrator::readiness::Readiness;
 use taylored_orchestrator::reconcile::Summary;
 use taylored_orchestrator::runners::Runners;
 use taylored_orchestrator::startup::Application;
@@ -263,8 +264,10 @@ impl TestEnv {
         id
     }
 
+    /// The database beside the service (without its lock), as an operator
+    /// would open it.
     pub async fn db(&self) -> Db {
-        Db::connect(&self.db_path.display().to_string())
+        Db::connect_unlocked(&self.db_path.display().to_string())
             .await
             .unwrap()
     }
@@ -273,19 +276,31 @@ impl TestEnv {
         self.db().await.find(session).await.unwrap()
     }
 
+    /// Starts the service in this process and waits until it is ready
+    /// (its startup reconcile done).
     pub async fn spawn(self: &Arc<Self>, extra: &[&str]) -> TestApp {
+        let mut app = self.start(extra).await;
+        app.reconciled = tokio::time::timeout(Duration::from_secs(60), app.readiness.wait_ready())
+            .await
+            .expect("the service did not become ready within 60 s");
+        app
+    }
+
+    /// Starts the service in this process without waiting for readiness.
+    pub async fn start(self: &Arc<Self>, extra: &[&str]) -> TestApp {
         let application = Application::build(self.settings(extra))
             .await
             .expect("application starts");
         let port = application.port();
         let runners = application.runners().clone();
-        let reconciled = application.reconciled();
+        let readiness = application.readiness().clone();
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(application.run_until_stopped(shutdown.clone()));
         TestApp {
             api: Api::new(port),
             runners,
-            reconciled,
+            readiness,
+            reconciled: Summary::default(),
             env: self.clone(),
             shutdown,
             server: Some(server),
@@ -318,9 +333,13 @@ impl TestEnv {
         }
         let mut child = command.spawn().expect("spawn orchestrator binary");
         let (port_tx, port_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let kept_logs = logs.clone();
         // Drains the log for the whole life of the process (a full pipe
-        // would block it) and reports the bound port.
+        // would block it), keeps it for the test, and reports the bound port
+        // and readiness.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let Ok(event) = serde_json::from_str::<Value>(&line) else {
@@ -331,14 +350,22 @@ impl TestEnv {
                     let port = address.rsplit(':').next().unwrap().parse::<u16>().unwrap();
                     let _ = port_tx.send(port);
                 }
+                if event["message"] == "ready" {
+                    let _ = ready_tx.send(());
+                }
+                kept_logs.lock().unwrap().push(event);
             }
         });
         let port = port_rx
             .recv_timeout(Duration::from_secs(60))
             .expect("the orchestrator binary did not start listening within 60 s");
+        ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the orchestrator binary did not become ready within 60 s");
         BinaryApp {
             api: Api::new(port),
             child,
+            logs,
             _env: self.clone(),
         }
     }
@@ -386,7 +413,8 @@ async fn remove_instance_containers(instance: &str) {
 pub struct TestApp {
     pub api: Api,
     pub runners: Runners,
-    /// What the startup reconcile did.
+    pub readiness: Readiness,
+    /// What the startup reconcile did (after [`TestEnv::spawn`]).
     pub reconciled: Summary,
     pub env: Arc<TestEnv>,
     shutdown: CancellationToken,
@@ -421,6 +449,8 @@ impl Drop for TestApp {
 /// The service as a separate process.
 pub struct BinaryApp {
     pub api: Api,
+    /// Every JSON log line the process wrote so far.
+    pub logs: Arc<Mutex<Vec<Value>>>,
     child: Child,
     _env: Arc<TestEnv>,
 }
@@ -503,6 +533,22 @@ impl Api {
 
     /// `POST /api/runner/provision` with `{}`, and `X-Session-Id` if given.
     pub async fn provision(&self, session: Option<&str>) -> Reply {
+        answered(self.try_provision(session).await)
+    }
+
+    pub async fn heartbeat(&self, session: &str) -> Reply {
+        answered(self.try_heartbeat(session).await)
+    }
+
+    /// As the browser sends it: the id in the body and in the header.
+    pub async fn deprovision(&self, session: &str) -> Reply {
+        answered(self.try_deprovision(session).await)
+    }
+
+    /// Like [`Api::provision`], but a request the service never answered
+    /// (it was killed mid-request) is an `Err`, not a panic: the crash
+    /// harness counts those as outcome unknown.
+    pub async fn try_provision(&self, session: Option<&str>) -> Result<Reply, reqwest::Error> {
         let mut request = self
             .client
             .post(self.url("/api/runner/provision"))
@@ -510,11 +556,12 @@ impl Api {
         if let Some(session) = session {
             request = request.header("X-Session-Id", session);
         }
-        reply(request).await
+        try_reply(request).await
     }
 
-    pub async fn heartbeat(&self, session: &str) -> Reply {
-        reply(
+    /// Like [`Api::heartbeat`]; `Err` if the service never answered.
+    pub async fn try_heartbeat(&self, session: &str) -> Result<Reply, reqwest::Error> {
+        try_reply(
             self.client
                 .post(self.url("/api/runner/heartbeat"))
                 .json(&serde_json::json!({ "sessionId": session })),
@@ -522,9 +569,9 @@ impl Api {
         .await
     }
 
-    /// As the browser sends it: the id in the body and in the header.
-    pub async fn deprovision(&self, session: &str) -> Reply {
-        reply(
+    /// Like [`Api::deprovision`]; `Err` if the service never answered.
+    pub async fn try_deprovision(&self, session: &str) -> Result<Reply, reqwest::Error> {
+        try_reply(
             self.client
                 .post(self.url("/api/runner/deprovision"))
                 .header("X-Session-Id", session)
@@ -534,28 +581,66 @@ impl Api {
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        reply(request).await
+        answered(try_reply(request).await)
     }
 }
 
-async fn reply(request: reqwest::RequestBuilder) -> Reply {
-    let response = request.send().await.expect("request reaches the service");
+fn answered(reply: Result<Reply, reqwest::Error>) -> Reply {
+    reply.expect("request reaches the service")
+}
+
+async fn try_reply(request: reqwest::RequestBuilder) -> Result<Reply, reqwest::Error> {
+    let response = request.send().await?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let bytes = response.bytes().await.unwrap();
-    Reply {
+    let bytes = response.bytes().await?;
+    Ok(Reply {
         status,
         headers,
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    })
+}
+
+/// Like [`assert_runner_answers`], but says what is wrong instead of
+/// panicking, so that the crash harness can collect every violation of a run
+/// before it fails. Gives up after 5 s: a runner that does not answer by then
+/// is as good as gone.
+pub async fn runner_answers(endpoint: &str) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let response = client
+        .get(endpoint)
+        .send()
+        .await
+        .map_err(|error| format!("runner at {endpoint} does not answer: {error}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status != 200 || body["runner"] != "ok" {
+        return Err(format!(
+            "runner at {endpoint} answered {status} {body} instead of the stand-in runner"
+        ));
     }
+    Ok(())
 }
 
 /// GETs a runner's endpoint and checks that the stand-in runner answers.
+/// A just-started container may take a moment to listen (the engine's port
+/// forwarder accepts before it does), as clients' reconnects allow for.
 pub async fn assert_runner_answers(endpoint: &str) {
-    let response = reqwest::get(endpoint)
-        .await
-        .unwrap_or_else(|error| panic!("runner at {endpoint} does not answer: {error}"));
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["runner"], "ok");
+    let mut last_error = None;
+    for _ in 0..50 {
+        match reqwest::get(endpoint).await {
+            Ok(response) => {
+                assert_eq!(response.status(), 200);
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["runner"], "ok");
+                return;
+            }
+            Err(error) => last_error = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("runner at {endpoint} does not answer within 5 s: {last_error:?}");
 }

@@ -3,8 +3,11 @@
 mod bad_input;
 mod concurrency;
 mod cors;
+mod crash;
+mod faults;
 mod helpers;
 mod lifecycle;
+mod operator;
 mod reaper;
 mod reconcile;
 mod restart;

@@ -1,0 +1,144 @@
+//! Operators' commands: read the database (read-only, safe beside a running
+//! service) and preview a reconcile without changing anything.
+
+use std::fmt::Write as _;
+
+use anyhow::Context;
+
+use crate::config::{RunnersCommand, Settings};
+use crate::db::{AuditRecord, Db, RunnerRow};
+use crate::docker::Engine;
+use crate::reconcile::{Action, Purpose, plan};
+
+pub async fn runners(command: RunnersCommand, settings: &Settings) -> anyhow::Result<()> {
+    let db = Db::connect_read_only(&settings.database_url).await?;
+    let output = match command {
+        RunnersCommand::List { json } => {
+            let rows = db.all().await?;
+            if json {
+                serde_json::to_string_pretty(&rows)?
+            } else {
+                runner_table(&rows)
+            }
+        }
+        RunnersCommand::Show { session_id, json } => {
+            let row = db.find(&session_id).await?;
+            let trail = db.audit_trail(&session_id).await?;
+            anyhow::ensure!(
+                row.is_some() || !trail.is_empty(),
+                "no runner and no history for session `{session_id}`"
+            );
+            if json {
+                serde_json::to_string_pretty(&serde_json::json!({ "runner": row, "audit": trail }))?
+            } else {
+                runner_details(row.as_ref(), &trail)
+            }
+        }
+    };
+    println!("{output}");
+    Ok(())
+}
+
+/// Plans a startup reconcile against the live engine and prints it.
+pub async fn reconcile_dry_run(settings: &Settings) -> anyhow::Result<()> {
+    let db = Db::connect_read_only(&settings.database_url).await?;
+    let engine = Engine::connect(settings).context("invalid DOCKER_HOST")?;
+    let rows = db.all().await?;
+    let containers = engine.list_runners().await?;
+    let actions = plan(&rows, &containers, settings.orphan_policy, Purpose::Startup);
+    println!("{}", describe_plan(rows.len(), containers.len(), &actions));
+    Ok(())
+}
+
+fn short(id: Option<&str>) -> &str {
+    id.map(|id| &id[..id.len().min(12)]).unwrap_or("-")
+}
+
+fn runner_table(rows: &[RunnerRow]) -> String {
+    let mut text = format!(
+        "{:<38} {:<9} {:<12} {:>5} {:<12} {:<24} {:<24}\n",
+        "SESSION", "KIND", "STATE", "PORT", "CONTAINER", "LAST HEARTBEAT", "CREATED"
+    );
+    for row in rows {
+        let port = row
+            .host_port
+            .map(|port| port.to_string())
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            text,
+            "{:<38} {:<9} {:<12} {:>5} {:<12} {:<24} {:<24}",
+            row.session_id,
+            format!("{:?}", row.kind).to_lowercase(),
+            format!("{:?}", row.state).to_lowercase(),
+            port,
+            short(row.container_id.as_deref()),
+            row.last_heartbeat_at,
+            row.created_at
+        );
+    }
+    let _ = write!(text, "{} runner(s)", rows.len());
+    text
+}
+
+fn runner_details(row: Option<&RunnerRow>, trail: &[AuditRecord]) -> String {
+    let mut text = match row {
+        Some(row) => serde_json::to_string_pretty(row).unwrap_or_default(),
+        None => "no runner (it was removed; its history follows)".to_owned(),
+    };
+    text.push_str("\n\naudit trail:\n");
+    for record in trail {
+        let _ = writeln!(
+            text,
+            "{}  {:<10} {:<17} {:<12} {}",
+            record.at,
+            record.actor,
+            record.action,
+            short(record.container_id.as_deref()),
+            record.reason
+        );
+    }
+    text
+}
+
+fn describe_plan(rows: usize, containers: usize, actions: &[Action]) -> String {
+    let mut text = format!("{rows} row(s), {containers} container(s) of this instance\n");
+    if actions.is_empty() {
+        text.push_str("nothing to do");
+    }
+    for action in actions {
+        let line = match action {
+            Action::RemoveContainer { container, reason } => format!(
+                "remove container {} (session {}): {reason}",
+                short(Some(&container.id)),
+                container.session_id
+            ),
+            Action::DropRow { row, reason } => {
+                format!("drop row of session {}: {reason}", row.session_id)
+            }
+            Action::Keep {
+                row,
+                container,
+                reason,
+            } => format!(
+                "keep session {} on container {} (port {}): {reason}",
+                row.session_id,
+                short(Some(&container.id)),
+                container
+                    .host_port
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into())
+            ),
+            Action::Adopt { container } => format!(
+                "adopt container {} for session {} (port {})",
+                short(Some(&container.id)),
+                container.session_id,
+                container
+                    .host_port
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into())
+            ),
+        };
+        let _ = writeln!(text, "{line}");
+    }
+    text.trim_end().to_owned()
+}

@@ -1,0 +1,82 @@
+//! Whether the service may serve runner requests yet: only once the startup
+//! reconcile has made the database and the engine agree.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::reconcile::Summary;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Not reconciled yet; the text says what it is waiting for.
+    Starting(String),
+    Ready(Summary),
+}
+
+/// Shared by the startup task (which moves it forward), the HTTP layer
+/// (which refuses runner requests until ready) and the background workers
+/// (which wait for it).
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    phase: Arc<watch::Sender<Phase>>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            phase: Arc::new(watch::Sender::new(Phase::Starting(
+                "the startup reconcile has not run yet".to_owned(),
+            ))),
+        }
+    }
+}
+
+impl Readiness {
+    pub fn waiting(&self, reason: String) {
+        self.phase.send_replace(Phase::Starting(reason));
+    }
+
+    pub fn ready(&self, summary: Summary) {
+        self.phase.send_replace(Phase::Ready(summary));
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase.borrow().clone()
+    }
+
+    /// Resolves once ready, with what the startup reconcile did.
+    pub async fn wait_ready(&self) -> Summary {
+        let mut receiver = self.phase.subscribe();
+        let phase = receiver
+            .wait_for(|phase| matches!(phase, Phase::Ready(_)))
+            .await
+            .expect("the sender lives as long as self");
+        match &*phase {
+            Phase::Ready(summary) => *summary,
+            Phase::Starting(_) => unreachable!("waited for Ready"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiters_wake_when_ready() {
+        let readiness = Readiness::default();
+        assert!(matches!(readiness.phase(), Phase::Starting(_)));
+        let waiter = tokio::spawn({
+            let readiness = readiness.clone();
+            async move { readiness.wait_ready().await }
+        });
+        readiness.waiting("engine down".to_owned());
+        let summary = Summary {
+            kept: 2,
+            ..Summary::default()
+        };
+        readiness.ready(summary);
+        assert_eq!(waiter.await.unwrap(), summary);
+    }
+}
