@@ -6,7 +6,10 @@ use std::net::IpAddr;
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkCreateRequest, PortBinding,
+    ResourcesUlimits,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
@@ -19,7 +22,9 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DEFAULT_INSTANCE, INSTANCE_LABEL, SESSION_LABEL, SINGLETON_LABEL, Settings};
+use crate::config::{
+    DEFAULT_INSTANCE, INSTANCE_LABEL, RunnerLimits, SESSION_LABEL, SINGLETON_LABEL, Settings,
+};
 
 /// The port the runner listens on inside its container (the runner reads
 /// `PORT`; the first orchestrator set 3000).
@@ -110,6 +115,7 @@ pub struct Engine {
     bind_address: IpAddr,
     free_doors: u16,
     stop_timeout_seconds: u32,
+    limits: RunnerLimits,
     /// Whether the last health check reached the engine; lets requests fail
     /// fast instead of each waiting for a timeout while it is down.
     reachable: Arc<AtomicBool>,
@@ -132,6 +138,7 @@ impl Engine {
             bind_address: settings.runner_bind_address,
             free_doors: settings.free_doors,
             stop_timeout_seconds: settings.runner_stop_timeout_seconds,
+            limits: settings.limits.clone(),
             reachable: Arc::new(AtomicBool::new(true)),
         })
     }
@@ -324,6 +331,10 @@ impl Engine {
             let (exposed, bindings) = self.published_ports();
             (Some(exposed), Some(bindings))
         };
+        let network_mode = spec
+            .network_mode
+            .or(self.limits.runner_network.as_deref())
+            .map(str::to_owned);
         ContainerCreateBody {
             image: Some(self.image.clone()),
             env: Some(vec![format!("PORT={RUNNER_PORT}")]),
@@ -331,10 +342,74 @@ impl Engine {
             exposed_ports,
             host_config: Some(HostConfig {
                 port_bindings,
-                network_mode: spec.network_mode.map(str::to_owned),
-                ..Default::default()
+                network_mode,
+                ..self.confinement()
             }),
             ..Default::default()
+        }
+    }
+
+    /// The limits that keep untrusted code from taking the host down: memory
+    /// without extra swap, CPU, processes, open files, no privilege gain, no
+    /// capabilities but those configured, optionally a read-only root.
+    fn confinement(&self) -> HostConfig {
+        let limits = &self.limits;
+        HostConfig {
+            memory: Some(limits.runner_memory),
+            memory_swap: Some(limits.runner_memory),
+            nano_cpus: Some((limits.runner_cpus * 1e9) as i64),
+            pids_limit: Some(limits.runner_pids_limit),
+            ulimits: Some(vec![ResourcesUlimits {
+                name: Some("nofile".to_owned()),
+                soft: Some(limits.runner_nofile),
+                hard: Some(limits.runner_nofile),
+            }]),
+            security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            cap_add: Some(limits.runner_capabilities.0.clone()),
+            readonly_rootfs: Some(limits.runner_read_only),
+            tmpfs: limits.runner_read_only.then(|| {
+                HashMap::from([(
+                    "/tmp".to_owned(),
+                    format!("rw,noexec,nosuid,size={}", limits.runner_tmpfs_size),
+                )])
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Creates `RUNNER_NETWORK` if it is set and missing, with traffic
+    /// between its containers off, so one runner cannot reach another.
+    pub async fn ensure_runner_network(&self) -> Result<(), EngineError> {
+        let Some(name) = &self.limits.runner_network else {
+            return Ok(());
+        };
+        match self.docker.inspect_network(name, None).await {
+            Ok(_) => return Ok(()),
+            Err(error) if status_of(&error) == Some(404) => {}
+            Err(error) => return Err(error.into()),
+        }
+        let request = NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".to_owned()),
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.enable_icc".to_owned(),
+                "false".to_owned(),
+            )])),
+            labels: Some(HashMap::from([(
+                INSTANCE_LABEL.to_owned(),
+                self.instance.clone(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => {
+                tracing::info!(network = %name, "created the runner network (inter-container traffic off)");
+                Ok(())
+            }
+            // Created meanwhile by another instance.
+            Err(error) if status_of(&error) == Some(409) => Ok(()),
+            Err(error) => Err(error.into()),
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{Actor, AuditAction, RunnerState};
+use crate::db::{Actor, AuditAction, RunnerState, timestamp};
 use crate::runners::{Removal, RemovalOutcome, Runners};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -23,14 +23,18 @@ pub struct Reaper {
     runners: Runners,
     inactivity_timeout: Duration,
     interval: Duration,
+    /// `MAX_RUNNER_AGE_SECONDS`: removed however active.
+    max_age: Option<Duration>,
 }
 
 impl Reaper {
     pub fn new(runners: Runners, inactivity_timeout: Duration, interval: Duration) -> Self {
+        let max_age = runners.settings().admission.max_runner_age;
         Self {
             runners,
             inactivity_timeout,
             interval,
+            max_age,
         }
     }
 
@@ -61,17 +65,30 @@ impl Reaper {
     /// inactivity timeout and retries unfinished removals.
     pub async fn try_once(&self, now: DateTime<Utc>) -> anyhow::Result<ReapOutcome> {
         let cutoff = now - self.inactivity_timeout;
+        let born_before = self.max_age.map(|age| timestamp(now - age));
         let mut outcome = ReapOutcome::default();
-        for row in self.runners.db().reapable(cutoff).await? {
-            let reason = match row.state {
-                RunnerState::Removing => "finishing an earlier removal that failed",
-                _ => "no heartbeat within INACTIVITY_TIMEOUT_SECONDS",
+        let rows = self
+            .runners
+            .db()
+            .reapable(cutoff, self.max_age.map(|age| now - age))
+            .await?;
+        for row in rows {
+            let too_old = born_before
+                .as_ref()
+                .is_some_and(|born| row.created_at < *born);
+            let (reason, stale_before) = match row.state {
+                RunnerState::Removing => ("finishing an earlier removal that failed", None),
+                _ if too_old => ("older than MAX_RUNNER_AGE_SECONDS", None),
+                _ => (
+                    "no heartbeat within INACTIVITY_TIMEOUT_SECONDS",
+                    Some(cutoff),
+                ),
             };
             let removal = Removal {
                 actor: Actor::Reaper,
                 action: AuditAction::Reaped,
                 reason,
-                stale_before: Some(cutoff),
+                stale_before,
             };
             match self.runners.remove(&row, removal).await {
                 Ok(RemovalOutcome::Removed) => {

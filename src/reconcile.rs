@@ -288,6 +288,7 @@ impl Reconciler {
     /// The reconcile at start: nothing else touches runners yet, so the
     /// whole plan is applied without per-session locks.
     pub async fn run_startup(&self) -> anyhow::Result<Summary> {
+        self.engine().ensure_runner_network().await?;
         let rows = self.db().all().await?;
         if let Some(wait) = settle_time(&rows, Utc::now()) {
             tracing::info!(

@@ -38,6 +38,8 @@ pub enum RunnerError {
     Engine(#[from] EngineError),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("MAX_CONCURRENT_RUNNERS reached")]
+    LimitReached,
     #[error("operation panicked: {0}")]
     Panicked(String),
 }
@@ -131,6 +133,7 @@ impl Runners {
             Ok(Provisioned::Existing(_) | Provisioned::ExistingSingleton(_)) => "existing",
             Err(RunnerError::Engine(EngineError::ImageNotFound(_))) => "image_not_found",
             Err(RunnerError::Engine(EngineError::Unavailable(_))) => "engine_unavailable",
+            Err(RunnerError::LimitReached) => "limit_reached",
             Err(_) => "error",
         });
         result
@@ -204,12 +207,15 @@ impl Runners {
                     container_name: &container_name,
                     network_mode,
                 },
+                self.settings.admission.max_concurrent_runners,
                 Utc::now(),
             )
             .await?;
-        if let Claim::Existing(row) = claim {
+        match claim {
+            Claim::Claimed => {}
             // Only possible if a row appeared without taking the lock.
-            return Ok(Provisioned::Existing(self.info(&row)));
+            Claim::Existing(row) => return Ok(Provisioned::Existing(self.info(&row))),
+            Claim::LimitReached => return Err(RunnerError::LimitReached),
         }
         tracing::info!(session_id = %session, container = %container_name, "starting runner");
         let started_at = std::time::Instant::now();

@@ -86,7 +86,9 @@ impl Application {
         ));
         tracing::info!(address = %self.address, "listening");
         let router = crate::http::router(self.runners, self.readiness);
-        let server = axum::serve(self.listener, router)
+        // The peer address feeds the per-client provision limit.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
         let drain_deadline = async {

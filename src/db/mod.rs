@@ -158,6 +158,8 @@ pub enum Claim {
     Claimed,
     /// A row already existed; nothing was written.
     Existing(RunnerRow),
+    /// `MAX_CONCURRENT_RUNNERS` rows exist; nothing was written.
+    LimitReached,
 }
 
 /// Formats a time the way every timestamp column stores it.
@@ -269,32 +271,48 @@ impl Db {
     }
 
     /// Rows the reaper must act on: running ones whose last heartbeat is older
-    /// than `cutoff`, and removals that did not finish.
-    pub async fn reapable(&self, cutoff: DateTime<Utc>) -> sqlx::Result<Vec<RunnerRow>> {
+    /// than `cutoff` or that were created before `born_before`, and removals
+    /// that did not finish.
+    pub async fn reapable(
+        &self,
+        cutoff: DateTime<Utc>,
+        born_before: Option<DateTime<Utc>>,
+    ) -> sqlx::Result<Vec<RunnerRow>> {
         sqlx::query_as(select_runners!(
-            "\
-             WHERE (state = 'running' AND last_heartbeat_at < ?) OR state = 'removing'"
+            "WHERE (state = 'running' AND last_heartbeat_at < ?1) OR state = 'removing' \
+             OR (state = 'running' AND created_at < ?2)"
         ))
         .bind(timestamp(cutoff))
+        .bind(born_before.map(timestamp))
         .fetch_all(&self.pool)
         .await
     }
 
     /// Inserts a `provisioning` row unless the session (or, for the
-    /// singleton, any shared runner) already has one. The insert is one
-    /// statement, so two concurrent claims cannot both win.
-    pub async fn claim(&self, runner: &NewRunner<'_>, now: DateTime<Utc>) -> sqlx::Result<Claim> {
+    /// singleton, any shared runner) already has one, or `limit` rows (when
+    /// not 0) already exist. The insert is one statement, and SQLite runs
+    /// one writer at a time, so concurrent claims can neither both win nor
+    /// overshoot the limit.
+    pub async fn claim(
+        &self,
+        runner: &NewRunner<'_>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> sqlx::Result<Claim> {
         let now = timestamp(now);
         let inserted = sqlx::query(
             "INSERT INTO runners (session_id, kind, state, container_name, network_mode, \
              created_at, updated_at, last_heartbeat_at) \
-             VALUES (?1, ?2, 'provisioning', ?3, ?4, ?5, ?5, ?5) ON CONFLICT DO NOTHING",
+             SELECT ?1, ?2, 'provisioning', ?3, ?4, ?5, ?5, ?5 \
+             WHERE ?6 = 0 OR (SELECT COUNT(*) FROM runners) < ?6 \
+             ON CONFLICT DO NOTHING",
         )
         .bind(runner.session_id.as_str())
         .bind(runner.kind)
         .bind(runner.container_name)
         .bind(runner.network_mode)
         .bind(&now)
+        .bind(limit)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -305,11 +323,7 @@ impl Db {
             RunnerKind::Singleton => self.find_singleton().await?,
             RunnerKind::Session => self.find(runner.session_id.as_str()).await?,
         };
-        // The conflicting row is gone only if it was deleted in between,
-        // which callers rule out by holding the session's lock.
-        existing
-            .map(Claim::Existing)
-            .ok_or(sqlx::Error::RowNotFound)
+        Ok(existing.map_or(Claim::LimitReached, Claim::Existing))
     }
 
     /// Records that a claimed runner's container started.

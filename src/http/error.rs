@@ -53,6 +53,11 @@ pub enum ApiError {
     Timeout,
     #[error("docker engine unavailable")]
     DockerUnavailable,
+    #[error("runner limit reached")]
+    RunnerLimitReached,
+    /// Too many provisions from one client; wait this many seconds.
+    #[error("rate limited")]
+    RateLimited(u64),
     /// The startup reconcile has not finished; the text says why.
     #[error("not ready: {0}")]
     NotReady(String),
@@ -82,6 +87,7 @@ impl ApiError {
             RunnerError::Engine(EngineError::NetworkNotFound(network)) => {
                 ApiError::NetworkNotFound(network)
             }
+            RunnerError::LimitReached => ApiError::RunnerLimitReached,
             RunnerError::Engine(EngineError::Unavailable(reason)) => {
                 tracing::warn!(%reason, "request refused: Docker Engine unavailable");
                 ApiError::DockerUnavailable
@@ -113,7 +119,10 @@ impl ApiError {
             ApiError::ImageNotFound(_) | ApiError::Internal { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            ApiError::DockerUnavailable | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::DockerUnavailable | ApiError::NotReady(_) | ApiError::RunnerLimitReached => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -134,6 +143,8 @@ impl ApiError {
             ApiError::Timeout => "REQUEST_TIMEOUT",
             ApiError::Internal { .. } => "SERVER_ERROR",
             ApiError::DockerUnavailable => "DOCKER_UNAVAILABLE",
+            ApiError::RunnerLimitReached => "RUNNER_LIMIT_REACHED",
+            ApiError::RateLimited(_) => "RATE_LIMITED",
             ApiError::NotReady(_) => "NOT_READY",
         }
     }
@@ -175,6 +186,12 @@ impl ApiError {
                     .to_owned()
             }
             ApiError::NotReady(reason) => format!("The orchestrator is not ready yet: {reason}"),
+            ApiError::RunnerLimitReached => {
+                "The maximum number of runners is reached; try again later.".to_owned()
+            }
+            ApiError::RateLimited(wait) => {
+                format!("Too many provisions from this client; try again in {wait} s.")
+            }
         }
     }
 }
@@ -192,11 +209,15 @@ impl IntoResponse for ApiError {
         };
         // axum adds the `Allow` header to 405s itself.
         let mut response = (self.status(), Json(body)).into_response();
-        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECONDS),
-            );
+        let retry_after = match &self {
+            ApiError::RateLimited(wait) => Some(HeaderValue::from(*wait.max(&1))),
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                Some(HeaderValue::from_static(RETRY_AFTER_SECONDS))
+            }
+            _ => None,
+        };
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }

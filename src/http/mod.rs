@@ -2,7 +2,9 @@
 
 mod error;
 mod extract;
+mod rate_limit;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
@@ -40,7 +42,7 @@ struct AppState {
 }
 
 pub fn router(runners: Runners, readiness: Readiness) -> Router {
-    let settings = runners.settings();
+    let settings = Arc::clone(runners.settings_arc());
     let middleware = ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
         .layer(cors(&settings.cors_allowed_origins))
@@ -50,7 +52,10 @@ pub fn router(runners: Runners, readiness: Readiness) -> Router {
         .timeout(settings.request_timeout);
     let state = AppState { runners, readiness };
     let runner_api = Router::new()
-        .route("/api/runner/provision", post(provision))
+        .route(
+            "/api/runner/provision",
+            rate_limit::limit(post(provision), &settings.admission),
+        )
         .route("/api/runner/deprovision", post(deprovision))
         .route("/api/runner/heartbeat", post(heartbeat))
         .route_layer(axum::middleware::from_fn_with_state(

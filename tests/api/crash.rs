@@ -60,9 +60,12 @@ impl Config {
         Self {
             kill_points: env_number("CRASH_KILL_POINTS", 20).max(1) as usize,
             sessions,
-            clients: (env_number("CRASH_CLIENTS", 8).max(1) as usize).min(sessions),
+            // 8 to 16 clients, about one per 4 sessions.
+            clients: (env_number("CRASH_CLIENTS", (sessions as u64 / 4).clamp(8, 16)).max(1)
+                as usize)
+                .min(sessions),
             max_delay_ms: env_number("CRASH_MAX_DELAY_MS", 2500),
-            max_deprovision_delay_ms: env_number("CRASH_MAX_DEPROVISION_DELAY_MS", 400),
+            max_deprovision_delay_ms: env_number("CRASH_MAX_DEPROVISION_DELAY_MS", 600),
             restart_delay_ms: env_number("CRASH_RESTART_DELAY_MS", 0),
             seed: env_number("CRASH_SEED", default_seed),
         }
@@ -504,6 +507,31 @@ fn describe(session: &str, rows: &[RunnerRow], containers: &[ContainerSummary]) 
     )
 }
 
+/// The last entries of a session's audit trail, for a violation: what the
+/// API, the reconciler and the reaper did to it, in order.
+async fn history(env: &TestEnv, session: &str) -> String {
+    let db = env.db().await;
+    let trail = db.audit_trail(session).await.unwrap_or_default();
+    db.pool().close().await;
+    let entries: Vec<String> = trail
+        .iter()
+        .rev()
+        .take(4)
+        .rev()
+        .map(|entry| {
+            format!(
+                "{} {}:{} ({}) {}",
+                entry.at,
+                entry.actor,
+                entry.action,
+                entry.reason,
+                short(entry.container_id.as_deref())
+            )
+        })
+        .collect();
+    format!("audit: [{}]", entries.join(", "))
+}
+
 /// When the service was killed and when its successor listened, to place
 /// what the checks find in time.
 struct Restart {
@@ -577,10 +605,11 @@ async fn check_invariants(
         }
         if !wrong.is_empty() {
             violations.push(format!(
-                "{after}: session {session}: container {id} {} ({}); {}",
+                "{after}: session {session}: container {id} {} ({}); {}; {}",
                 wrong.join(" and "),
                 restart.created(env, id).await,
-                describe(session, &rows, &containers)
+                describe(session, &rows, &containers),
+                history(env, session).await
             ));
         }
     }

@@ -358,33 +358,27 @@ async fn a_mismatched_or_newer_schema_is_refused() {
     let env = TestEnv::new();
     let db = env.db().await;
     let path = env.db_path.to_str().unwrap().to_owned();
-    sqlx::query("UPDATE refinery_schema_history SET checksum = '1' WHERE version = 1")
-        .execute(db.pool())
+    let history = |sql: &'static str| sqlx::query(sql).execute(db.pool());
+    let original: String =
+        sqlx::query_scalar("SELECT checksum FROM refinery_schema_history WHERE version = 1")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+
+    history("UPDATE refinery_schema_history SET checksum = '1' WHERE version = 1")
         .await
         .unwrap();
     refuses_to_start(&path, "differs from this binary's");
 
-    sqlx::query("UPDATE refinery_schema_history SET checksum = (SELECT checksum FROM refinery_schema_history WHERE version = 1)")
+    sqlx::query("UPDATE refinery_schema_history SET checksum = ? WHERE version = 1")
+        .bind(&original)
         .execute(db.pool())
         .await
         .unwrap();
-    let env2 = TestEnv::new();
-    let fresh = env2.db().await;
-    let checksum: String =
-        sqlx::query_scalar("SELECT checksum FROM refinery_schema_history WHERE version = 1")
-            .fetch_one(fresh.pool())
-            .await
-            .unwrap();
-    sqlx::query("UPDATE refinery_schema_history SET checksum = ?")
-        .bind(&checksum)
-        .execute(db.pool())
-        .await
-        .unwrap();
-    sqlx::query(
+    history(
         "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
          VALUES (99, 'from_the_future', '2030-01-01T00:00:00Z', '42')",
     )
-    .execute(db.pool())
     .await
     .unwrap();
     refuses_to_start(&path, "written by a newer orchestrator");

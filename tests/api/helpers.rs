@@ -33,6 +33,10 @@ use tokio_util::sync::CancellationToken;
 pub struct TestImages {
     pub runner: String,
     pub broken: String,
+    /// Allocates 256 MiB a second after start.
+    pub memory_hog: String,
+    /// Starts threads until the PID limit refuses one.
+    pub thread_spawner: String,
 }
 
 pub fn images() -> &'static TestImages {
@@ -60,12 +64,20 @@ fn build_images() -> TestImages {
     let images = TestImages {
         runner: format!("taylored-test-runner:{tag}"),
         broken: format!("taylored-test-runner:{tag}-broken"),
+        memory_hog: format!("taylored-test-runner:{tag}-memory-hog"),
+        thread_spawner: format!("taylored-test-runner:{tag}-thread-spawner"),
     };
     let target_dir = repo_root().join("target/test-runner");
     std::fs::create_dir_all(&target_dir).unwrap();
     let lock = std::fs::File::create(target_dir.join("build.lock")).unwrap();
     lock.lock().expect("lock the test image build");
-    if image_exists(&images.runner) && image_exists(&images.broken) {
+    let all = [
+        &images.runner,
+        &images.broken,
+        &images.memory_hog,
+        &images.thread_spawner,
+    ];
+    if all.iter().all(|image| image_exists(image)) {
         return images;
     }
     let triple = "x86_64-unknown-linux-gnu";
@@ -99,6 +111,17 @@ fn build_images() -> TestImages {
     )
     .unwrap();
     docker_build(context.path(), &images.broken);
+    for (tag, command) in [
+        (&images.memory_hog, r#""--hog-memory-mb", "256""#),
+        (&images.thread_spawner, r#""--spawn-until-refused""#),
+    ] {
+        std::fs::write(
+            context.path().join("Dockerfile"),
+            format!("FROM {}\nCMD [\"/runner\", {command}]\n", images.runner),
+        )
+        .unwrap();
+        docker_build(context.path(), tag);
+    }
     images
 }
 
@@ -188,6 +211,8 @@ impl TestEnv {
             "--cleanup-interval=3600".into(),
             "--inactivity-timeout=60".into(),
             "--runner-stop-timeout-seconds=1".into(),
+            // Tests provision in bursts from one address.
+            "--provision-rate-per-minute=0".into(),
         ];
         let overridden = |arg: &String| {
             let flag = arg.split('=').next().unwrap_or_default();
@@ -322,6 +347,7 @@ impl TestEnv {
             .env("RUNNERS_HOST", "127.0.0.1")
             .env("RUNNER_BIND_ADDRESS", "127.0.0.1")
             .env("RUNNER_STOP_TIMEOUT_SECONDS", "1")
+            .env("PROVISION_RATE_PER_MINUTE", "0")
             .env("LOG_FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -406,6 +432,19 @@ async fn remove_instance_containers(instance: &str) {
             .v(true)
             .build();
         let _ = docker.remove_container(&id, Some(remove)).await;
+    }
+    // Runner networks the service created for this instance.
+    let options = bollard::query_parameters::ListNetworksOptionsBuilder::new()
+        .filters(&filters)
+        .build();
+    for network in docker
+        .list_networks(Some(options))
+        .await
+        .unwrap_or_default()
+    {
+        if let Some(id) = network.id {
+            let _ = docker.remove_network(&id).await;
+        }
     }
 }
 

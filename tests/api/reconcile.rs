@@ -216,6 +216,7 @@ async fn claim(db: &taylored_orchestrator::db::Db, session: &SessionId, name: &s
                 container_name: name,
                 network_mode: None,
             },
+            0,
             Utc::now(),
         )
         .await
