@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub const SESSION_LABEL: &str = "taylored-runner-session-id";
 /// The Docker label that scopes a runner to one orchestrator instance.
 pub const INSTANCE_LABEL: &str = "taylored-orchestrator-id";
+/// The Docker label that marks a runner started for the warm pool.
+pub const POOLED_LABEL: &str = "taylored-runner-pooled";
 /// The Docker label that marks the shared runner of `REUSE_RUNNER_MODE`.
 pub const SINGLETON_LABEL: &str = "taylored-runner-singleton";
 /// The instance that owns runners carrying only the session label (those the
@@ -153,6 +155,12 @@ pub struct Settings {
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*",
           value_name = "CORS_ALLOWED_ORIGINS", value_parser = parse_origins)]
     pub cors_allowed_origins: AllowedOrigins,
+
+    /// Started runners kept waiting for provisions without a session id
+    /// (they answer at once); 0 turns the pool off.
+    #[arg(long, env = "WARM_POOL_SIZE", default_value_t = 0, value_name = "WARM_POOL_SIZE",
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub warm_pool_size: u32,
 
     #[command(flatten)]
     pub limits: RunnerLimits,

@@ -23,7 +23,8 @@ use futures_util::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    DEFAULT_INSTANCE, INSTANCE_LABEL, RunnerLimits, SESSION_LABEL, SINGLETON_LABEL, Settings,
+    DEFAULT_INSTANCE, INSTANCE_LABEL, POOLED_LABEL, RunnerLimits, SESSION_LABEL, SINGLETON_LABEL,
+    Settings,
 };
 
 /// The port the runner listens on inside its container (the runner reads
@@ -83,6 +84,7 @@ pub struct RunnerSpec<'a> {
     /// `None` is the engine's default bridge; `Some("none")` no network.
     pub network_mode: Option<&'a str>,
     pub singleton: bool,
+    pub pooled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +102,8 @@ pub struct ObservedContainer {
     pub session_id: String,
     pub running: bool,
     pub singleton: bool,
+    /// Started for the warm pool (it may have been claimed since).
+    pub pooled: bool,
     pub host_port: Option<u16>,
     pub network_mode: Option<String>,
     /// Seconds since the epoch; orders duplicates.
@@ -324,6 +328,9 @@ impl Engine {
         if spec.singleton {
             labels.insert(SINGLETON_LABEL.to_owned(), "true".to_owned());
         }
+        if spec.pooled {
+            labels.insert(POOLED_LABEL.to_owned(), "true".to_owned());
+        }
         let isolated = spec.network_mode == Some(ISOLATED_NETWORK);
         let (exposed_ports, port_bindings) = if isolated {
             (None, None)
@@ -531,6 +538,7 @@ impl Engine {
                     session_id: labels.get(SESSION_LABEL)?.clone(),
                     running: summary.state == Some(ContainerSummaryStateEnum::RUNNING),
                     singleton: labels.get(SINGLETON_LABEL).is_some_and(|v| v == "true"),
+                    pooled: labels.get(POOLED_LABEL).is_some_and(|v| v == "true"),
                     host_port,
                     network_mode: summary
                         .host_config

@@ -18,3 +18,4 @@ pub mod session;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
+pub mod warm_pool;

@@ -68,7 +68,11 @@ fn runner_table(rows: &[RunnerRow]) -> String {
             text,
             "{:<38} {:<9} {:<12} {:>5} {:<12} {:<24} {:<24}",
             row.session_id,
-            format!("{:?}", row.kind).to_lowercase(),
+            if row.pooled {
+                "warm".to_owned()
+            } else {
+                format!("{:?}", row.kind).to_lowercase()
+            },
             format!("{:?}", row.state).to_lowercase(),
             port,
             short(row.container_id.as_deref()),

@@ -419,7 +419,7 @@ impl Reconciler {
                     container,
                     reason,
                 } => self
-                    .record(container, row.kind, AuditAction::Kept, reason)
+                    .record(container, row.kind, row.pooled, AuditAction::Kept, reason)
                     .await
                     .map(|()| {
                         summary.kept += 1;
@@ -434,6 +434,7 @@ impl Reconciler {
                     self.record(
                         container,
                         kind,
+                        container.pooled,
                         AuditAction::Adopted,
                         "running runner without a row",
                     )
@@ -475,10 +476,12 @@ impl Reconciler {
         &self,
         container: &ObservedContainer,
         kind: RunnerKind,
+        pooled: bool,
         action: AuditAction,
         reason: &str,
     ) -> anyhow::Result<()> {
         let observed = ObservedRunner {
+            pooled,
             session_id: &container.session_id,
             kind,
             container_name: &container.name,
@@ -532,6 +535,7 @@ mod tests {
             created_at: "2026-01-01T00:00:00.000Z".into(),
             updated_at: "2026-01-01T00:00:00.000Z".into(),
             last_heartbeat_at: "2026-01-01T00:00:00.000Z".into(),
+            pooled: false,
         }
     }
 
@@ -542,6 +546,7 @@ mod tests {
             session_id: session.into(),
             running,
             singleton: false,
+            pooled: false,
             host_port: running.then_some(41000),
             network_mode: None,
             created,

@@ -17,6 +17,8 @@ use crate::db::{
     Actor, AuditAction, AuditEntry, Claim, Db, NewRunner, RunnerKind, RunnerRow, RunnerState,
 };
 use crate::docker::{Engine, EngineError, ISOLATED_NETWORK, RunnerSpec};
+use tokio::sync::Notify;
+
 use crate::locks::{SessionGuard, SessionLocks};
 use crate::metrics::Metrics;
 use crate::session::SessionId;
@@ -53,6 +55,8 @@ pub struct RunnerInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Provisioned {
     Created(RunnerInfo),
+    /// A warm runner from the pool: new to the client, so answered as created.
+    Claimed(RunnerInfo),
     Existing(RunnerInfo),
     ExistingSingleton(RunnerInfo),
 }
@@ -87,6 +91,7 @@ pub struct Runners {
     locks: SessionLocks,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
+    warm_pool_refill: Arc<Notify>,
 }
 
 impl Runners {
@@ -96,6 +101,7 @@ impl Runners {
             engine,
             locks: SessionLocks::default(),
             metrics: Metrics::shared(),
+            warm_pool_refill: Arc::new(Notify::new()),
             settings,
         }
     }
@@ -130,6 +136,7 @@ impl Runners {
         let result = self.provision_uncounted(requested, network_mode).await;
         self.metrics.provision(match &result {
             Ok(Provisioned::Created(_)) => "created",
+            Ok(Provisioned::Claimed(_)) => "warm",
             Ok(Provisioned::Existing(_) | Provisioned::ExistingSingleton(_)) => "existing",
             Err(RunnerError::Engine(EngineError::ImageNotFound(_))) => "image_not_found",
             Err(RunnerError::Engine(EngineError::Unavailable(_))) => "engine_unavailable",
@@ -156,17 +163,42 @@ impl Runners {
                 return Ok(Provisioned::ExistingSingleton(self.info(&row)));
             }
             let session = requested.unwrap_or_else(SessionId::generate);
-            self.create(&session, RunnerKind::Singleton, network_mode)
+            self.create(&session, RunnerKind::Singleton, network_mode, false)
                 .await
         } else {
+            // Warm runners sit on the default network: a request for
+            // another takes the cold path.
+            let poolable = requested.is_none() && network_mode.is_none();
+            if poolable
+                && self.settings.warm_pool_size > 0
+                && let Some(row) = self.db.claim_warm(Utc::now()).await?
+            {
+                self.warm_pool_refill.notify_one();
+                tracing::info!(session_id = %row.session_id, "warm runner claimed");
+                return Ok(Provisioned::Claimed(self.info(&row)));
+            }
             let session = requested.unwrap_or_else(SessionId::generate);
             let _guard = self.locks.lock(session.as_str()).await;
             if let Some(row) = self.usable(self.db.find(session.as_str()).await?).await? {
                 return Ok(Provisioned::Existing(self.info(&row)));
             }
-            self.create(&session, RunnerKind::Session, network_mode)
+            self.create(&session, RunnerKind::Session, network_mode, false)
                 .await
         }
+    }
+
+    /// Starts one runner for the warm pool under a generated session id.
+    pub async fn start_warm(&self) -> Result<(), RunnerError> {
+        let session = SessionId::generate();
+        let _guard = self.locks.lock(session.as_str()).await;
+        self.create(&session, RunnerKind::Session, None, true)
+            .await
+            .map(drop)
+    }
+
+    /// Woken whenever a warm runner is claimed.
+    pub fn warm_pool_refill(&self) -> &Notify {
+        &self.warm_pool_refill
     }
 
     /// A running row is returned as is; a row left half-way (a removal that
@@ -196,6 +228,7 @@ impl Runners {
         session: &SessionId,
         kind: RunnerKind,
         network_mode: Option<&str>,
+        pooled: bool,
     ) -> Result<Provisioned, RunnerError> {
         let container_name = session.container_name(&self.settings.orchestrator_id);
         let claim = self
@@ -206,6 +239,7 @@ impl Runners {
                     kind,
                     container_name: &container_name,
                     network_mode,
+                    pooled,
                 },
                 self.settings.admission.max_concurrent_runners,
                 Utc::now(),
@@ -224,6 +258,7 @@ impl Runners {
             container_name: &container_name,
             network_mode,
             singleton: kind == RunnerKind::Singleton,
+            pooled,
         };
         let started = match self.engine.start_runner(&spec).await {
             Ok(started) => started,
@@ -239,6 +274,11 @@ impl Runners {
                 session.as_str(),
                 &started.container_id,
                 started.host_port,
+                if pooled {
+                    "warm pool refill"
+                } else {
+                    "provision request"
+                },
                 Utc::now(),
             )
             .await;

@@ -20,6 +20,7 @@ use crate::readiness::Readiness;
 use crate::reaper::Reaper;
 use crate::reconcile::Reconciler;
 use crate::runners::Runners;
+use crate::warm_pool::WarmPool;
 
 /// How often the engine is pinged, so requests fail fast while it is down.
 const ENGINE_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
@@ -140,6 +141,7 @@ async fn run_background(runners: Runners, readiness: Readiness, shutdown: Cancel
     let _ = runners.engine().ping().await;
     readiness.ready(summary);
     tracing::info!(%summary, "ready");
+    let warm_pool = WarmPool::new(runners.clone(), settings.warm_pool_size);
     let reaper = Reaper::new(
         runners,
         settings.inactivity_timeout,
@@ -148,6 +150,7 @@ async fn run_background(runners: Runners, readiness: Readiness, shutdown: Cancel
     let drift = DriftWatcher::new(reconciler, settings.reconcile_interval, events_since);
     tokio::join!(
         reaper.run_until_stopped(shutdown.clone()),
+        warm_pool.run_until_stopped(shutdown.clone()),
         drift.run_until_stopped(shutdown)
     );
 }

@@ -52,6 +52,8 @@ pub struct RunnerRow {
     pub created_at: String,
     pub updated_at: String,
     pub last_heartbeat_at: String,
+    /// A warm runner waiting in the pool for a provision to claim it.
+    pub pooled: bool,
 }
 
 /// Who changed a runner; the `actor` column of the audit log.
@@ -91,6 +93,8 @@ pub enum AuditAction {
     /// The engine reported the tracked container died, was OOM-killed or
     /// removed.
     EngineEvent,
+    /// A warm runner handed to a client.
+    ClaimedFromPool,
 }
 
 impl AuditAction {
@@ -105,6 +109,7 @@ impl AuditAction {
             AuditAction::ContainerRemoved => "container_removed",
             AuditAction::Dropped => "dropped",
             AuditAction::EngineEvent => "engine_event",
+            AuditAction::ClaimedFromPool => "claimed_from_pool",
         }
     }
 }
@@ -138,6 +143,8 @@ pub struct NewRunner<'a> {
     pub kind: RunnerKind,
     pub container_name: &'a str,
     pub network_mode: Option<&'a str>,
+    /// Started for the warm pool rather than for a client.
+    pub pooled: bool,
 }
 
 /// A running container to record at start (kept or adopted).
@@ -149,6 +156,7 @@ pub struct ObservedRunner<'a> {
     pub container_id: &'a str,
     pub host_port: Option<u16>,
     pub network_mode: Option<&'a str>,
+    pub pooled: bool,
 }
 
 /// The outcome of trying to claim a session.
@@ -180,7 +188,7 @@ macro_rules! select_runners {
     ($($rest:literal),+) => {
         concat!(
             "SELECT session_id, kind, state, container_name, container_id, host_port, \
-             network_mode, created_at, updated_at, last_heartbeat_at FROM runners ",
+             network_mode, created_at, updated_at, last_heartbeat_at, pooled FROM runners ",
             $($rest),+
         )
     };
@@ -233,11 +241,15 @@ impl Db {
         Ok(Self { pool, _lock: None })
     }
 
-    /// How many runners are in each state, for the metrics.
+    /// How many runners are in each state (waiting warm ones apart), for the
+    /// metrics.
     pub async fn count_by_state(&self) -> sqlx::Result<Vec<(String, i64)>> {
-        sqlx::query_as("SELECT state, COUNT(*) FROM runners GROUP BY state ORDER BY state")
-            .fetch_all(&self.pool)
-            .await
+        sqlx::query_as(
+            "SELECT CASE WHEN pooled = 1 THEN 'warm_' || state ELSE state END AS s, COUNT(*) \
+             FROM runners GROUP BY s ORDER BY s",
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Proves the database takes writes (the disk is not full or read-only)
@@ -279,8 +291,9 @@ impl Db {
         born_before: Option<DateTime<Utc>>,
     ) -> sqlx::Result<Vec<RunnerRow>> {
         sqlx::query_as(select_runners!(
-            "WHERE (state = 'running' AND last_heartbeat_at < ?1) OR state = 'removing' \
-             OR (state = 'running' AND created_at < ?2)"
+            "WHERE (state = 'running' AND pooled = 0 AND last_heartbeat_at < ?1) \
+             OR state = 'removing' \
+             OR (state = 'running' AND pooled = 0 AND created_at < ?2)"
         ))
         .bind(timestamp(cutoff))
         .bind(born_before.map(timestamp))
@@ -302,8 +315,8 @@ impl Db {
         let now = timestamp(now);
         let inserted = sqlx::query(
             "INSERT INTO runners (session_id, kind, state, container_name, network_mode, \
-             created_at, updated_at, last_heartbeat_at) \
-             SELECT ?1, ?2, 'provisioning', ?3, ?4, ?5, ?5, ?5 \
+             created_at, updated_at, last_heartbeat_at, pooled) \
+             SELECT ?1, ?2, 'provisioning', ?3, ?4, ?5, ?5, ?5, ?7 \
              WHERE ?6 = 0 OR (SELECT COUNT(*) FROM runners) < ?6 \
              ON CONFLICT DO NOTHING",
         )
@@ -313,6 +326,7 @@ impl Db {
         .bind(runner.network_mode)
         .bind(&now)
         .bind(limit)
+        .bind(runner.pooled)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -326,12 +340,50 @@ impl Db {
         Ok(existing.map_or(Claim::LimitReached, Claim::Existing))
     }
 
+    /// Hands the oldest waiting warm runner to a client, in one statement
+    /// (two concurrent claims can never get the same runner). Its heartbeat
+    /// clock starts now.
+    pub async fn claim_warm(&self, now: DateTime<Utc>) -> sqlx::Result<Option<RunnerRow>> {
+        let now = timestamp(now);
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let claimed: Option<RunnerRow> = sqlx::query_as(
+            "UPDATE runners SET pooled = 0, updated_at = ?1, last_heartbeat_at = ?1 \
+             WHERE session_id = (SELECT session_id FROM runners \
+                WHERE pooled = 1 AND state = 'running' ORDER BY created_at LIMIT 1) \
+             RETURNING session_id, kind, state, container_name, container_id, host_port, \
+             network_mode, created_at, updated_at, last_heartbeat_at, pooled",
+        )
+        .bind(&now)
+        .fetch_optional(&mut *transaction)
+        .await?;
+        if let Some(row) = &claimed {
+            let entry = AuditEntry {
+                session_id: &row.session_id,
+                container_id: row.container_id.as_deref(),
+                actor: Actor::Api,
+                action: AuditAction::ClaimedFromPool,
+                reason: "provision without a session id",
+            };
+            insert_audit(&mut transaction, &now, &entry).await?;
+        }
+        transaction.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Warm runners in the pool or on their way there.
+    pub async fn count_pooled(&self) -> sqlx::Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM runners WHERE pooled = 1 AND state != 'removing'")
+            .fetch_one(&self.pool)
+            .await
+    }
+
     /// Records that a claimed runner's container started.
     pub async fn mark_running(
         &self,
         session_id: &str,
         container_id: &str,
         host_port: Option<u16>,
+        reason: &str,
         now: DateTime<Utc>,
     ) -> sqlx::Result<()> {
         let now = timestamp(now);
@@ -354,7 +406,7 @@ impl Db {
                 container_id: Some(container_id),
                 actor: Actor::Api,
                 action: AuditAction::Provisioned,
-                reason: "provision request",
+                reason,
             },
         )
         .await?;
@@ -430,8 +482,8 @@ impl Db {
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO runners (session_id, kind, state, container_name, container_id, \
-             host_port, network_mode, created_at, updated_at, last_heartbeat_at) \
-             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7, ?7, ?7) \
+             host_port, network_mode, created_at, updated_at, last_heartbeat_at, pooled) \
+             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8) \
              ON CONFLICT (session_id) DO UPDATE SET state = 'running', \
              container_name = excluded.container_name, container_id = excluded.container_id, \
              host_port = excluded.host_port, updated_at = excluded.updated_at, \
@@ -444,6 +496,7 @@ impl Db {
         .bind(runner.host_port)
         .bind(runner.network_mode)
         .bind(&now)
+        .bind(runner.pooled)
         .execute(&mut *transaction)
         .await?;
         insert_audit(&mut transaction, &now, entry).await?;

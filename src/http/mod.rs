@@ -204,7 +204,7 @@ async fn provision(
             .await
             .map_err(|error| ApiError::from_runner_error(error, production))?;
     let (status, message, runner) = match outcome {
-        Provisioned::Created(runner) => (
+        Provisioned::Created(runner) | Provisioned::Claimed(runner) => (
             StatusCode::CREATED,
             "Runner provisioned successfully.",
             runner,

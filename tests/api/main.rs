@@ -13,3 +13,4 @@ mod reaper;
 mod reconcile;
 mod restart;
 mod singleton;
+mod warm_pool;

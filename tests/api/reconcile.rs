@@ -215,6 +215,7 @@ async fn claim(db: &taylored_orchestrator::db::Db, session: &SessionId, name: &s
                 kind: RunnerKind::Session,
                 container_name: name,
                 network_mode: None,
+                pooled: false,
             },
             0,
             Utc::now(),

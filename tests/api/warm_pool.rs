@@ -1,0 +1,148 @@
+//! Warm runners: started ahead of demand and handed out at once.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::future::join_all;
+use taylored_orchestrator::reaper::Reaper;
+
+use crate::helpers::{TestApp, TestEnv, assert_runner_answers};
+
+async fn wait_for_pool(app: &TestApp, size: i64) {
+    let started = Instant::now();
+    while app.runners.db().count_pooled().await.unwrap() < size || warm_running(app).await < size {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the pool did not fill"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn warm_running(app: &TestApp) -> i64 {
+    app.runners
+        .db()
+        .all()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|row| row.pooled && row.state == taylored_orchestrator::db::RunnerState::Running)
+        .count() as i64
+}
+
+#[tokio::test]
+async fn a_provision_without_session_id_claims_a_warm_runner_and_the_pool_refills() {
+    let app = TestEnv::new().spawn(&["--warm-pool-size=2"]).await;
+    wait_for_pool(&app, 2).await;
+    let warm: HashSet<String> = app
+        .runners
+        .db()
+        .all()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.session_id)
+        .collect();
+
+    let started = Instant::now();
+    let reply = app.api.provision(None).await;
+    eprintln!("warm provision answered in {:?}", started.elapsed());
+
+    assert_eq!(
+        (reply.status, reply.message()),
+        (201, "Runner provisioned successfully.")
+    );
+    assert!(
+        warm.contains(reply.session_id()),
+        "not a warm runner: {reply:?}"
+    );
+    assert_runner_answers(reply.endpoint()).await;
+    assert_eq!(app.api.heartbeat(reply.session_id()).await.status, 200);
+    let row = app.env.row(reply.session_id()).await.unwrap();
+    assert!(!row.pooled);
+    wait_for_pool(&app, 2).await;
+    assert_eq!(app.env.running_container_ids().await.len(), 3);
+
+    // A client-chosen id takes the cold path.
+    let cold = app.api.provision(Some("chosen")).await;
+    assert_eq!((cold.status, cold.session_id()), (201, "chosen"));
+    assert_eq!(app.runners.db().count_pooled().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_claims_never_share_a_runner() {
+    let app = TestEnv::new().spawn(&["--warm-pool-size=3"]).await;
+    wait_for_pool(&app, 3).await;
+
+    let replies = join_all((0..3).map(|_| app.api.provision(None))).await;
+
+    let sessions: HashSet<&str> = replies.iter().map(|reply| reply.session_id()).collect();
+    assert!(
+        replies.iter().all(|reply| reply.status == 201),
+        "{replies:?}"
+    );
+    assert_eq!(sessions.len(), 3);
+    let endpoints: HashSet<&str> = replies.iter().map(|reply| reply.endpoint()).collect();
+    assert_eq!(endpoints.len(), 3);
+}
+
+#[tokio::test]
+async fn warm_runners_are_not_reaped_survive_a_restart_and_count_against_the_limit() {
+    let env = TestEnv::new();
+    let app = env
+        .spawn(&["--warm-pool-size=2", "--max-concurrent-runners=3"])
+        .await;
+    wait_for_pool(&app, 2).await;
+    let claimed = app.api.provision(None).await;
+    assert_eq!(claimed.status, 201);
+    wait_for_pool(&app, 2).await;
+
+    // At the limit (1 claimed + 2 warm): a cold provision is refused.
+    let refused = app.api.provision(Some("over")).await;
+    assert_eq!(
+        (refused.status, refused.error()),
+        (503, "RUNNER_LIMIT_REACHED")
+    );
+
+    let reaper = Reaper::new(
+        app.runners.clone(),
+        Duration::from_secs(60),
+        Duration::from_secs(30),
+    );
+    let outcome = reaper
+        .try_once(Utc::now() + chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.reaped, 1,
+        "only the claimed runner idles: {outcome:?}"
+    );
+    assert_eq!(app.runners.db().count_pooled().await.unwrap(), 2);
+
+    drop(reaper); // it shares the service's database handle (and lock)
+    let before = env.running_container_ids().await;
+    let env = app.stop().await;
+    let app = env
+        .spawn(&["--warm-pool-size=2", "--max-concurrent-runners=3"])
+        .await;
+    assert_eq!(app.reconciled.kept, 2);
+    assert_eq!(app.runners.db().count_pooled().await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        env.running_container_ids().await,
+        before,
+        "the pool was not kept as it was"
+    );
+
+    let text = reqwest::get(app.api.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("orchestrator_runners{state=\"warm_running\"} 2"),
+        "{text}"
+    );
+}

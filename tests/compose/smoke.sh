@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Compose smoke test: the production docker-compose.yml, built the CI way (the
+# static binaries built on the host, packed by the Dockerfiles'
+# `runtime-prebuilt` targets: no registry needed), must provision a runner and
+# keep it, with the same endpoint, across `docker-compose restart` and across
+# `down` + `up` (the database lives in the named volume).
+#
+# Everything it creates is scoped to one unique compose project, instance id
+# (ORCHESTRATOR_ID) and image tags, and removed on exit, also on failure.
+#
+#   tests/compose/smoke.sh          SMOKE_PORT=21301 (host port of the service)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+started_at=$SECONDS
+triple=x86_64-unknown-linux-gnu
+id="$(date +%s)$$"
+project="taylored-smoke-${id}"
+port="${SMOKE_PORT:-21301}"
+base="http://127.0.0.1:${port}"
+session="smoke-session-${id}"
+
+# The compose file's variables, pointed at this run's own names.
+export ORCHESTRATOR_ID="$project"
+export ORCHESTRATOR_IMAGE="taylored-orchestrator-smoke:${id}"
+export RUNNER_IMAGE="taylored-runner-smoke:${id}"
+export ORCHESTRATOR_TARGET=runtime-prebuilt
+export RUNNER_TARGET=runtime-prebuilt
+export RUNNER_CONTEXT=./tests/runner
+export ORCHESTRATOR_HOST_PORT="$port"
+export PORT=3001
+export RUNNERS_HOST=http://127.0.0.1
+# A runner without a row after `down` + `up` means the volume lost the
+# database: remove it, so that the heartbeat check below fails.
+export ORPHAN_POLICY=remove
+export INACTIVITY_TIMEOUT_SECONDS=600
+export HEALTHCHECK_INTERVAL=2s
+# No registry here and no buildx: the legacy builder through the docker CLI.
+export DOCKER_BUILDKIT=0
+export COMPOSE_DOCKER_CLI_BUILD=1
+
+if command -v docker-compose >/dev/null 2>&1; then
+    compose_command=(docker-compose)
+elif docker compose version >/dev/null 2>&1; then
+    compose_command=(docker compose)
+else
+    echo "the compose smoke test needs docker-compose (1.28+) or the docker compose plugin" >&2
+    exit 1
+fi
+compose() {
+    "${compose_command[@]}" --file docker-compose.yml --project-name "$project" "$@"
+}
+
+step() {
+    printf '\n== [%3ds] %s\n' "$((SECONDS - started_at))" "$*"
+}
+
+fail() {
+    echo "SMOKE TEST FAILED: $*" >&2
+    exit 1
+}
+
+runner_containers() {
+    docker ps --all --quiet --no-trunc \
+        --filter "label=taylored-orchestrator-id=${ORCHESTRATOR_ID}" \
+        --filter "label=taylored-runner-session-id" | sort
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [ "$status" -ne 0 ]; then
+        step "failed (exit $status): orchestrator logs"
+        compose logs --no-color --tail=200 orchestrator 2>&1 || true
+    fi
+    step "cleanup: stack, volume, runners, images"
+    compose down --volumes --remove-orphans --timeout 10 2>&1 || true
+    local runners
+    runners=$(runner_containers)
+    if [ -n "$runners" ]; then
+        # shellcheck disable=SC2086
+        docker rm --force $runners >/dev/null || true
+    fi
+    docker image rm "$ORCHESTRATOR_IMAGE" "$RUNNER_IMAGE" >/dev/null 2>&1 || true
+    echo "smoke test finished in $((SECONDS - started_at)) s (exit $status)"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if ss -Htln "sport = :${port}" | grep -q .; then
+    fail "host port ${port} is in use; set SMOKE_PORT to a free port"
+fi
+
+step "build the static binaries on the host (target/static, tests/runner/target/static)"
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/static \
+    CARGO_PROFILE_RELEASE_STRIP=symbols \
+    cargo build --release --locked --target "$triple" --bin orchestrator 2>&1
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=tests/runner/target/static \
+    cargo build --release --locked --target "$triple" --manifest-path tests/runner/Cargo.toml 2>&1
+file_size() { stat --format '%s bytes  %n' "$1"; }
+file_size "target/static/${triple}/release/orchestrator"
+file_size "tests/runner/target/static/${triple}/release/test-runner"
+
+step "docker-compose build (project ${project}, targets runtime-prebuilt)"
+compose build 2>&1
+size=$(docker image inspect --format '{{.Size}}' "$ORCHESTRATOR_IMAGE")
+runner_size=$(docker image inspect --format '{{.Size}}' "$RUNNER_IMAGE")
+echo "runtime image ${ORCHESTRATOR_IMAGE}: ${size} bytes ($((size / 1024 / 1024)) MiB)"
+echo "runner image ${RUNNER_IMAGE}: ${runner_size} bytes"
+docker run --rm --entrypoint /orchestrator "$ORCHESTRATOR_IMAGE" --version \
+    || fail "the runtime image has no working /orchestrator (was the host binary built?)"
+
+# Waits until Docker reports the orchestrator healthy (its HEALTHCHECK, i.e.
+# `orchestrator healthcheck` → GET /healthz) and GET /readyz answers 200.
+wait_ready() {
+    local container health
+    container=$(compose ps --quiet orchestrator)
+    [ -n "$container" ] || fail "no orchestrator container"
+    for _ in $(seq 1 90); do
+        health=$(docker inspect --format '{{.State.Health.Status}}' "$container")
+        if [ "$health" = healthy ] && curl --silent --fail --max-time 2 "$base/readyz" >/dev/null; then
+            echo "orchestrator ${container:0:12}: healthy and ready"
+            curl --silent --max-time 2 "$base/readyz"
+            echo
+            return 0
+        fi
+        sleep 1
+    done
+    docker inspect --format '{{json .State.Health}}' "$container" || true
+    fail "orchestrator not healthy and ready within 90 s (health: ${health})"
+}
+
+# request METHOD PATH [JSON] → prints "STATUS BODY".
+request() {
+    local body_file status
+    body_file=$(mktemp)
+    status=$(curl --silent --max-time 30 --output "$body_file" --write-out '%{http_code}' \
+        --request "$1" --header 'Content-Type: application/json' \
+        --header "X-Session-Id: ${session}" ${3:+--data "$3"} "$base$2") || status="curl-error"
+    echo "$status $(cat "$body_file")"
+    rm -f "$body_file"
+}
+
+expect_status() { # expect_status WANT "STATUS BODY" WHAT
+    echo "$3 → $2"
+    [ "${2%% *}" = "$1" ] || fail "$3: expected HTTP $1"
+}
+
+json_field() { jq --raw-output ".$1" <<<"${2#* }"; }
+
+check_runner_answers() {
+    local answer
+    for _ in $(seq 1 20); do
+        if answer=$(curl --silent --fail --max-time 2 "$1/"); then
+            echo "runner at $1 answers: $answer"
+            return 0
+        fi
+        sleep 0.5
+    done
+    fail "the runner at $1 does not answer"
+}
+
+check_same_runner() { # after a restart: heartbeat, re-provision, containers
+    local answer
+    answer=$(request POST /api/runner/heartbeat "{\"sessionId\":\"${session}\"}")
+    expect_status 200 "$answer" "heartbeat ${session}"
+    answer=$(request POST /api/runner/provision '{}')
+    expect_status 200 "$answer" "provision again (X-Session-Id ${session})"
+    [ "$(json_field endpoint "$answer")" = "$endpoint" ] \
+        || fail "endpoint changed: $(json_field endpoint "$answer") != ${endpoint}"
+    check_runner_answers "$endpoint"
+    local now
+    now=$(runner_containers)
+    echo "runner containers: $(echo "$now" | cut -c1-12 | tr '\n' ' ')"
+    [ "$now" = "$containers" ] || fail "runner containers changed: was [${containers}], now [${now}]"
+}
+
+step "docker-compose up -d"
+compose up --detach 2>&1
+wait_ready
+
+step "provision a runner"
+answer=$(request POST /api/runner/provision '{}')
+expect_status 201 "$answer" "provision (X-Session-Id ${session})"
+endpoint=$(json_field endpoint "$answer")
+check_runner_answers "$endpoint"
+containers=$(runner_containers)
+echo "runner containers: $(echo "$containers" | cut -c1-12 | tr '\n' ' ')"
+[ "$(echo "$containers" | wc -l)" -eq 1 ] && [ -n "$containers" ] \
+    || fail "expected exactly one runner container"
+
+step "docker-compose restart orchestrator"
+compose restart orchestrator 2>&1
+wait_ready
+check_same_runner
+
+step "docker-compose stop: SIGTERM to PID 1 must end it cleanly (exit 0)"
+container=$(compose ps --quiet orchestrator)
+stop_started=$SECONDS
+compose stop orchestrator 2>&1
+exit_code=$(docker inspect --format '{{.State.ExitCode}}' "$container")
+echo "orchestrator exited with ${exit_code} after $((SECONDS - stop_started)) s"
+[ "$exit_code" = 0 ] || fail "orchestrator exited with ${exit_code} on SIGTERM"
+
+step "docker-compose down (volume kept), then up -d"
+compose down 2>&1
+[ "$(runner_containers)" = "$containers" ] || fail "down removed or added runner containers"
+compose up --detach 2>&1
+wait_ready
+check_same_runner
+compose logs --no-color orchestrator 2>&1 | grep -i 'reconcil' | tail -n 3 || true
+
+step "passed: image ${size} bytes, $((SECONDS - started_at)) s"
