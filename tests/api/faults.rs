@@ -11,35 +11,7 @@ use taylored_orchestrator::reaper::Reaper;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::task::JoinSet;
 
-use crate::helpers::{TestEnv, assert_runner_answers};
-
-/// Polls `check` every 50 ms until it holds or `limit` passes; returns how
-/// long it took.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if check().await {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not happen within {limit:?}");
-}
-
-async fn audit_actions(env: &TestEnv, session: &str) -> Vec<String> {
-    env.db()
-        .await
-        .audit_trail(session)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|record| record.action)
-        .collect()
-}
+use crate::helpers::{TestEnv, assert_runner_answers, eventually};
 
 #[tokio::test]
 async fn a_runner_killed_behind_the_services_back_is_noticed_at_once() {
@@ -67,7 +39,7 @@ async fn a_runner_killed_behind_the_services_back_is_noticed_at_once() {
         env.containers().await.is_empty(),
         "the dead container was not removed"
     );
-    let actions = audit_actions(&env, "victim").await;
+    let actions = env.audit_actions("victim").await;
     assert_eq!(
         actions,
         [

@@ -297,6 +297,21 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// The audit trail's actions for a session, oldest first.
+    pub async fn audit_actions(&self, session: &str) -> Vec<String> {
+        let trail = self.db().await.audit_trail(session).await.unwrap();
+        trail.into_iter().map(|record| record.action).collect()
+    }
+
+    /// The same as `actor:action`.
+    pub async fn audit_actions_by_actor(&self, session: &str) -> Vec<String> {
+        let trail = self.db().await.audit_trail(session).await.unwrap();
+        trail
+            .into_iter()
+            .map(|record| format!("{}:{}", record.actor, record.action))
+            .collect()
+    }
+
     pub async fn row(&self, session: &str) -> Option<RunnerRow> {
         self.db().await.find(session).await.unwrap()
     }
@@ -570,6 +585,11 @@ impl Api {
         format!("{}{path}", self.base)
     }
 
+    /// A POST to `path`, to be completed by the caller.
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path))
+    }
+
     /// `POST /api/runner/provision` with `{}`, and `X-Session-Id` if given.
     pub async fn provision(&self, session: Option<&str>) -> Reply {
         answered(self.try_provision(session).await)
@@ -682,4 +702,21 @@ pub async fn assert_runner_answers(endpoint: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("runner at {endpoint} does not answer within 5 s: {last_error:?}");
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes; returns how
+/// long it took.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within {limit:?}");
 }

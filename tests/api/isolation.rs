@@ -7,22 +7,7 @@ use bollard::query_parameters::InspectNetworkOptions;
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use crate::helpers::{TestEnv, assert_runner_answers, images, spawn_app_with};
-
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = std::time::Instant::now();
-    while started.elapsed() < limit {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} did not happen within {limit:?}");
-}
+use crate::helpers::{TestEnv, assert_runner_answers, eventually, images, spawn_app_with};
 
 #[tokio::test]
 async fn every_limit_is_set_on_the_container() {

@@ -141,41 +141,52 @@ async fn heartbeat_refreshes_the_row_and_names_the_session() {
     assert!(after > before, "{after} should be later than {before}");
 }
 
-#[tokio::test]
-async fn heartbeat_by_header_and_its_errors() {
+/// A session id in the header alone is enough; none at all is a 400.
+async fn check_session_id_sources(path: &str, required_message: &str) {
     let app = spawn_app().await;
     let session = app.api.provision(None).await.session_id().to_owned();
     let by_header = app
         .api
-        .send(
-            app.api
-                .client
-                .post(app.api.url("/api/runner/heartbeat"))
-                .header("X-Session-Id", &session),
-        )
+        .send(app.api.post(path).header("X-Session-Id", &session))
         .await;
-    assert_eq!(by_header.status, 200);
+    assert_eq!(by_header.status, 200, "{by_header:?}");
 
     let missing = app
         .api
-        .send(
-            app.api
-                .client
-                .post(app.api.url("/api/runner/heartbeat"))
-                .json(&serde_json::json!({})),
-        )
+        .send(app.api.post(path).json(&serde_json::json!({})))
         .await;
     assert_eq!(missing.status, 400);
     assert_eq!(missing.error(), "SESSION_ID_REQUIRED");
-    assert_eq!(missing.message(), "Session ID is required for heartbeat.");
+    assert_eq!(missing.message(), required_message);
 
-    let unknown = app.api.heartbeat("nobody").await;
+    let unknown = app
+        .api
+        .send(app.api.post(path).header("X-Session-Id", "nobody"))
+        .await;
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.error(), "RUNNER_NOT_FOUND");
     assert_eq!(
         unknown.message(),
         "No active runner found for this session ID."
     );
+}
+
+#[tokio::test]
+async fn heartbeat_by_header_and_its_errors() {
+    check_session_id_sources(
+        "/api/runner/heartbeat",
+        "Session ID is required for heartbeat.",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deprovision_by_header_and_its_errors() {
+    check_session_id_sources(
+        "/api/runner/deprovision",
+        "Session ID is required for deprovisioning.",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -207,46 +218,6 @@ async fn deprovision_removes_the_container_and_the_row() {
     // The session can be provisioned afresh.
     let again = app.api.provision(Some(&session)).await;
     assert_eq!(again.status, 201);
-}
-
-#[tokio::test]
-async fn deprovision_by_header_only_and_its_errors() {
-    let app = spawn_app().await;
-    let session = app.api.provision(None).await.session_id().to_owned();
-    let by_header = app
-        .api
-        .send(
-            app.api
-                .client
-                .post(app.api.url("/api/runner/deprovision"))
-                .header("X-Session-Id", &session),
-        )
-        .await;
-    assert_eq!(by_header.status, 200);
-
-    let missing = app
-        .api
-        .send(
-            app.api
-                .client
-                .post(app.api.url("/api/runner/deprovision"))
-                .json(&serde_json::json!({})),
-        )
-        .await;
-    assert_eq!(missing.status, 400);
-    assert_eq!(missing.error(), "SESSION_ID_REQUIRED");
-    assert_eq!(
-        missing.message(),
-        "Session ID is required for deprovisioning."
-    );
-
-    let unknown = app.api.deprovision(&session).await;
-    assert_eq!(unknown.status, 404);
-    assert_eq!(unknown.error(), "RUNNER_NOT_FOUND");
-    assert_eq!(
-        unknown.message(),
-        "No active runner found for this session ID."
-    );
 }
 
 #[tokio::test]

@@ -7,17 +7,6 @@ use taylored_orchestrator::session::SessionId;
 
 use crate::helpers::{TestEnv, assert_runner_answers};
 
-async fn audit_actions(env: &TestEnv, session: &str) -> Vec<String> {
-    env.db()
-        .await
-        .audit_trail(session)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|record| format!("{}:{}", record.actor, record.action))
-        .collect()
-}
-
 #[tokio::test]
 async fn running_runner_is_kept_with_a_fresh_grace_period() {
     let env = TestEnv::new();
@@ -41,7 +30,7 @@ async fn running_runner_is_kept_with_a_fresh_grace_period() {
     assert_eq!(app.api.heartbeat("kept").await.status, 200);
     assert_runner_answers(first.endpoint()).await;
     assert_eq!(
-        audit_actions(&env, "kept").await,
+        env.audit_actions_by_actor("kept").await,
         ["api:provisioned", "reconciler:kept"]
     );
 }
@@ -67,7 +56,7 @@ async fn row_with_a_stopped_container_is_dropped_and_the_container_removed() {
     assert!(env.row("stopped").await.is_none());
     assert!(env.containers().await.is_empty());
     assert_eq!(
-        audit_actions(&env, "stopped").await,
+        env.audit_actions_by_actor("stopped").await,
         [
             "api:provisioned",
             "reconciler:container_removed",
@@ -125,7 +114,10 @@ async fn running_orphan_is_adopted_by_default() {
     );
     assert_runner_answers(reply.endpoint()).await;
     assert_eq!(app.api.heartbeat("orphan").await.status, 200);
-    assert_eq!(audit_actions(&env, "orphan").await, ["reconciler:adopted"]);
+    assert_eq!(
+        env.audit_actions_by_actor("orphan").await,
+        ["reconciler:adopted"]
+    );
 }
 
 #[tokio::test]
