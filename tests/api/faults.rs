@@ -91,7 +91,7 @@ async fn the_timer_reconcile_catches_what_events_miss() {
     env.create_runner_container("late-orphan", &format!("{}-late", env.instance), true)
         .await;
 
-    eventually(Duration::from_secs(15), "adopting the orphan", || async {
+    eventually(Duration::from_secs(30), "adopting the orphan", || async {
         env.row("late-orphan").await.is_some()
     })
     .await;

@@ -1,0 +1,1021 @@
+//! `cargo bench --bench orchestrator`: the service (the release binary as a
+//! child process, and the reaper in-process) against the real Docker Engine
+//! and fresh SQLite files. Every figure is printed with a baseline measured
+//! in the same run and their ratio, so that a slow or busy machine shifts
+//! both alike. It reports and never fails on noise: it exits non-zero only if
+//! something is broken (no engine, a request refused).
+//!
+//! `--smoke` (or `BENCH_SMOKE=1`) runs every part at a tiny size. Sizes:
+//! `BENCH_HB_CLIENTS` (32), `BENCH_HB_SECONDS` (4), `BENCH_COLD_SAMPLES` (30),
+//! `BENCH_BURST` (50), `BENCH_WARM_SAMPLES` (20), `BENCH_WARM_POOL` (4),
+//! `BENCH_RESTART_SIZES` (`100,300`; `100,500` for the project's target),
+//! `BENCH_REAPER_ROWS` (10000), `BENCH_REAPER_STALE` (5).
+//!
+//! Every container it starts carries an instance label of its own; a drop
+//! guard removes them all, also on panic.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, ResourcesUlimits};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use chrono::Utc;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use taylored_orchestrator::config::{INSTANCE_LABEL, SESSION_LABEL, Settings};
+use taylored_orchestrator::db::{Db, timestamp};
+use taylored_orchestrator::docker::Engine;
+use taylored_orchestrator::reaper::Reaper;
+use taylored_orchestrator::runners::Runners;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+type Result<T> = anyhow::Result<T>;
+
+/// `EXPLAIN QUERY PLAN` of the reaper's query, as in `Db::reapable`
+/// (src/db/mod.rs).
+const EXPLAIN_REAPABLE_SQL: &str = "EXPLAIN QUERY PLAN SELECT session_id, kind, state, \
+     container_name, container_id, host_port, network_mode, created_at, updated_at, \
+     last_heartbeat_at, pooled FROM runners \
+     WHERE (state = 'running' AND pooled = 0 AND last_heartbeat_at < ?1) \
+     OR state = 'removing' \
+     OR (state = 'running' AND pooled = 0 AND created_at < ?2)";
+
+struct Sizes {
+    smoke: bool,
+    hb_clients: usize,
+    hb_seconds: f64,
+    cold_samples: usize,
+    burst: usize,
+    warm_samples: usize,
+    warm_pool: usize,
+    restart_sizes: Vec<usize>,
+    reaper_rows: usize,
+    reaper_stale: usize,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+impl Sizes {
+    fn from_env() -> Self {
+        let smoke = std::env::args().any(|arg| arg == "--smoke")
+            || std::env::var("BENCH_SMOKE").is_ok_and(|value| value == "1");
+        let pick = |full, tiny| if smoke { tiny } else { full };
+        let restart_default = if smoke { "3,6" } else { "100,300" };
+        let restart_sizes = std::env::var("BENCH_RESTART_SIZES")
+            .unwrap_or_else(|_| restart_default.to_owned())
+            .split(',')
+            .filter_map(|size| size.trim().parse().ok())
+            .collect();
+        Self {
+            smoke,
+            hb_clients: env_or("BENCH_HB_CLIENTS", pick(32, 8)),
+            hb_seconds: env_or("BENCH_HB_SECONDS", if smoke { 0.5 } else { 4.0 }),
+            cold_samples: env_or("BENCH_COLD_SAMPLES", pick(30, 3)),
+            burst: env_or("BENCH_BURST", pick(50, 4)),
+            warm_samples: env_or("BENCH_WARM_SAMPLES", pick(20, 3)),
+            warm_pool: env_or("BENCH_WARM_POOL", pick(4, 2)),
+            restart_sizes,
+            reaper_rows: env_or("BENCH_REAPER_ROWS", pick(10_000, 500)),
+            reaper_stale: env_or("BENCH_REAPER_STALE", pick(5, 2)),
+        }
+    }
+}
+
+/// One line of the summary table.
+struct Figure {
+    name: String,
+    measured: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+    met: &'static str,
+}
+
+fn figure(
+    name: impl Into<String>,
+    measured: impl Into<String>,
+    baseline: impl Into<String>,
+    ratio: f64,
+    target: impl Into<String>,
+    met: Option<bool>,
+) -> Figure {
+    Figure {
+        name: name.into(),
+        measured: measured.into(),
+        baseline: baseline.into(),
+        ratio: if ratio < 0.1 {
+            format!("{ratio:.4}x")
+        } else {
+            format!("{ratio:.2}x")
+        },
+        target: target.into(),
+        met: match met {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
+        },
+    }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+fn percentile(samples: &[Duration], q: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+// ---------------------------------------------------------------------------
+// Docker: the test runner image, raw containers, and cleanup.
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(command: &mut std::process::Command) -> Result<()> {
+    let output = command.output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// The stand-in runner image of the tests (same tag, built the same way:
+/// a static binary in a `FROM scratch` image, legacy builder, no registry).
+fn runner_image() -> Result<String> {
+    let runner_dir = repo_root().join("tests/runner");
+    let mut hasher = std::hash::DefaultHasher::new();
+    for file in ["Cargo.toml", "src/main.rs"] {
+        std::hash::Hash::hash(&std::fs::read(runner_dir.join(file))?, &mut hasher);
+    }
+    let tag = format!(
+        "taylored-test-runner:{:016x}",
+        std::hash::Hasher::finish(&hasher)
+    );
+    let exists = std::process::Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success();
+    if exists {
+        return Ok(tag);
+    }
+    let triple = "x86_64-unknown-linux-gnu";
+    let target_dir = repo_root().join("target/test-runner");
+    run(std::process::Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "--target", triple])
+        .arg("--manifest-path")
+        .arg(runner_dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
+    let context = tempfile::tempdir()?;
+    std::fs::copy(
+        target_dir.join(triple).join("release/test-runner"),
+        context.path().join("runner"),
+    )?;
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nCOPY runner /runner\nEXPOSE 3000\nCMD [\"/runner\"]\n",
+    )?;
+    run(std::process::Command::new("docker")
+        .args(["build", "--quiet", "--tag", &tag])
+        .arg(context.path())
+        .env("DOCKER_BUILDKIT", "0"))?;
+    Ok(tag)
+}
+
+/// The instance ids this run used; every container labelled with one of
+/// them is removed when the guard drops (also on panic).
+#[derive(Clone, Default)]
+struct Instances(Arc<Mutex<Vec<String>>>);
+
+impl Instances {
+    fn new_instance(&self, prefix: &str, section: &str) -> String {
+        let id = format!("{prefix}-{section}");
+        self.0.lock().unwrap().push(id.clone());
+        id
+    }
+}
+
+struct CleanupGuard(Instances);
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        let instances = self.0.0.lock().map(|ids| ids.clone()).unwrap_or_default();
+        // Drop may run inside (or after the panic of) a runtime: clean up
+        // from a thread with its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut removed = 0;
+                for instance in &instances {
+                    removed += remove_instance_containers(instance).await;
+                }
+                eprintln!("cleanup: removed {removed} leftover containers");
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+fn docker() -> Docker {
+    Docker::connect_with_defaults().expect("Docker client (check DOCKER_HOST)")
+}
+
+/// Force-removes every container of `instance`, 8 at a time; returns how many.
+async fn remove_instance_containers(instance: &str) -> usize {
+    let docker = docker();
+    let label = format!("{INSTANCE_LABEL}={instance}");
+    let filters = HashMap::from([("label", vec![label.as_str()])]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let ids: Vec<String> = docker
+        .list_containers(Some(options))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|container| container.id)
+        .collect();
+    let count = ids.len();
+    futures_util::stream::iter(ids)
+        .map(|id| {
+            let docker = docker.clone();
+            async move {
+                let remove = RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .v(true)
+                    .build();
+                let _ = docker.remove_container(&id, Some(remove)).await;
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<()>>()
+        .await;
+    count
+}
+
+/// The container the service creates for a session (src/docker.rs
+/// `container_body` with the default limits), under another instance label
+/// so that the service never sees it.
+fn raw_body(image: &str, instance: &str, session: &str) -> ContainerCreateBody {
+    let port = "3000/tcp".to_owned();
+    let memory = 512 << 20;
+    ContainerCreateBody {
+        image: Some(image.to_owned()),
+        env: Some(vec!["PORT=3000".to_owned()]),
+        labels: Some(HashMap::from([
+            (SESSION_LABEL.to_owned(), session.to_owned()),
+            (INSTANCE_LABEL.to_owned(), instance.to_owned()),
+        ])),
+        exposed_ports: Some(vec![port.clone()]),
+        host_config: Some(HostConfig {
+            port_bindings: Some(HashMap::from([(
+                port,
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".to_owned()),
+                    host_port: Some(String::new()),
+                }]),
+            )])),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            nano_cpus: Some(1_000_000_000),
+            pids_limit: Some(256),
+            ulimits: Some(vec![ResourcesUlimits {
+                name: Some("nofile".to_owned()),
+                soft: Some(1024),
+                hard: Some(1024),
+            }]),
+            security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            cap_add: Some(Vec::new()),
+            readonly_rootfs: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The engine's own work for a provision: create, start, and inspect (the
+/// service reads the assigned host port back the same way).
+async fn raw_start(docker: &Docker, image: &str, instance: &str, session: &str) -> Result<()> {
+    let name = format!("{instance}-{session}");
+    let options = CreateContainerOptionsBuilder::new().name(&name).build();
+    let id = docker
+        .create_container(Some(options), raw_body(image, instance, session))
+        .await?
+        .id;
+    docker.start_container(&id, None).await?;
+    docker.inspect_container(&id, None).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The service as a child process.
+
+struct Service {
+    child: Child,
+    pid: u32,
+    base: String,
+    /// From spawn to the "ready" log line (startup reconcile done).
+    spawn_to_ready: Duration,
+    /// The "ready" line's reconcile summary.
+    summary: String,
+    client: reqwest::Client,
+}
+
+struct ServiceConfig<'a> {
+    image: &'a str,
+    instance: &'a str,
+    db_path: &'a Path,
+    extra_env: &'a [(&'a str, String)],
+}
+
+async fn spawn_service(config: &ServiceConfig<'_>) -> Result<Service> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", "0")
+        .env("LISTEN_ADDRESS", "127.0.0.1")
+        .env("DATABASE_URL", config.db_path.display().to_string())
+        .env("ORCHESTRATOR_ID", config.instance)
+        .env("DOCKER_IMAGE_NAME", config.image)
+        .env("RUNNERS_HOST", "127.0.0.1")
+        .env("RUNNER_BIND_ADDRESS", "127.0.0.1")
+        .env("RUNNER_STOP_TIMEOUT_SECONDS", "1")
+        .env("PROVISION_RATE_PER_MINUTE", "0")
+        .env("CLEANUP_INTERVAL_SECONDS", "3600")
+        .env("INACTIVITY_TIMEOUT_SECONDS", "3600")
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Ok(host) = std::env::var("DOCKER_HOST") {
+        command.env("DOCKER_HOST", host);
+    }
+    for (key, value) in config.extra_env {
+        command.env(key, value);
+    }
+    let started = Instant::now();
+    let mut child = command.spawn()?;
+    let pid = child.id().unwrap_or_default();
+    let stderr = child.stderr.take().unwrap();
+    let (events, mut received) = mpsc::unbounded_channel();
+    // Drains the log for the life of the process (a full pipe would block
+    // it) and reports the bound port and readiness.
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            match event["message"].as_str() {
+                Some("listening") => {
+                    let address = event["address"].as_str().unwrap_or_default();
+                    let port = address.rsplit(':').next().unwrap_or_default().to_owned();
+                    let _ = events.send(("port", port));
+                }
+                Some("ready") => {
+                    let summary = event["summary"].as_str().unwrap_or_default().to_owned();
+                    let _ = events.send(("ready", summary));
+                }
+                _ => {}
+            }
+        }
+    });
+    let mut port = None;
+    let summary = loop {
+        let event = tokio::time::timeout(Duration::from_secs(600), received.recv()).await;
+        match event {
+            Ok(Some(("port", value))) => port = Some(value),
+            Ok(Some((_, summary))) => break summary,
+            _ => anyhow::bail!("the service did not become ready (exited or 600 s passed)"),
+        }
+    };
+    let spawn_to_ready = started.elapsed();
+    let port = port.ok_or_else(|| anyhow::anyhow!("no listening line before ready"))?;
+    Ok(Service {
+        child,
+        pid,
+        base: format!("http://127.0.0.1:{port}"),
+        spawn_to_ready,
+        summary,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()?,
+    })
+}
+
+impl Service {
+    /// SIGTERM, as `docker stop` sends it; runners keep running.
+    async fn stop(mut self) -> Result<()> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM)?;
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await??;
+        anyhow::ensure!(status.success(), "the service exited with {status}");
+        Ok(())
+    }
+
+    async fn provision(&self, session: Option<&str>) -> Result<()> {
+        let mut request = self
+            .client
+            .post(format!("{}/api/runner/provision", self.base))
+            .json(&serde_json::json!({}));
+        if let Some(session) = session {
+            request = request.header("X-Session-Id", session);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let body = response.text().await?;
+        anyhow::ensure!(status.is_success(), "provision answered {status}: {body}");
+        Ok(())
+    }
+
+    /// `(VmHWM, VmRSS)` of the process in KiB.
+    fn memory_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|line| line.starts_with(name))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+}
+
+/// Provisions `count` sessions named `{prefix}-{i}`, `parallel` at a time.
+async fn provision_many(
+    service: &Service,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+    parallel: usize,
+) -> Result<()> {
+    let results: Vec<Result<()>> = futures_util::stream::iter(range)
+        .map(|i| async move { service.provision(Some(&format!("{prefix}-{i}"))).await })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+// ---------------------------------------------------------------------------
+// Load.
+
+#[derive(Clone)]
+enum Load {
+    Root(String),
+    Heartbeat(String, String),
+}
+
+/// `clients` keep-alive connections sending `load` back to back for
+/// `seconds`; returns `(answered 2xx, errors)`.
+async fn run_load(load: Load, clients: usize, seconds: f64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut workers = FuturesUnordered::new();
+    for _ in 0..clients {
+        let load = load.clone();
+        workers.push(tokio::spawn(async move {
+            // One client each: its own keep-alive connection.
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let request = match &load {
+                    Load::Root(url) => client.get(url),
+                    Load::Heartbeat(url, session) => client
+                        .post(url)
+                        .json(&serde_json::json!({ "sessionId": session })),
+                };
+                match request.send().await {
+                    Ok(response) if response.status().is_success() => {
+                        let _ = response.bytes().await;
+                        ok += 1;
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (ok, errors)
+        }));
+    }
+    let (mut ok, mut errors) = (0, 0);
+    while let Some(result) = workers.next().await {
+        let (o, e) = result.unwrap_or((0, 1));
+        ok += o;
+        errors += e;
+    }
+    (ok, errors)
+}
+
+// ---------------------------------------------------------------------------
+// Sections.
+
+struct Context {
+    sizes: Sizes,
+    image: String,
+    prefix: String,
+    instances: Instances,
+    dir: tempfile::TempDir,
+    docker: Docker,
+    figures: Vec<Figure>,
+    notes: Vec<String>,
+}
+
+impl Context {
+    fn db_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.db"))
+    }
+
+    fn push(&mut self, figure: Figure) {
+        println!(
+            "  {:<38} {:>14}  baseline {:>14}  ratio {:>7}  target {:<14} met: {}",
+            figure.name, figure.measured, figure.baseline, figure.ratio, figure.target, figure.met
+        );
+        self.figures.push(figure);
+    }
+}
+
+/// Heartbeat vs `GET /` throughput, peak memory, then cold provisions on the
+/// same service.
+async fn heartbeat_memory_and_cold(cx: &mut Context) -> Result<()> {
+    let instance = cx.instances.new_instance(&cx.prefix, "api");
+    let db_path = cx.db_path("api");
+    let service = spawn_service(&ServiceConfig {
+        image: &cx.image,
+        instance: &instance,
+        db_path: &db_path,
+        extra_env: &[],
+    })
+    .await?;
+    let (_, idle_rss) = service.memory_kib();
+    service.provision(Some("heartbeat-session")).await?;
+
+    let clients = cx.sizes.hb_clients;
+    let half = cx.sizes.hb_seconds / 2.0;
+    println!(
+        "\n[throughput] {clients} keep-alive clients, 2 x {half:.1} s of GET / and of heartbeat, alternating"
+    );
+    let root = Load::Root(format!("{}/", service.base));
+    let heartbeat = Load::Heartbeat(
+        format!("{}/api/runner/heartbeat", service.base),
+        "heartbeat-session".to_owned(),
+    );
+    run_load(root.clone(), clients, 0.3).await; // warm-up
+    let (mut root_ok, mut hb_ok, mut errors) = (0, 0, 0);
+    for _ in 0..2 {
+        let (ok, e) = run_load(root.clone(), clients, half).await;
+        root_ok += ok;
+        errors += e;
+        let (ok, e) = run_load(heartbeat.clone(), clients, half).await;
+        hb_ok += ok;
+        errors += e;
+    }
+    let (peak, _) = service.memory_kib();
+    let seconds = half * 2.0;
+    let root_rps = root_ok as f64 / seconds;
+    let hb_rps = hb_ok as f64 / seconds;
+    if errors > 0 {
+        cx.notes.push(format!(
+            "throughput: {errors} requests failed or answered non-2xx"
+        ));
+    }
+    let ratio = hb_rps / root_rps;
+    cx.push(figure(
+        format!("heartbeat throughput ({clients} clients)"),
+        format!("{hb_rps:.0} req/s"),
+        format!("{root_rps:.0} req/s GET /"),
+        ratio,
+        ">= 0.8x",
+        Some(ratio >= 0.8),
+    ));
+    let peak_mib = peak as f64 / 1024.0;
+    cx.push(figure(
+        "peak RSS under load (VmHWM)",
+        format!("{peak_mib:.1} MiB"),
+        format!("{:.1} MiB idle", idle_rss as f64 / 1024.0),
+        peak as f64 / idle_rss.max(1) as f64,
+        "<= 20 MiB",
+        Some(peak_mib <= 20.0),
+    ));
+
+    // Cold provisions, interleaved with the engine's own create + start.
+    let raw_instance = cx.instances.new_instance(&cx.prefix, "raw");
+    let samples = cx.sizes.cold_samples;
+    println!(
+        "\n[cold provision] {samples} service provisions interleaved with {samples} raw create+start+inspect"
+    );
+    let (mut service_times, mut raw_times) = (Vec::new(), Vec::new());
+    for i in 0..samples {
+        // Alternate which goes first, so neither always follows the other.
+        for turn in 0..2 {
+            let service_turn = (turn + i) % 2 == 0;
+            let started = Instant::now();
+            if service_turn {
+                service.provision(Some(&format!("cold-{i}"))).await?;
+                service_times.push(started.elapsed());
+            } else {
+                raw_start(&cx.docker, &cx.image, &raw_instance, &format!("cold-{i}")).await?;
+                raw_times.push(started.elapsed());
+            }
+        }
+    }
+    for (q, name) in [(0.5, "p50"), (0.95, "p95")] {
+        let measured = percentile(&service_times, q);
+        let baseline = percentile(&raw_times, q);
+        let ratio = ms(measured) / ms(baseline);
+        let (target, met) = if q == 0.5 {
+            ("<= 1.05x", Some(ratio <= 1.05))
+        } else {
+            ("-", None)
+        };
+        cx.push(figure(
+            format!("cold provision {name}"),
+            format!("{:.1} ms", ms(measured)),
+            format!("{:.1} ms raw", ms(baseline)),
+            ratio,
+            target,
+            met,
+        ));
+    }
+
+    // Concurrent burst: the service first, then the engine directly.
+    let burst = cx.sizes.burst;
+    println!("\n[burst] {burst} concurrent cold provisions vs {burst} concurrent raw create+start");
+    let started = Instant::now();
+    provision_many(&service, "burst", 0..burst, burst).await?;
+    let service_wall = started.elapsed();
+    let started = Instant::now();
+    let results: Vec<Result<()>> = futures_util::stream::iter(0..burst)
+        .map(|i| {
+            let (docker, image, instance) = (&cx.docker, &cx.image, &raw_instance);
+            async move { raw_start(docker, image, instance, &format!("burst-{i}")).await }
+        })
+        .buffer_unordered(burst)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    let raw_wall = started.elapsed();
+    let ratio = ms(service_wall) / ms(raw_wall);
+    cx.push(figure(
+        format!("{burst} concurrent cold provisions"),
+        format!("{:.2} s", service_wall.as_secs_f64()),
+        format!("{:.2} s raw", raw_wall.as_secs_f64()),
+        ratio,
+        "-",
+        None,
+    ));
+    service.stop().await?;
+    remove_instance_containers(&instance).await;
+    remove_instance_containers(&raw_instance).await;
+    Ok(())
+}
+
+/// Warm-pool provisions; the pool is full before each sample.
+async fn warm_pool(cx: &mut Context, cold_p50: Option<Duration>) -> Result<()> {
+    let instance = cx.instances.new_instance(&cx.prefix, "warm");
+    let db_path = cx.db_path("warm");
+    let pool = cx.sizes.warm_pool;
+    let samples = cx.sizes.warm_samples;
+    println!(
+        "\n[warm pool] WARM_POOL_SIZE={pool}, {samples} provisions without a session id, pool full before each"
+    );
+    let service = spawn_service(&ServiceConfig {
+        image: &cx.image,
+        instance: &instance,
+        db_path: &db_path,
+        extra_env: &[("WARM_POOL_SIZE", pool.to_string())],
+    })
+    .await?;
+    let reader = Db::connect_read_only(&db_path.display().to_string()).await?;
+    let wait_full = async || -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let warm: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM runners WHERE pooled = 1 AND state = 'running'",
+            )
+            .fetch_one(reader.pool())
+            .await?;
+            if warm as usize >= pool {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the warm pool did not fill in 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let mut times = Vec::new();
+    for _ in 0..samples {
+        wait_full().await?;
+        let started = Instant::now();
+        service.provision(None).await?;
+        times.push(started.elapsed());
+    }
+    for (q, name) in [(0.5, "p50"), (0.95, "p95")] {
+        let measured = percentile(&times, q);
+        let (baseline, ratio) = match cold_p50 {
+            Some(cold) => (
+                format!("{:.1} ms cold p50", ms(cold)),
+                ms(measured) / ms(cold),
+            ),
+            None => ("-".to_owned(), f64::NAN),
+        };
+        let (target, met) = if q == 0.5 {
+            ("<= 10 ms", Some(ms(measured) <= 10.0))
+        } else {
+            ("-", None)
+        };
+        cx.push(figure(
+            format!("warm-pool provision {name}"),
+            format!("{:.1} ms", ms(measured)),
+            baseline,
+            ratio,
+            target,
+            met,
+        ));
+    }
+    drop(reader);
+    service.stop().await?;
+    remove_instance_containers(&instance).await;
+    Ok(())
+}
+
+/// Restart-to-ready with growing numbers of runners to reconcile.
+async fn restart(cx: &mut Context) -> Result<()> {
+    let instance = cx.instances.new_instance(&cx.prefix, "restart");
+    let db_path = cx.db_path("restart");
+    let image = cx.image.clone();
+    let config = ServiceConfig {
+        image: &image,
+        instance: &instance,
+        db_path: &db_path,
+        extra_env: &[],
+    };
+    println!(
+        "\n[restart] runners to reconcile: 0 (baseline), then {:?}",
+        cx.sizes.restart_sizes
+    );
+    // First start creates and migrates the database; the baseline is a
+    // restart on it with no runners.
+    spawn_service(&config).await?.stop().await?;
+    let empty = spawn_service(&config).await?;
+    let baseline = empty.spawn_to_ready;
+    println!("  0 runners: ready {:.0} ms after spawn", ms(baseline));
+    let mut service = empty;
+    let mut have = 0;
+    let mut points = vec![(0usize, baseline)];
+    for &size in &cx.sizes.restart_sizes.clone() {
+        if size > have {
+            let started = Instant::now();
+            provision_many(&service, "restart", have..size, 8).await?;
+            println!(
+                "  provisioned {} runners in {:.1} s",
+                size - have,
+                started.elapsed().as_secs_f64()
+            );
+            have = size;
+        }
+        service.stop().await?;
+        service = spawn_service(&config).await?;
+        let took = service.spawn_to_ready;
+        println!(
+            "  {size} runners: ready {:.0} ms after spawn (reconcile: {})",
+            ms(took),
+            service.summary
+        );
+        points.push((size, took));
+        cx.push(figure(
+            format!("restart-to-ready, {size} runners"),
+            format!("{:.0} ms", ms(took)),
+            format!("{:.0} ms, 0 runners", ms(baseline)),
+            ms(took) / ms(baseline),
+            "< 2 s at 500",
+            (size >= 500).then(|| took < Duration::from_secs(2)),
+        ));
+    }
+    if let [(n0, t0), .., (n1, t1)] = points[..]
+        && n1 > n0
+    {
+        let per_runner = (ms(t1) - ms(t0)) / (n1 - n0) as f64;
+        let at_500 = ms(t0) + per_runner * (500 - n0) as f64;
+        cx.notes.push(format!(
+            "restart: about {per_runner:.2} ms more per runner to reconcile; \
+             linear extrapolation to 500 runners: {at_500:.0} ms"
+        ));
+    }
+    service.stop().await?;
+    let started = Instant::now();
+    let removed = remove_instance_containers(&instance).await;
+    println!(
+        "  removed {removed} runners in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Fills a stopped instance's database with `fresh` rows (fake container
+/// ids, heartbeat now) and `stale` ones (heartbeat 2 h ago, containers that
+/// do not exist), then times one reaper pass in-process.
+async fn reaper_pass(
+    cx: &Context,
+    name: &str,
+    fresh: usize,
+    stale: usize,
+) -> Result<(Duration, usize, Vec<String>)> {
+    let instance = cx.instances.new_instance(&cx.prefix, name);
+    let db_path = cx.db_path(name);
+    let url = db_path.display().to_string();
+    {
+        // Creates and migrates the database as the service does.
+        let db = Db::connect_unlocked(&url).await?;
+        let now = timestamp(Utc::now());
+        let old = timestamp(Utc::now() - chrono::Duration::hours(2));
+        let mut transaction = db.pool().begin().await?;
+        for i in 0..fresh + stale {
+            let is_stale = i >= fresh;
+            sqlx::query(
+                "INSERT INTO runners (session_id, kind, state, container_name, container_id, \
+                 host_port, created_at, updated_at, last_heartbeat_at, pooled) \
+                 VALUES (?1, 'session', 'running', ?2, ?3, ?4, ?5, ?5, ?6, 0)",
+            )
+            .bind(format!("session-{i}"))
+            .bind(format!("{instance}-missing-{i}"))
+            .bind((!is_stale).then(|| format!("{:064x}", i + 1)))
+            .bind((i % 60_000 + 1024) as i64)
+            .bind(if is_stale { &old } else { &now })
+            .bind(if is_stale { &old } else { &now })
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        db.pool().close().await;
+    }
+    let settings = Settings::from_env_and_args([
+        "orchestrator".to_owned(),
+        format!("--database-url={url}"),
+        format!("--orchestrator-id={instance}"),
+        format!("--docker-image-name={}", cx.image),
+        "--runner-stop-timeout-seconds=1".to_owned(),
+    ])?;
+    let db = Db::connect(&url).await?;
+    let engine = Engine::connect(&settings)?;
+    let runners = Runners::new(db.clone(), engine, Arc::new(settings));
+    let plan: Vec<String> = sqlx::query_as::<_, (i64, i64, i64, String)>(EXPLAIN_REAPABLE_SQL)
+        .bind(timestamp(Utc::now() - chrono::Duration::seconds(60)))
+        .bind(None::<String>)
+        .fetch_all(db.pool())
+        .await?
+        .into_iter()
+        .map(|(_, _, _, detail)| detail)
+        .collect();
+    let reaper = Reaper::new(runners, Duration::from_secs(60), Duration::from_secs(3600));
+    let started = Instant::now();
+    let outcome = reaper.try_once(Utc::now()).await?;
+    let took = started.elapsed();
+    anyhow::ensure!(
+        outcome.failed == 0,
+        "the reaper failed to remove {outcome:?}"
+    );
+    Ok((took, outcome.reaped, plan))
+}
+
+async fn reaper(cx: &mut Context) -> Result<()> {
+    let (rows, stale) = (cx.sizes.reaper_rows, cx.sizes.reaper_stale);
+    println!(
+        "\n[reaper] one pass over {rows} fresh + {stale} stale rows vs over {stale} stale rows alone"
+    );
+    let (baseline, _, _) = reaper_pass(cx, "reaper-base", 0, stale).await?;
+    let (took, reaped, plan) = reaper_pass(cx, "reaper", rows, stale).await?;
+    println!("  reaped {reaped}; EXPLAIN QUERY PLAN of Db::reapable:");
+    for line in &plan {
+        println!("    {line}");
+    }
+    // Every table access is an index search; a `SCAN runners` would read
+    // every row.
+    let accesses: Vec<&String> = plan
+        .iter()
+        .filter(|line| line.starts_with("SEARCH") || line.starts_with("SCAN"))
+        .collect();
+    let indexed = !accesses.is_empty() && accesses.iter().all(|line| line.contains("USING INDEX"));
+    cx.notes.push(format!(
+        "reaper query plan ({}): {}",
+        if indexed {
+            "indexed, no full scan"
+        } else {
+            "NOT only index searches"
+        },
+        plan.join("; ")
+    ));
+    cx.push(figure(
+        format!("reaper pass, {rows}+{stale} rows"),
+        format!("{:.1} ms", ms(took)),
+        format!("{:.1} ms, {stale} rows", ms(baseline)),
+        ms(took) / ms(baseline),
+        "index used",
+        Some(indexed && reaped == stale),
+    ));
+    Ok(())
+}
+
+fn print_summary(cx: &Context, total: Duration) {
+    println!(
+        "\n== Summary ({}, {:.0} s) ==",
+        if cx.sizes.smoke { "smoke" } else { "full" },
+        total.as_secs_f64()
+    );
+    println!("| Figure | Measured | Baseline | Ratio | Target | Met |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for f in &cx.figures {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            f.name, f.measured, f.baseline, f.ratio, f.target, f.met
+        );
+    }
+    for note in &cx.notes {
+        println!("- {note}");
+    }
+}
+
+async fn bench(cx: &mut Context) -> Result<()> {
+    let started = Instant::now();
+    heartbeat_memory_and_cold(cx).await?;
+    let cold_p50 = cx
+        .figures
+        .iter()
+        .find(|f| f.name == "cold provision p50")
+        .and_then(|f| f.measured.trim_end_matches(" ms").parse::<f64>().ok())
+        .map(|v| Duration::from_secs_f64(v / 1e3));
+    warm_pool(cx, cold_p50).await?;
+    reaper(cx).await?;
+    restart(cx).await?;
+    print_summary(cx, started.elapsed());
+    Ok(())
+}
+
+fn main() {
+    let sizes = Sizes::from_env();
+    let instances = Instances::default();
+    let _guard = CleanupGuard(instances.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        let image = tokio::task::spawn_blocking(runner_image).await??;
+        let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        println!(
+            "orchestrator benchmark ({}): image {image}, instances {prefix}-*",
+            if sizes.smoke { "smoke" } else { "full" }
+        );
+        let docker = docker();
+        docker.ping().await?;
+        let mut cx = Context {
+            sizes,
+            image,
+            prefix,
+            instances,
+            dir: tempfile::tempdir()?,
+            docker,
+            figures: Vec::new(),
+            notes: Vec::new(),
+        };
+        bench(&mut cx).await
+    });
+    drop(runtime);
+    if let Err(error) = result {
+        eprintln!("benchmark broken: {error:#}");
+        drop(_guard);
+        std::process::exit(1);
+    }
+}
