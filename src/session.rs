@@ -125,4 +125,99 @@ mod tests {
         let symbols = SessionId::parse("!!!").unwrap().container_name("default");
         assert!(symbols.starts_with("taylored-runner-") && symbols.len() == 16 + 32);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// The definition, written independently of `parse`.
+        fn is_valid(raw: &str) -> bool {
+            (1..=MAX_SESSION_ID_LEN).contains(&raw.len())
+                && raw.bytes().all(|b| (b'!'..=b'~').contains(&b))
+        }
+
+        /// Docker's rule for container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+        fn is_docker_name(name: &str) -> bool {
+            let mut chars = name.chars();
+            chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && name.len() >= 2
+                && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        }
+
+        /// Strings near and across the boundaries: valid ids, ids one
+        /// character too long, visible ASCII with controls, spaces and DEL
+        /// mixed in, and any Unicode.
+        fn raw_ids() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[!-~]{1,128}",
+                "[!-~]{127,130}",
+                r"[\x00-\x7f]{0,130}",
+                r"[!-~ \t\r\n\x00\x7f\x{80}-\x{10FFFF}]{0,130}",
+                any::<String>(),
+            ]
+        }
+
+        fn valid_ids() -> impl Strategy<Value = SessionId> {
+            "[!-~]{1,128}".prop_map(|raw| SessionId::parse(&raw).unwrap())
+        }
+
+        /// What `ORCHESTRATOR_ID` accepts.
+        fn instances() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9_.-]{1,64}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn parse_accepts_exactly_1_to_128_visible_ascii(raw in raw_ids()) {
+                match SessionId::parse(&raw) {
+                    Ok(id) => {
+                        prop_assert!(is_valid(&raw), "accepted {raw:?}");
+                        prop_assert_eq!(id.as_str(), raw.as_str());
+                    }
+                    Err(error) => {
+                        prop_assert!(!is_valid(&raw), "refused {raw:?}");
+                        let expected = if raw.len() > MAX_SESSION_ID_LEN {
+                            InvalidSessionId::TooLong
+                        } else {
+                            InvalidSessionId::NotVisibleAscii
+                        };
+                        prop_assert_eq!(error, expected);
+                    }
+                }
+            }
+
+            #[test]
+            fn container_names_are_docker_names(id in valid_ids(), instance in instances()) {
+                let name = id.container_name(&instance);
+                prop_assert!(is_docker_name(&name), "{name:?} from {id:?}");
+                prop_assert!(name.starts_with("taylored-runner-"));
+                prop_assert!(name.len() <= 64, "{name:?}");
+            }
+
+            #[test]
+            fn container_names_are_deterministic(id in valid_ids(), instance in instances()) {
+                let again = SessionId::parse(id.as_str()).unwrap();
+                prop_assert_eq!(id.container_name(&instance), again.container_name(&instance));
+            }
+
+            #[test]
+            fn container_names_differ_across_instances_and_sessions(
+                id in valid_ids(),
+                other_id in valid_ids(),
+                instance in instances(),
+                other_instance in instances(),
+            ) {
+                let name = id.container_name(&instance);
+                if instance != other_instance {
+                    prop_assert_ne!(&name, &id.container_name(&other_instance));
+                }
+                if id != other_id {
+                    prop_assert_ne!(&name, &other_id.container_name(&instance));
+                }
+            }
+        }
+    }
 }

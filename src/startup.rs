@@ -87,27 +87,27 @@ impl Application {
         ));
         tracing::info!(address = %self.address, "listening");
         let router = crate::http::router(self.runners, self.readiness);
-        // The peer address feeds the per-client provision limit.
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
+        // Request heads get REQUEST_TIMEOUT_SECONDS too (see `http::serve`).
+        let server = crate::http::serve(
+            self.listener,
+            router,
+            settings.request_timeout,
+            shutdown.clone(),
+        );
         let drain_deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(settings.shutdown_timeout).await;
         };
-        let served = tokio::select! {
-            served = server => served.context("HTTP server failed"),
+        tokio::select! {
+            () = server => {}
             () = drain_deadline => {
                 tracing::warn!("requests still in flight after SHUTDOWN_TIMEOUT_SECONDS; exiting anyway");
-                Ok(())
             }
-        };
+        }
         shutdown.cancel();
         while let Some(worker) = workers.join_next().await {
             worker.context("background task failed")?;
         }
-        served?;
         tracing::info!("stopped");
         Ok(())
     }

@@ -3,11 +3,12 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
+use super::BODY_LIMIT_BYTES;
 use super::error::ApiError;
 use crate::session::{InvalidSessionId, SessionId};
 
@@ -31,6 +32,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // Refused before any of it is read: the client may not even send it.
+        if declared_length(request.headers()).is_some_and(|length| length > BODY_LIMIT_BYTES) {
+            return Err(ApiError::PayloadTooLarge);
+        }
         let declared_json = declared_json(request.headers());
         let bytes = Bytes::from_request(request, state)
             .await
@@ -55,6 +60,11 @@ where
             }
         })
     }
+}
+
+/// The `Content-Length` (hyper has checked it is a number, if present).
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// `None` without a content type; otherwise whether it is JSON
@@ -134,6 +144,22 @@ mod tests {
             declared_json(&with_type("application/x-www-form-urlencoded")),
             Some(false)
         );
+    }
+
+    #[test]
+    fn declared_lengths() {
+        let with_length = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_LENGTH, HeaderValue::from_str(value).unwrap());
+            headers
+        };
+        assert_eq!(declared_length(&HeaderMap::new()), None);
+        assert_eq!(
+            declared_length(&with_length("16384")),
+            Some(BODY_LIMIT_BYTES)
+        );
+        assert_eq!(declared_length(&with_length("10000000")), Some(10_000_000));
+        assert_eq!(declared_length(&with_length("-1")), None);
     }
 
     #[test]

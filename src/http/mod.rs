@@ -3,6 +3,7 @@
 mod error;
 mod extract;
 mod rate_limit;
+mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tower_http::trace::TraceLayer;
 pub use error::{ApiError, Operation};
 pub use extract::SESSION_HEADER;
 use extract::{OptionalJson, SessionHeader, parse_optional};
+pub use serve::serve;
 
 use crate::config::AllowedOrigins;
 use crate::readiness::{Phase, Readiness};

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::future::join_all;
+use taylored_orchestrator::config::OrphanPolicy;
 use taylored_orchestrator::reaper::Reaper;
+use taylored_orchestrator::reconcile::Reconciler;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::task::JoinSet;
 
@@ -85,17 +87,22 @@ async fn a_runner_removed_behind_the_services_back_is_noticed_at_once() {
 #[tokio::test]
 async fn the_timer_reconcile_catches_what_events_miss() {
     // An orphan started while the service runs makes no die/destroy event;
-    // the periodic reconcile adopts it.
+    // the drift reconcile the timer runs adopts it. The pass is stepped here:
+    // a timer could look between the container's create and its start and
+    // rightly remove it as a stopped orphan.
     let env = TestEnv::new();
-    let app = env.spawn(&["--reconcile-interval=1"]).await;
+    let app = env.spawn(&[]).await;
     env.create_runner_container("late-orphan", &format!("{}-late", env.instance), true)
         .await;
 
-    eventually(Duration::from_secs(30), "adopting the orphan", || async {
-        env.row("late-orphan").await.is_some()
-    })
-    .await;
+    let reconciler = Reconciler::new(app.runners.clone(), OrphanPolicy::Adopt);
+    let summary = reconciler.run_drift().await.unwrap();
+
+    assert_eq!(summary.adopted, 1, "{summary:?}");
+    assert!(env.row("late-orphan").await.is_some());
     assert_eq!(app.api.heartbeat("late-orphan").await.status, 200);
+    // A second pass finds nothing to do.
+    assert_eq!(reconciler.run_drift().await.unwrap(), Default::default());
 }
 
 /// A TCP front for the engine's socket that a test can cut and restore, so

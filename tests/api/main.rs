@@ -6,6 +6,7 @@ mod cors;
 mod crash;
 mod faults;
 mod helpers;
+mod hostile;
 mod isolation;
 mod lifecycle;
 mod operator;
