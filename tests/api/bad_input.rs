@@ -2,18 +2,7 @@
 
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 
-use crate::helpers::{Reply, TestApp, spawn_app};
-
-async fn assert_untouched(app: &TestApp) {
-    assert!(
-        app.env.containers().await.is_empty(),
-        "a container was created"
-    );
-    assert!(
-        app.runners.db().all().await.unwrap().is_empty(),
-        "a row was written"
-    );
-}
+use crate::helpers::{Reply, spawn_app};
 
 fn assert_json_error(reply: &Reply, status: u16, code: &str) {
     assert_eq!(reply.status, status, "{reply:?}");
@@ -65,7 +54,7 @@ async fn malformed_bodies_are_rejected_on_every_endpoint() {
             assert_json_error(&reply, status, code);
         }
     }
-    assert_untouched(&app).await;
+    app.assert_untouched().await;
 }
 
 #[tokio::test]
@@ -95,7 +84,7 @@ async fn invalid_session_ids_are_rejected() {
         )
         .await;
     assert_json_error(&reply, 400, "INVALID_SESSION_ID");
-    assert_untouched(&app).await;
+    app.assert_untouched().await;
 }
 
 #[tokio::test]
@@ -113,7 +102,7 @@ async fn dangerous_or_unknown_network_modes_are_rejected() {
     }
     let reply = app.api.send(provision("taylored-no-such-network")).await;
     assert_json_error(&reply, 400, "NETWORK_NOT_FOUND");
-    assert_untouched(&app).await;
+    app.assert_untouched().await;
 }
 
 #[tokio::test]
@@ -133,7 +122,7 @@ async fn oversized_bodies_get_413() {
             .await;
         assert_json_error(&reply, 413, "PAYLOAD_TOO_LARGE");
     }
-    assert_untouched(&app).await;
+    app.assert_untouched().await;
 }
 
 #[tokio::test]
@@ -152,5 +141,5 @@ async fn unknown_routes_and_methods_answer_json() {
     assert_eq!(reply.headers["allow"], "POST");
     let reply = app.api.send(app.api.client.delete(app.api.url("/"))).await;
     assert_json_error(&reply, 405, "METHOD_NOT_ALLOWED");
-    assert_untouched(&app).await;
+    app.assert_untouched().await;
 }

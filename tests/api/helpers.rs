@@ -484,6 +484,18 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
 }
 
 impl TestApp {
+    /// Nothing reached the engine or the database.
+    pub async fn assert_untouched(&self) {
+        assert!(
+            self.env.containers().await.is_empty(),
+            "a container was created"
+        );
+        assert!(
+            self.runners.db().all().await.unwrap().is_empty(),
+            "a row was written"
+        );
+    }
+
     /// Stops the service the way SIGTERM does; its runners keep running.
     pub async fn stop(mut self) -> Arc<TestEnv> {
         self.shutdown.cancel();

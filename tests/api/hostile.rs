@@ -237,14 +237,7 @@ fn unpooled(app: &TestApp) -> Api {
 /// answers: `/healthz` and a real provision.
 async fn assert_untouched_then_healthy(app: &TestApp) {
     let api = unpooled(app);
-    assert!(
-        app.env.containers().await.is_empty(),
-        "a container was created"
-    );
-    assert!(
-        app.runners.db().all().await.unwrap().is_empty(),
-        "a row was written"
-    );
+    app.assert_untouched().await;
     let started = Instant::now();
     let health = api.send(api.client.get(api.url("/healthz"))).await;
     assert_eq!(health.status, 200, "{health:?}");
