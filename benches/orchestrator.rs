@@ -5,7 +5,8 @@
 //! both alike. It reports and never fails on noise: it exits non-zero only if
 //! something is broken (no engine, a request refused).
 //!
-//! `--smoke` (or `BENCH_SMOKE=1`) runs every part at a tiny size. Sizes:
+//! Parts named after `--` run alone (`throughput`, `cold`, `warm`, `reaper`,
+//! `restart`). `--smoke` (or `BENCH_SMOKE=1`) runs them at a tiny size. Sizes:
 //! `BENCH_HB_CLIENTS` (32), `BENCH_HB_SECONDS` (4), `BENCH_COLD_SAMPLES` (30),
 //! `BENCH_BURST` (50), `BENCH_WARM_SAMPLES` (20), `BENCH_WARM_POOL` (4),
 //! `BENCH_RESTART_SIZES` (`100,300`; `100,500` for the project's target),
@@ -21,35 +22,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, ResourcesUlimits};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use chrono::Utc;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use taylored_orchestrator::config::{INSTANCE_LABEL, SESSION_LABEL, Settings};
-use taylored_orchestrator::db::{Db, timestamp};
-use taylored_orchestrator::docker::Engine;
+use taylored_orchestrator::config::{INSTANCE_LABEL, Settings};
+use taylored_orchestrator::db::{Db, QueryPlan, timestamp};
+use taylored_orchestrator::docker::{Engine, RunnerSpec};
 use taylored_orchestrator::reaper::Reaper;
 use taylored_orchestrator::runners::Runners;
+use taylored_orchestrator::session::SessionId;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 type Result<T> = anyhow::Result<T>;
 
-/// `EXPLAIN QUERY PLAN` of the reaper's query, as in `Db::reapable`
-/// (src/db/mod.rs).
-const EXPLAIN_REAPABLE_SQL: &str = "EXPLAIN QUERY PLAN SELECT session_id, kind, state, \
-     container_name, container_id, host_port, network_mode, created_at, updated_at, \
-     last_heartbeat_at, pooled FROM runners \
-     WHERE (state = 'running' AND pooled = 0 AND last_heartbeat_at < ?1) \
-     OR state = 'removing' \
-     OR (state = 'running' AND pooled = 0 AND created_at < ?2)";
-
 struct Sizes {
     smoke: bool,
+    /// Parts named on the command line; empty runs them all.
+    only: Vec<String>,
     hb_clients: usize,
     hb_seconds: f64,
     cold_samples: usize,
@@ -79,8 +73,18 @@ impl Sizes {
             .split(',')
             .filter_map(|size| size.trim().parse().ok())
             .collect();
+        // `cargo bench` passes `--bench`; other flags are ours or ignored.
+        let only: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|arg| !arg.starts_with('-'))
+            .collect();
+        if let Some(unknown) = only.iter().find(|part| !PARTS.contains(&part.as_str())) {
+            eprintln!("unknown part `{unknown}`; the parts are {PARTS:?}");
+            std::process::exit(2);
+        }
         Self {
             smoke,
+            only,
             hb_clients: env_or("BENCH_HB_CLIENTS", pick(32, 8)),
             hb_seconds: env_or("BENCH_HB_SECONDS", if smoke { 0.5 } else { 4.0 }),
             cold_samples: env_or("BENCH_COLD_SAMPLES", pick(30, 3)),
@@ -91,6 +95,12 @@ impl Sizes {
             reaper_rows: env_or("BENCH_REAPER_ROWS", pick(10_000, 500)),
             reaper_stale: env_or("BENCH_REAPER_STALE", pick(5, 2)),
         }
+    }
+}
+
+impl Sizes {
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|name| name == part)
     }
 }
 
@@ -278,56 +288,33 @@ async fn remove_instance_containers(instance: &str) -> usize {
     count
 }
 
-/// The container the service creates for a session (src/docker.rs
-/// `container_body` with the default limits), under another instance label
-/// so that the service never sees it.
-fn raw_body(image: &str, instance: &str, session: &str) -> ContainerCreateBody {
-    let port = "3000/tcp".to_owned();
-    let memory = 512 << 20;
-    ContainerCreateBody {
-        image: Some(image.to_owned()),
-        env: Some(vec!["PORT=3000".to_owned()]),
-        labels: Some(HashMap::from([
-            (SESSION_LABEL.to_owned(), session.to_owned()),
-            (INSTANCE_LABEL.to_owned(), instance.to_owned()),
-        ])),
-        exposed_ports: Some(vec![port.clone()]),
-        host_config: Some(HostConfig {
-            port_bindings: Some(HashMap::from([(
-                port,
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".to_owned()),
-                    host_port: Some(String::new()),
-                }]),
-            )])),
-            memory: Some(memory),
-            memory_swap: Some(memory),
-            nano_cpus: Some(1_000_000_000),
-            pids_limit: Some(256),
-            ulimits: Some(vec![ResourcesUlimits {
-                name: Some("nofile".to_owned()),
-                soft: Some(1024),
-                hard: Some(1024),
-            }]),
-            security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
-            cap_drop: Some(vec!["ALL".to_owned()]),
-            cap_add: Some(Vec::new()),
-            readonly_rootfs: Some(false),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+/// An engine client configured as the service's (default limits), under an
+/// instance label of its own so that the service never sees its containers.
+fn raw_engine(image: &str, instance: &str) -> Result<Engine> {
+    let settings = Settings::from_env_and_args([
+        "orchestrator".to_owned(),
+        format!("--orchestrator-id={instance}"),
+        format!("--docker-image-name={image}"),
+        "--runner-bind-address=127.0.0.1".to_owned(),
+    ])?;
+    Ok(Engine::connect(&settings)?)
 }
 
-/// The engine's own work for a provision: create, start, and inspect (the
-/// service reads the assigned host port back the same way).
-async fn raw_start(docker: &Docker, image: &str, instance: &str, session: &str) -> Result<()> {
-    let name = format!("{instance}-{session}");
+/// The engine's own work for a provision: create, start, and inspect of the
+/// very container body the service sends (`Engine::container_body`), with
+/// bollard and nothing else.
+async fn raw_start(docker: &Docker, engine: &Engine, session: &str) -> Result<()> {
+    let session = SessionId::parse(session)?;
+    let name = session.container_name(engine.instance());
+    let body = engine.container_body(&RunnerSpec {
+        session_id: session.as_str(),
+        container_name: &name,
+        network_mode: None,
+        singleton: false,
+        pooled: false,
+    });
     let options = CreateContainerOptionsBuilder::new().name(&name).build();
-    let id = docker
-        .create_container(Some(options), raw_body(image, instance, session))
-        .await?
-        .id;
+    let id = docker.create_container(Some(options), body).await?.id;
     docker.start_container(&id, None).await?;
     docker.inspect_container(&id, None).await?;
     Ok(())
@@ -549,6 +536,8 @@ struct Context {
     docker: Docker,
     figures: Vec<Figure>,
     notes: Vec<String>,
+    /// The warm pool's baseline, when the cold part ran first.
+    cold_p50: Option<Duration>,
 }
 
 impl Context {
@@ -565,11 +554,10 @@ impl Context {
     }
 }
 
-/// Heartbeat vs `GET /` throughput, peak memory, then cold provisions on the
-/// same service.
-async fn heartbeat_memory_and_cold(cx: &mut Context) -> Result<()> {
-    let instance = cx.instances.new_instance(&cx.prefix, "api");
-    let db_path = cx.db_path("api");
+/// Heartbeat vs `GET /` throughput, and peak memory under that load.
+async fn throughput(cx: &mut Context) -> Result<()> {
+    let instance = cx.instances.new_instance(&cx.prefix, "throughput");
+    let db_path = cx.db_path("throughput");
     let service = spawn_service(&ServiceConfig {
         image: &cx.image,
         instance: &instance,
@@ -628,8 +616,25 @@ async fn heartbeat_memory_and_cold(cx: &mut Context) -> Result<()> {
         Some(peak_mib <= 20.0),
     ));
 
-    // Cold provisions, interleaved with the engine's own create + start.
+    service.stop().await?;
+    remove_instance_containers(&instance).await;
+    Ok(())
+}
+
+/// Cold provisions interleaved with the engine's own create + start, then a
+/// concurrent burst of each.
+async fn cold(cx: &mut Context) -> Result<()> {
+    let instance = cx.instances.new_instance(&cx.prefix, "cold");
+    let db_path = cx.db_path("cold");
+    let service = spawn_service(&ServiceConfig {
+        image: &cx.image,
+        instance: &instance,
+        db_path: &db_path,
+        extra_env: &[],
+    })
+    .await?;
     let raw_instance = cx.instances.new_instance(&cx.prefix, "raw");
+    let raw = raw_engine(&cx.image, &raw_instance)?;
     let samples = cx.sizes.cold_samples;
     println!(
         "\n[cold provision] {samples} service provisions interleaved with {samples} raw create+start+inspect"
@@ -644,11 +649,12 @@ async fn heartbeat_memory_and_cold(cx: &mut Context) -> Result<()> {
                 service.provision(Some(&format!("cold-{i}"))).await?;
                 service_times.push(started.elapsed());
             } else {
-                raw_start(&cx.docker, &cx.image, &raw_instance, &format!("cold-{i}")).await?;
+                raw_start(&cx.docker, &raw, &format!("cold-{i}")).await?;
                 raw_times.push(started.elapsed());
             }
         }
     }
+    cx.cold_p50 = Some(percentile(&service_times, 0.5));
     for (q, name) in [(0.5, "p50"), (0.95, "p95")] {
         let measured = percentile(&service_times, q);
         let baseline = percentile(&raw_times, q);
@@ -677,8 +683,8 @@ async fn heartbeat_memory_and_cold(cx: &mut Context) -> Result<()> {
     let started = Instant::now();
     let results: Vec<Result<()>> = futures_util::stream::iter(0..burst)
         .map(|i| {
-            let (docker, image, instance) = (&cx.docker, &cx.image, &raw_instance);
-            async move { raw_start(docker, image, instance, &format!("burst-{i}")).await }
+            let (docker, raw) = (&cx.docker, &raw);
+            async move { raw_start(docker, raw, &format!("burst-{i}")).await }
         })
         .buffer_unordered(burst)
         .collect()
@@ -701,7 +707,8 @@ async fn heartbeat_memory_and_cold(cx: &mut Context) -> Result<()> {
 }
 
 /// Warm-pool provisions; the pool is full before each sample.
-async fn warm_pool(cx: &mut Context, cold_p50: Option<Duration>) -> Result<()> {
+async fn warm_pool(cx: &mut Context) -> Result<()> {
+    let cold_p50 = cx.cold_p50;
     let instance = cx.instances.new_instance(&cx.prefix, "warm");
     let db_path = cx.db_path("warm");
     let pool = cx.sizes.warm_pool;
@@ -852,7 +859,7 @@ async fn reaper_pass(
     name: &str,
     fresh: usize,
     stale: usize,
-) -> Result<(Duration, usize, Vec<String>)> {
+) -> Result<(Duration, usize, QueryPlan)> {
     let instance = cx.instances.new_instance(&cx.prefix, name);
     let db_path = cx.db_path(name);
     let url = db_path.display().to_string();
@@ -891,14 +898,7 @@ async fn reaper_pass(
     let db = Db::connect(&url).await?;
     let engine = Engine::connect(&settings)?;
     let runners = Runners::new(db.clone(), engine, Arc::new(settings));
-    let plan: Vec<String> = sqlx::query_as::<_, (i64, i64, i64, String)>(EXPLAIN_REAPABLE_SQL)
-        .bind(timestamp(Utc::now() - chrono::Duration::seconds(60)))
-        .bind(None::<String>)
-        .fetch_all(db.pool())
-        .await?
-        .into_iter()
-        .map(|(_, _, _, detail)| detail)
-        .collect();
+    let plan = db.explain_reapable().await?;
     let reaper = Reaper::new(runners, Duration::from_secs(60), Duration::from_secs(3600));
     let started = Instant::now();
     let outcome = reaper.try_once(Utc::now()).await?;
@@ -918,16 +918,10 @@ async fn reaper(cx: &mut Context) -> Result<()> {
     let (baseline, _, _) = reaper_pass(cx, "reaper-base", 0, stale).await?;
     let (took, reaped, plan) = reaper_pass(cx, "reaper", rows, stale).await?;
     println!("  reaped {reaped}; EXPLAIN QUERY PLAN of Db::reapable:");
-    for line in &plan {
+    for line in &plan.0 {
         println!("    {line}");
     }
-    // Every table access is an index search; a `SCAN runners` would read
-    // every row.
-    let accesses: Vec<&String> = plan
-        .iter()
-        .filter(|line| line.starts_with("SEARCH") || line.starts_with("SCAN"))
-        .collect();
-    let indexed = !accesses.is_empty() && accesses.iter().all(|line| line.contains("USING INDEX"));
+    let indexed = plan.searches_only_indexes();
     cx.notes.push(format!(
         "reaper query plan ({}): {}",
         if indexed {
@@ -935,7 +929,7 @@ async fn reaper(cx: &mut Context) -> Result<()> {
         } else {
             "NOT only index searches"
         },
-        plan.join("; ")
+        plan.0.join("; ")
     ));
     cx.push(figure(
         format!("reaper pass, {rows}+{stale} rows"),
@@ -967,18 +961,24 @@ fn print_summary(cx: &Context, total: Duration) {
     }
 }
 
+/// The parts, in the order they run; `cargo bench --bench orchestrator --
+/// cold warm` runs only those named.
+const PARTS: [&str; 5] = ["throughput", "cold", "warm", "reaper", "restart"];
+
 async fn bench(cx: &mut Context) -> Result<()> {
     let started = Instant::now();
-    heartbeat_memory_and_cold(cx).await?;
-    let cold_p50 = cx
-        .figures
-        .iter()
-        .find(|f| f.name == "cold provision p50")
-        .and_then(|f| f.measured.trim_end_matches(" ms").parse::<f64>().ok())
-        .map(|v| Duration::from_secs_f64(v / 1e3));
-    warm_pool(cx, cold_p50).await?;
-    reaper(cx).await?;
-    restart(cx).await?;
+    for part in PARTS {
+        if !cx.sizes.runs(part) {
+            continue;
+        }
+        match part {
+            "throughput" => throughput(cx).await?,
+            "cold" => cold(cx).await?,
+            "warm" => warm_pool(cx).await?,
+            "reaper" => reaper(cx).await?,
+            _ => restart(cx).await?,
+        }
+    }
     print_summary(cx, started.elapsed());
     Ok(())
 }
@@ -1009,6 +1009,7 @@ fn main() {
             docker,
             figures: Vec::new(),
             notes: Vec::new(),
+            cold_p50: None,
         };
         bench(&mut cx).await
     });

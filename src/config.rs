@@ -194,6 +194,13 @@ pub struct Settings {
           value_name = "RECONCILE_INTERVAL_SECONDS", value_parser = parse_positive_seconds)]
     pub reconcile_interval: Duration,
 
+    /// Milliseconds between two writes of the heartbeats received meanwhile
+    /// (one transaction each): the most the database's `last_heartbeat_at`
+    /// lags behind the heartbeats answered.
+    #[arg(long, env = "HEARTBEAT_FLUSH_INTERVAL_MS", default_value = "1000",
+          value_name = "HEARTBEAT_FLUSH_INTERVAL_MS", value_parser = parse_flush_interval)]
+    pub heartbeat_flush_interval: Duration,
+
     /// Seconds that in-flight requests get to finish after SIGTERM; what is
     /// cut off then is repaired by the next start's reconcile.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "30",
@@ -397,6 +404,16 @@ fn parse_positive_seconds(value: &str) -> Result<Duration, String> {
     }
 }
 
+fn parse_flush_interval(value: &str) -> Result<Duration, String> {
+    match value.trim().parse::<u64>() {
+        Ok(millis @ 10..=60_000) => Ok(Duration::from_millis(millis)),
+        Ok(_) => Err("must be between 10 and 60000 milliseconds".to_owned()),
+        Err(_) => Err(format!(
+            "expected a whole number of milliseconds, got `{value}`"
+        )),
+    }
+}
+
 fn parse_non_blank(value: &str) -> Result<String, String> {
     let value = value.trim();
     if value.is_empty() {
@@ -543,6 +560,25 @@ mod tests {
         ] {
             let error = parse(args).unwrap_err().to_string();
             assert!(error.contains(variable), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_flush_interval_is_bounded() {
+        let interval = |value: &str| {
+            parse(&["--heartbeat-flush-interval", value]).map(|s| s.heartbeat_flush_interval)
+        };
+        assert_eq!(
+            parse(&[]).unwrap().heartbeat_flush_interval,
+            Duration::from_secs(1)
+        );
+        assert_eq!(interval("10").unwrap(), Duration::from_millis(10));
+        for bad in ["0", "9", "60001", "1s"] {
+            let error = interval(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("HEARTBEAT_FLUSH_INTERVAL_MS"),
+                "{bad}: {error}"
+            );
         }
     }
 

@@ -151,6 +151,11 @@ impl Engine {
         &self.image
     }
 
+    /// `ORCHESTRATOR_ID`: the instance label value of this service's runners.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     pub fn docker(&self) -> &Docker {
         &self.docker
     }
@@ -320,7 +325,9 @@ impl Engine {
         fallback
     }
 
-    fn container_body(&self, spec: &RunnerSpec<'_>) -> ContainerCreateBody {
+    /// The create request for a runner (public for the benchmark's baseline,
+    /// which sends the very same body to the engine without the service).
+    pub fn container_body(&self, spec: &RunnerSpec<'_>) -> ContainerCreateBody {
         let mut labels = HashMap::from([
             (SESSION_LABEL.to_owned(), spec.session_id.to_owned()),
             (INSTANCE_LABEL.to_owned(), self.instance.clone()),

@@ -6,6 +6,7 @@ pub mod db;
 pub mod docker;
 pub mod drift;
 pub mod healthcheck;
+pub mod heartbeats;
 pub mod http;
 pub mod locks;
 pub mod metrics;

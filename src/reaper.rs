@@ -62,8 +62,11 @@ impl Reaper {
     }
 
     /// One sweep as of `now`: removes every runner idle for longer than the
-    /// inactivity timeout and retries unfinished removals.
+    /// inactivity timeout and retries unfinished removals. Heartbeats held
+    /// in memory are written first; one arriving during the sweep spares its
+    /// runner (see `Runners::remove`).
     pub async fn try_once(&self, now: DateTime<Utc>) -> anyhow::Result<ReapOutcome> {
+        self.runners.flush_heartbeats().await?;
         let cutoff = now - self.inactivity_timeout;
         let born_before = self.max_age.map(|age| timestamp(now - age));
         let mut outcome = ReapOutcome::default();

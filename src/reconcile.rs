@@ -378,6 +378,9 @@ impl Reconciler {
         let mut summary = Summary::default();
         let mut unremoved: HashSet<String> = HashSet::new();
         for action in actions {
+            if let Action::DropRow { row, .. } = &action {
+                self.runners.forget_heartbeats(&row.session_id);
+            }
             let result = match &action {
                 Action::RemoveContainer { container, reason } => {
                     let removed = self.remove_container(container, reason).await;

@@ -19,6 +19,7 @@ use crate::db::{
 use crate::docker::{Engine, EngineError, ISOLATED_NETWORK, RunnerSpec};
 use tokio::sync::Notify;
 
+use crate::heartbeats::Heartbeats;
 use crate::locks::{SessionGuard, SessionLocks};
 use crate::metrics::Metrics;
 use crate::session::SessionId;
@@ -89,6 +90,7 @@ pub struct Runners {
     db: Db,
     engine: Engine,
     locks: SessionLocks,
+    heartbeats: Heartbeats,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
     warm_pool_refill: Arc<Notify>,
@@ -100,6 +102,7 @@ impl Runners {
             db,
             engine,
             locks: SessionLocks::default(),
+            heartbeats: Heartbeats::default(),
             metrics: Metrics::shared(),
             warm_pool_refill: Arc::new(Notify::new()),
             settings,
@@ -332,7 +335,11 @@ impl Runners {
     }
 
     pub async fn heartbeat(&self, session: &SessionId) -> Result<Heartbeat, RunnerError> {
-        let kind = self.db.touch(session.as_str(), Utc::now()).await?;
+        let now = Utc::now();
+        let kind = match self.heartbeats.record(session.as_str(), now) {
+            Some(kind) => Some(kind),
+            None => self.first_heartbeat(session, now).await?,
+        };
         self.metrics
             .heartbeat(if kind.is_some() { "ok" } else { "not_found" });
         match kind {
@@ -341,6 +348,51 @@ impl Runners {
             None if self.settings.reuse_runner_mode => Err(RunnerError::SingletonMismatch),
             None => Err(RunnerError::NotFound),
         }
+    }
+
+    /// A heartbeat the cache cannot answer reads the row under the session's
+    /// lock, so that it waits for a provision or removal in progress rather
+    /// than caching a runner about to go.
+    async fn first_heartbeat(
+        &self,
+        session: &SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<RunnerKind>, RunnerError> {
+        let _guard = self
+            .lock_session(session.as_str(), self.settings.reuse_runner_mode)
+            .await;
+        let kind = self.db.running_kind(session.as_str()).await?;
+        if let Some(kind) = kind {
+            self.heartbeats.admit(session.as_str(), kind, now);
+        }
+        Ok(kind)
+    }
+
+    /// Writes the heartbeats received since the last flush (see
+    /// `heartbeats`); sessions whose runner went meanwhile are forgotten.
+    pub async fn flush_heartbeats(&self) -> Result<usize, RunnerError> {
+        let batch = self.heartbeats.take_unflushed();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        match self.db.record_heartbeats(&batch).await {
+            Ok(gone) => {
+                for session_id in gone {
+                    self.heartbeats.forget(&session_id, None);
+                }
+                Ok(batch.len())
+            }
+            Err(error) => {
+                self.heartbeats.unflushed_again(&batch);
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Called before a runner's row stops being `running`, so that its
+    /// heartbeats are asked of the database again.
+    pub fn forget_heartbeats(&self, session_id: &str) {
+        self.heartbeats.forget(session_id, None);
     }
 
     /// Stops and removes the session's runner. (`REUSE_RUNNER_MODE` never
@@ -393,6 +445,14 @@ impl Runners {
         row: &RunnerRow,
         removal: Removal<'_>,
     ) -> Result<RemovalOutcome, RunnerError> {
+        // A heartbeat answered from memory since `stale_before` spares the
+        // runner; otherwise later heartbeats wait for this lock.
+        if !self
+            .heartbeats
+            .forget(&row.session_id, removal.stale_before)
+        {
+            return Ok(RemovalOutcome::Skipped);
+        }
         if !self
             .db
             .mark_removing(&row.session_id, removal.stale_before, Utc::now())

@@ -85,7 +85,13 @@ impl Application {
             self.readiness.clone(),
             shutdown.clone(),
         ));
+        workers.spawn(flush_heartbeats_until_stopped(
+            self.runners.clone(),
+            settings.heartbeat_flush_interval,
+            shutdown.clone(),
+        ));
         tracing::info!(address = %self.address, "listening");
+        let runners = self.runners.clone();
         let router = crate::http::router(self.runners, self.readiness);
         // Request heads get REQUEST_TIMEOUT_SECONDS too (see `http::serve`).
         let server = crate::http::serve(
@@ -107,6 +113,11 @@ impl Application {
         shutdown.cancel();
         while let Some(worker) = workers.join_next().await {
             worker.context("background task failed")?;
+        }
+        // The server is done: no heartbeat can arrive after this last write.
+        match runners.flush_heartbeats().await {
+            Ok(written) => tracing::info!(written, "heartbeats written"),
+            Err(error) => tracing::error!(%error, "could not write the last heartbeats"),
         }
         tracing::info!("stopped");
         Ok(())
@@ -153,4 +164,24 @@ async fn run_background(runners: Runners, readiness: Readiness, shutdown: Cancel
         warm_pool.run_until_stopped(shutdown.clone()),
         drift.run_until_stopped(shutdown)
     );
+}
+
+/// Writes the heartbeats held in memory every `interval` (see
+/// `heartbeats`); the last write happens once the server has stopped.
+async fn flush_heartbeats_until_stopped(
+    runners: Runners,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        if let Err(error) = runners.flush_heartbeats().await {
+            tracing::warn!(%error, "could not write heartbeats; retrying next interval");
+        }
+    }
 }

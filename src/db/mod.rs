@@ -175,6 +175,23 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// The steps of an `EXPLAIN QUERY PLAN`, one line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryPlan(pub Vec<String>);
+
+impl QueryPlan {
+    /// Whether every table access is an index search: a `SCAN` reads every
+    /// row, which the reaper cannot afford every sweep.
+    pub fn searches_only_indexes(&self) -> bool {
+        let mut accesses = self
+            .0
+            .iter()
+            .filter(|step| step.starts_with("SEARCH") || step.starts_with("SCAN"))
+            .peekable();
+        accesses.peek().is_some() && accesses.all(|step| step.contains("USING INDEX"))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: SqlitePool,
@@ -190,6 +207,18 @@ macro_rules! select_runners {
             "SELECT session_id, kind, state, container_name, container_id, host_port, \
              network_mode, created_at, updated_at, last_heartbeat_at, pooled FROM runners ",
             $($rest),+
+        )
+    };
+}
+
+/// The reaper's query (idle, unfinished, or too old), shared with its
+/// `EXPLAIN QUERY PLAN`.
+macro_rules! reapable_sql {
+    () => {
+        select_runners!(
+            "WHERE (state = 'running' AND pooled = 0 AND last_heartbeat_at < ?1) \
+             OR state = 'removing' \
+             OR (state = 'running' AND pooled = 0 AND created_at < ?2)"
         )
     };
 }
@@ -290,15 +319,24 @@ impl Db {
         cutoff: DateTime<Utc>,
         born_before: Option<DateTime<Utc>>,
     ) -> sqlx::Result<Vec<RunnerRow>> {
-        sqlx::query_as(select_runners!(
-            "WHERE (state = 'running' AND pooled = 0 AND last_heartbeat_at < ?1) \
-             OR state = 'removing' \
-             OR (state = 'running' AND pooled = 0 AND created_at < ?2)"
+        sqlx::query_as(reapable_sql!())
+            .bind(timestamp(cutoff))
+            .bind(born_before.map(timestamp))
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// SQLite's plan for [`Db::reapable`].
+    pub async fn explain_reapable(&self) -> sqlx::Result<QueryPlan> {
+        let steps: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(concat!("EXPLAIN QUERY PLAN ", reapable_sql!()))
+                .bind(timestamp(Utc::now()))
+                .bind(timestamp(Utc::now()))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(QueryPlan(
+            steps.into_iter().map(|(_, _, _, detail)| detail).collect(),
         ))
-        .bind(timestamp(cutoff))
-        .bind(born_before.map(timestamp))
-        .fetch_all(&self.pool)
-        .await
     }
 
     /// Inserts a `provisioning` row unless the session (or, for the
@@ -413,21 +451,38 @@ impl Db {
         transaction.commit().await
     }
 
-    /// Records a heartbeat for a running runner. Returns its kind, or `None`
-    /// when the session has no running runner.
-    pub async fn touch(
+    /// The kind of the session's runner if it is running (a heartbeat's
+    /// first look; later ones are answered from memory, see `heartbeats`).
+    pub async fn running_kind(&self, session_id: &str) -> sqlx::Result<Option<RunnerKind>> {
+        sqlx::query_scalar("SELECT kind FROM runners WHERE session_id = ?1 AND state = 'running'")
+            .bind(session_id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Writes a batch of heartbeat times in one transaction, never moving a
+    /// time back. Returns the sessions that no longer have a running row.
+    pub async fn record_heartbeats(
         &self,
-        session_id: &str,
-        now: DateTime<Utc>,
-    ) -> sqlx::Result<Option<RunnerKind>> {
-        sqlx::query_scalar(
-            "UPDATE runners SET last_heartbeat_at = ?2 \
-             WHERE session_id = ?1 AND state = 'running' RETURNING kind",
-        )
-        .bind(session_id)
-        .bind(timestamp(now))
-        .fetch_optional(&self.pool)
-        .await
+        batch: &[(String, DateTime<Utc>)],
+    ) -> sqlx::Result<Vec<String>> {
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut gone = Vec::new();
+        for (session_id, at) in batch {
+            let updated = sqlx::query(
+                "UPDATE runners SET last_heartbeat_at = MAX(last_heartbeat_at, ?2) \
+                 WHERE session_id = ?1 AND state = 'running'",
+            )
+            .bind(session_id)
+            .bind(timestamp(*at))
+            .execute(&mut *transaction)
+            .await?;
+            if updated.rows_affected() == 0 {
+                gone.push(session_id.clone());
+            }
+        }
+        transaction.commit().await?;
+        Ok(gone)
     }
 
     /// Moves a runner to `removing` before its container is touched, so that
@@ -593,4 +648,36 @@ fn base_options(database_url: &str) -> anyhow::Result<SqliteConnectOptions> {
         SqliteConnectOptions::new().filename(Path::new(database_url))
     };
     Ok(options.busy_timeout(Duration::from_secs(5)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_reapers_query_only_searches_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect_unlocked(&dir.path().join("plan.db").display().to_string())
+            .await
+            .unwrap();
+
+        let plan = db.explain_reapable().await.unwrap();
+
+        assert!(plan.searches_only_indexes(), "{plan:?}");
+    }
+
+    #[test]
+    fn a_scan_or_no_access_is_not_an_indexed_plan() {
+        let plan = |steps: &[&str]| QueryPlan(steps.iter().map(|s| s.to_string()).collect());
+        assert!(plan(&["SEARCH runners USING INDEX by_state (state=?)"]).searches_only_indexes());
+        assert!(
+            !plan(&[
+                "MULTI-INDEX OR",
+                "SEARCH runners USING INDEX by_state (state=?)",
+                "SCAN runners",
+            ])
+            .searches_only_indexes()
+        );
+        assert!(!plan(&["MULTI-INDEX OR"]).searches_only_indexes());
+    }
 }

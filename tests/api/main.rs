@@ -5,6 +5,7 @@ mod concurrency;
 mod cors;
 mod crash;
 mod faults;
+mod heartbeats;
 mod helpers;
 mod hostile;
 mod isolation;

@@ -1,0 +1,194 @@
+//! Heartbeats answered from memory (`src/heartbeats.rs`): written within the
+//! flush interval and at a clean stop, never letting the reaper remove a
+//! runner whose heartbeat was answered 200, and forgotten with the runner.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::future::join_all;
+use taylored_orchestrator::db::{Actor, AuditAction};
+use taylored_orchestrator::reaper::Reaper;
+use taylored_orchestrator::runners::{Removal, RemovalOutcome};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TestEnv, eventually, spawn_app_with};
+
+/// Long enough that nothing is flushed during a test unless it says so.
+const NEVER: &str = "--heartbeat-flush-interval=60000";
+
+#[tokio::test]
+async fn heartbeats_are_held_in_memory_and_written_by_a_clean_stop() {
+    let env = TestEnv::new();
+    let app = env.spawn(&[NEVER]).await;
+    let session = app.api.provision(None).await.session_id().to_owned();
+    let provisioned = env.row(&session).await.unwrap().last_heartbeat_at;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    for _ in 0..3 {
+        assert_eq!(app.api.heartbeat(&session).await.status, 200);
+    }
+    assert_eq!(
+        env.row(&session).await.unwrap().last_heartbeat_at,
+        provisioned,
+        "the heartbeats were written one by one"
+    );
+
+    let env = app.stop().await;
+    let stopped = env.row(&session).await.unwrap().last_heartbeat_at;
+    assert!(stopped > provisioned, "{stopped} <= {provisioned}");
+}
+
+#[tokio::test]
+async fn a_heartbeat_not_yet_written_spares_its_runner() {
+    let app = spawn_app_with(&[NEVER]).await;
+    for session in ["heartbeating", "silent"] {
+        assert_eq!(app.api.provision(Some(session)).await.status, 201);
+    }
+    // The first heartbeat of each reads its row; from then on they are
+    // answered from memory.
+    assert_eq!(app.api.heartbeat("heartbeating").await.status, 200);
+    assert_eq!(app.api.heartbeat("silent").await.status, 200);
+    let cutoff = Utc::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(app.api.heartbeat("heartbeating").await.status, 200);
+
+    // As the reaper removes a runner its query found idle: both rows are
+    // older than the cutoff in the database.
+    let reap = |session: &'static str| {
+        let runners = app.runners.clone();
+        async move {
+            let row = runners.db().find(session).await.unwrap().unwrap();
+            assert!(row.last_heartbeat_at < taylored_orchestrator::db::timestamp(cutoff));
+            let removal = Removal {
+                actor: Actor::Reaper,
+                action: AuditAction::Reaped,
+                reason: "test",
+                stale_before: Some(cutoff),
+            };
+            runners.remove(&row, removal).await.unwrap()
+        }
+    };
+    assert_eq!(reap("heartbeating").await, RemovalOutcome::Skipped);
+    assert_eq!(reap("silent").await, RemovalOutcome::Removed);
+    assert_eq!(app.api.heartbeat("heartbeating").await.status, 200);
+    assert_eq!(app.api.heartbeat("silent").await.status, 404);
+}
+
+#[tokio::test]
+async fn heartbeats_are_written_within_the_flush_interval() {
+    let app = spawn_app_with(&["--heartbeat-flush-interval=50"]).await;
+    let session = app.api.provision(None).await.session_id().to_owned();
+    let before = app.env.row(&session).await.unwrap().last_heartbeat_at;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    assert_eq!(app.api.heartbeat(&session).await.status, 200);
+
+    eventually(
+        Duration::from_secs(5),
+        "the heartbeat written to the database",
+        || async { app.env.row(&session).await.unwrap().last_heartbeat_at > before },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn removed_runners_stop_answering_heartbeats_at_once() {
+    let env = TestEnv::new();
+    let app = env.spawn(&[NEVER]).await;
+    for session in ["deprovisioned", "killed", "reaped"] {
+        assert_eq!(app.api.provision(Some(session)).await.status, 201);
+        assert_eq!(app.api.heartbeat(session).await.status, 200);
+    }
+
+    assert_eq!(app.api.deprovision("deprovisioned").await.status, 200);
+    assert_eq!(app.api.heartbeat("deprovisioned").await.status, 404);
+
+    let container = env.row("killed").await.unwrap().container_id.unwrap();
+    env.docker
+        .kill_container(
+            &container,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the killed runner's row dropped",
+        || async { env.row("killed").await.is_none() },
+    )
+    .await;
+    assert_eq!(app.api.heartbeat("killed").await.status, 404);
+
+    let reaper = Reaper::new(
+        app.runners.clone(),
+        Duration::from_secs(60),
+        Duration::from_secs(30),
+    );
+    let outcome = reaper
+        .try_once(Utc::now() + chrono::Duration::seconds(61))
+        .await
+        .unwrap();
+    assert_eq!(outcome.reaped, 1, "{outcome:?}");
+    assert_eq!(app.api.heartbeat("reaped").await.status, 404);
+}
+
+/// Heartbeats racing the reaper's sweeps, flushes and removals: a runner
+/// that keeps heartbeating is never removed, and one that stops is.
+#[tokio::test]
+async fn heartbeating_runners_survive_a_busy_reaper() {
+    let app = spawn_app_with(&["--heartbeat-flush-interval=20"]).await;
+    let sessions: Vec<String> = (0..8).map(|i| format!("busy-{i}")).collect();
+    for session in &sessions {
+        assert_eq!(app.api.provision(Some(session)).await.status, 201);
+    }
+    let reaper = Reaper::new(
+        app.runners.clone(),
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    );
+    let (steady, stopping) = sessions.split_at(4);
+    let sweeping = CancellationToken::new();
+    let heartbeat_until = |session: &String, stop: CancellationToken| {
+        let api = &app.api;
+        let session = session.clone();
+        async move {
+            while !stop.is_cancelled() {
+                let status = api.heartbeat(&session).await.status;
+                assert_eq!(status, 200, "{session} lost its runner while heartbeating");
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    };
+    let stop_early = CancellationToken::new();
+    let sweeps = async {
+        let mut reaped = 0;
+        for sweep in 0..50 {
+            if sweep == 10 {
+                stop_early.cancel();
+            }
+            reaped += reaper.try_once(Utc::now()).await.unwrap().reaped;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sweeping.cancel();
+        reaped
+    };
+    let heartbeats = join_all(
+        steady
+            .iter()
+            .map(|s| heartbeat_until(s, sweeping.clone()))
+            .chain(
+                stopping
+                    .iter()
+                    .map(|s| heartbeat_until(s, stop_early.clone())),
+            ),
+    );
+    let (reaped, _) = tokio::join!(sweeps, heartbeats);
+
+    assert_eq!(reaped, stopping.len());
+    for session in steady {
+        assert!(app.env.row(session).await.is_some(), "{session} was reaped");
+    }
+    for session in stopping {
+        assert_eq!(app.api.heartbeat(session).await.status, 404);
+    }
+}
