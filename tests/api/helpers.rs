@@ -412,8 +412,20 @@ impl TestEnv {
     }
 }
 
+/// Instances of the tests that have finished. A create the engine was still
+/// working on when a test's cleanup listed its containers shows up later
+/// (the engine finishes it although the client is gone); every cleanup
+/// sweeps the containers of all finished tests, so such a late one is
+/// removed by the next test to finish.
+static FINISHED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        let finished = {
+            let mut finished = FINISHED.lock().unwrap_or_else(|e| e.into_inner());
+            finished.push(self.instance.clone());
+            finished.clone()
+        };
         let instance = self.instance.clone();
         // Drop cannot await, and may run inside a runtime: clean up from a
         // thread with its own.
@@ -422,32 +434,43 @@ impl Drop for TestEnv {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(remove_instance_containers(&instance));
+                .block_on(remove_instance_containers(&instance, &finished));
         });
         let _ = cleanup.join();
     }
 }
 
-async fn remove_instance_containers(instance: &str) {
+/// Removes every container of the `finished` instances, then `instance`'s
+/// runner networks.
+async fn remove_instance_containers(instance: &str, finished: &[String]) {
     let docker = docker();
-    let label = format!("{INSTANCE_LABEL}={instance}");
-    let filters = HashMap::from([("label", vec![label.as_str()])]);
     let options = ListContainersOptionsBuilder::new()
         .all(true)
-        .filters(&filters)
+        .filters(&HashMap::from([("label", vec![INSTANCE_LABEL])]))
         .build();
     for container in docker
         .list_containers(Some(options))
         .await
         .unwrap_or_default()
     {
-        let Some(id) = container.id else { continue };
+        let owner = container
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(INSTANCE_LABEL));
+        let (Some(id), Some(owner)) = (container.id, owner) else {
+            continue;
+        };
+        if !finished.contains(owner) {
+            continue;
+        }
         let remove = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
             .build();
         let _ = docker.remove_container(&id, Some(remove)).await;
     }
+    let label = format!("{INSTANCE_LABEL}={instance}");
+    let filters = HashMap::from([("label", vec![label.as_str()])]);
     // Runner networks the service created for this instance.
     let options = bollard::query_parameters::ListNetworksOptionsBuilder::new()
         .filters(&filters)
