@@ -9,7 +9,7 @@
 //! `restart`). `--smoke` (or `BENCH_SMOKE=1`) runs them at a tiny size. Sizes:
 //! `BENCH_HB_CLIENTS` (32), `BENCH_HB_SECONDS` (4), `BENCH_COLD_SAMPLES` (30),
 //! `BENCH_BURST` (50), `BENCH_WARM_SAMPLES` (20), `BENCH_WARM_POOL` (4),
-//! `BENCH_RESTART_SIZES` (`100,300`; `100,500` for the project's target),
+//! `BENCH_RESTART_SIZES` (`100,500`),
 //! `BENCH_REAPER_ROWS` (10000), `BENCH_REAPER_STALE` (5).
 //!
 //! Every container it starts carries an instance label of its own; a drop
@@ -67,7 +67,7 @@ impl Sizes {
         let smoke = std::env::args().any(|arg| arg == "--smoke")
             || std::env::var("BENCH_SMOKE").is_ok_and(|value| value == "1");
         let pick = |full, tiny| if smoke { tiny } else { full };
-        let restart_default = if smoke { "3,6" } else { "100,300" };
+        let restart_default = if smoke { "3,6" } else { "100,500" };
         let restart_sizes = std::env::var("BENCH_RESTART_SIZES")
             .unwrap_or_else(|_| restart_default.to_owned())
             .split(',')
