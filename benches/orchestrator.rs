@@ -332,6 +332,9 @@ struct Service {
     /// The "ready" line's reconcile summary.
     summary: String,
     client: reqwest::Client,
+    /// Its `ORCHESTRATOR_ID`, which labels its runners.
+    instance: String,
+    db_path: PathBuf,
 }
 
 struct ServiceConfig<'a> {
@@ -414,6 +417,8 @@ async fn spawn_service(config: &ServiceConfig<'_>) -> Result<Service> {
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()?,
+        instance: config.instance.to_owned(),
+        db_path: config.db_path.to_owned(),
     })
 }
 
@@ -425,6 +430,14 @@ impl Service {
         kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM)?;
         let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await??;
         anyhow::ensure!(status.success(), "the service exited with {status}");
+        Ok(())
+    }
+
+    /// Stops the service and removes its runners.
+    async fn finish(self) -> Result<()> {
+        let instance = self.instance.clone();
+        self.stop().await?;
+        remove_instance_containers(&instance).await;
         Ok(())
     }
 
@@ -545,6 +558,18 @@ impl Context {
         self.dir.path().join(format!("{name}.db"))
     }
 
+    /// A service of its own for one part: a fresh instance and database.
+    async fn part_service(&self, part: &str, extra_env: &[(&str, String)]) -> Result<Service> {
+        let instance = self.instances.new_instance(&self.prefix, part);
+        spawn_service(&ServiceConfig {
+            image: &self.image,
+            instance: &instance,
+            db_path: &self.db_path(part),
+            extra_env,
+        })
+        .await
+    }
+
     fn push(&mut self, figure: Figure) {
         println!(
             "  {:<38} {:>14}  baseline {:>14}  ratio {:>7}  target {:<14} met: {}",
@@ -556,15 +581,7 @@ impl Context {
 
 /// Heartbeat vs `GET /` throughput, and peak memory under that load.
 async fn throughput(cx: &mut Context) -> Result<()> {
-    let instance = cx.instances.new_instance(&cx.prefix, "throughput");
-    let db_path = cx.db_path("throughput");
-    let service = spawn_service(&ServiceConfig {
-        image: &cx.image,
-        instance: &instance,
-        db_path: &db_path,
-        extra_env: &[],
-    })
-    .await?;
+    let service = cx.part_service("throughput", &[]).await?;
     let (_, idle_rss) = service.memory_kib();
     service.provision(Some("heartbeat-session")).await?;
 
@@ -616,23 +633,13 @@ async fn throughput(cx: &mut Context) -> Result<()> {
         Some(peak_mib <= 20.0),
     ));
 
-    service.stop().await?;
-    remove_instance_containers(&instance).await;
-    Ok(())
+    service.finish().await
 }
 
 /// Cold provisions interleaved with the engine's own create + start, then a
 /// concurrent burst of each.
 async fn cold(cx: &mut Context) -> Result<()> {
-    let instance = cx.instances.new_instance(&cx.prefix, "cold");
-    let db_path = cx.db_path("cold");
-    let service = spawn_service(&ServiceConfig {
-        image: &cx.image,
-        instance: &instance,
-        db_path: &db_path,
-        extra_env: &[],
-    })
-    .await?;
+    let service = cx.part_service("cold", &[]).await?;
     let raw_instance = cx.instances.new_instance(&cx.prefix, "raw");
     let raw = raw_engine(&cx.image, &raw_instance)?;
     let samples = cx.sizes.cold_samples;
@@ -704,8 +711,7 @@ async fn cold(cx: &mut Context) -> Result<()> {
         "-",
         None,
     ));
-    service.stop().await?;
-    remove_instance_containers(&instance).await;
+    service.finish().await?;
     remove_instance_containers(&raw_instance).await;
     Ok(())
 }
@@ -713,21 +719,15 @@ async fn cold(cx: &mut Context) -> Result<()> {
 /// Warm-pool provisions; the pool is full before each sample.
 async fn warm_pool(cx: &mut Context) -> Result<()> {
     let cold_p50 = cx.cold_p50;
-    let instance = cx.instances.new_instance(&cx.prefix, "warm");
-    let db_path = cx.db_path("warm");
     let pool = cx.sizes.warm_pool;
     let samples = cx.sizes.warm_samples;
     println!(
         "\n[warm pool] WARM_POOL_SIZE={pool}, {samples} provisions without a session id, pool full before each"
     );
-    let service = spawn_service(&ServiceConfig {
-        image: &cx.image,
-        instance: &instance,
-        db_path: &db_path,
-        extra_env: &[("WARM_POOL_SIZE", pool.to_string())],
-    })
-    .await?;
-    let reader = Db::connect_read_only(&db_path.display().to_string()).await?;
+    let service = cx
+        .part_service("warm", &[("WARM_POOL_SIZE", pool.to_string())])
+        .await?;
+    let reader = Db::connect_read_only(&service.db_path.display().to_string()).await?;
     let wait_full = async || -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -777,9 +777,7 @@ async fn warm_pool(cx: &mut Context) -> Result<()> {
         ));
     }
     drop(reader);
-    service.stop().await?;
-    remove_instance_containers(&instance).await;
-    Ok(())
+    service.finish().await
 }
 
 /// Restart-to-ready with growing numbers of runners to reconcile.

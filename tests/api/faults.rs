@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::future::join_all;
 use taylored_orchestrator::config::OrphanPolicy;
-use taylored_orchestrator::reaper::Reaper;
 use taylored_orchestrator::reconcile::Reconciler;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::task::JoinSet;
@@ -20,21 +19,11 @@ async fn a_runner_killed_behind_the_services_back_is_noticed_at_once() {
     let env = TestEnv::new();
     let app = env.spawn(&[]).await;
     let first = app.api.provision(Some("victim")).await;
-    let container = env.row("victim").await.unwrap().container_id.unwrap();
 
-    env.docker
-        .kill_container(
-            &container,
-            None::<bollard::query_parameters::KillContainerOptions>,
-        )
-        .await
-        .unwrap();
-    let latency = eventually(
-        Duration::from_secs(5),
-        "dropping the dead runner's row",
-        || async { env.row("victim").await.is_none() },
-    )
-    .await;
+    env.kill_runner("victim").await;
+    let latency = env
+        .until_row_dropped("victim", Duration::from_secs(5))
+        .await;
     eprintln!("drift detection latency (kill to row dropped): {latency:?}");
 
     assert!(
@@ -74,12 +63,8 @@ async fn a_runner_removed_behind_the_services_back_is_noticed_at_once() {
         .await
         .unwrap();
 
-    eventually(
-        Duration::from_secs(5),
-        "dropping the removed runner's row",
-        || async { env.row("removed").await.is_none() },
-    )
-    .await;
+    env.until_row_dropped("removed", Duration::from_secs(5))
+        .await;
     assert_eq!(app.api.heartbeat("removed").await.status, 404);
     assert_eq!(app.api.provision(Some("removed")).await.status, 201);
 }
@@ -210,11 +195,7 @@ async fn engine_outage_while_serving_fails_fast_keeps_heartbeats_and_converges()
         started.elapsed()
     );
     // The reaper keeps what it cannot remove.
-    let reaper = Reaper::new(
-        app.runners.clone(),
-        Duration::from_secs(60),
-        Duration::from_secs(30),
-    );
+    let reaper = app.reaper(Duration::from_secs(60));
     let later = Utc::now() + chrono::Duration::seconds(120);
     // Three rows: the two runners, and the refused provision's claim, kept
     // `removing` because the engine could not confirm no container exists.

@@ -7,7 +7,6 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::future::join_all;
 use taylored_orchestrator::db::{Actor, AuditAction};
-use taylored_orchestrator::reaper::Reaper;
 use taylored_orchestrator::runners::{Removal, RemovalOutcome};
 use tokio_util::sync::CancellationToken;
 
@@ -103,27 +102,12 @@ async fn removed_runners_stop_answering_heartbeats_at_once() {
     assert_eq!(app.api.deprovision("deprovisioned").await.status, 200);
     assert_eq!(app.api.heartbeat("deprovisioned").await.status, 404);
 
-    let container = env.row("killed").await.unwrap().container_id.unwrap();
-    env.docker
-        .kill_container(
-            &container,
-            None::<bollard::query_parameters::KillContainerOptions>,
-        )
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the killed runner's row dropped",
-        || async { env.row("killed").await.is_none() },
-    )
-    .await;
+    env.kill_runner("killed").await;
+    env.until_row_dropped("killed", Duration::from_secs(10))
+        .await;
     assert_eq!(app.api.heartbeat("killed").await.status, 404);
 
-    let reaper = Reaper::new(
-        app.runners.clone(),
-        Duration::from_secs(60),
-        Duration::from_secs(30),
-    );
+    let reaper = app.reaper(Duration::from_secs(60));
     let outcome = reaper
         .try_once(Utc::now() + chrono::Duration::seconds(61))
         .await
@@ -141,11 +125,7 @@ async fn heartbeating_runners_survive_a_busy_reaper() {
     for session in &sessions {
         assert_eq!(app.api.provision(Some(session)).await.status, 201);
     }
-    let reaper = Reaper::new(
-        app.runners.clone(),
-        Duration::from_secs(2),
-        Duration::from_secs(30),
-    );
+    let reaper = app.reaper(Duration::from_secs(2));
     let (steady, stopping) = sessions.split_at(4);
     let sweeping = CancellationToken::new();
     let heartbeat_until = |session: &String, stop: CancellationToken| {

@@ -22,6 +22,7 @@ use serde_json::Value;
 use taylored_orchestrator::config::{INSTANCE_LABEL, SESSION_LABEL, Settings};
 use taylored_orchestrator::db::{Db, RunnerRow};
 use taylored_orchestrator::readiness::Readiness;
+use taylored_orchestrator::reaper::Reaper;
 use taylored_orchestrator::reconcile::Summary;
 use taylored_orchestrator::runners::Runners;
 use taylored_orchestrator::startup::Application;
@@ -316,6 +317,30 @@ impl TestEnv {
         self.db().await.find(session).await.unwrap()
     }
 
+    /// Kills the session's runner behind the service's back, as a crash of
+    /// the user's code would.
+    pub async fn kill_runner(&self, session: &str) {
+        let container = self.row(session).await.unwrap().container_id.unwrap();
+        self.docker
+            .kill_container(
+                &container,
+                None::<bollard::query_parameters::KillContainerOptions>,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the service has dropped the session's row; returns how
+    /// long that took.
+    pub async fn until_row_dropped(&self, session: &str, limit: Duration) -> Duration {
+        eventually(
+            limit,
+            &format!("the row of `{session}` dropped"),
+            || async { self.row(session).await.is_none() },
+        )
+        .await
+    }
+
     /// Starts the service in this process and waits until it is ready
     /// (its startup reconcile done).
     pub async fn spawn(self: &Arc<Self>, extra: &[&str]) -> TestApp {
@@ -507,6 +532,15 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
 }
 
 impl TestApp {
+    /// A reaper of this service that the test steps with `try_once`.
+    pub fn reaper(&self, inactivity_timeout: Duration) -> Reaper {
+        Reaper::new(
+            self.runners.clone(),
+            inactivity_timeout,
+            Duration::from_secs(30),
+        )
+    }
+
     /// Nothing reached the engine or the database.
     pub async fn assert_untouched(&self) {
         assert!(

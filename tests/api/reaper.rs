@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use taylored_orchestrator::reaper::{ReapOutcome, Reaper};
+use taylored_orchestrator::reaper::ReapOutcome;
 
 use crate::helpers::{spawn_app, spawn_app_with};
 
@@ -42,11 +42,7 @@ async fn one_sweep_can_be_stepped() {
     for session in ["a", "b"] {
         assert_eq!(app.api.provision(Some(session)).await.status, 201);
     }
-    let reaper = Reaper::new(
-        app.runners.clone(),
-        Duration::from_secs(60),
-        Duration::from_secs(30),
-    );
+    let reaper = app.reaper(Duration::from_secs(60));
 
     let now = reaper.try_once(Utc::now()).await.unwrap();
     assert_eq!(

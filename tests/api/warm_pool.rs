@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::future::join_all;
-use taylored_orchestrator::reaper::Reaper;
 
 use crate::helpers::{TestApp, TestEnv, assert_runner_answers};
 
@@ -105,11 +104,7 @@ async fn warm_runners_are_not_reaped_survive_a_restart_and_count_against_the_lim
         (503, "RUNNER_LIMIT_REACHED")
     );
 
-    let reaper = Reaper::new(
-        app.runners.clone(),
-        Duration::from_secs(60),
-        Duration::from_secs(30),
-    );
+    let reaper = app.reaper(Duration::from_secs(60));
     let outcome = reaper
         .try_once(Utc::now() + chrono::Duration::hours(1))
         .await
