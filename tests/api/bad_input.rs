@@ -78,8 +78,7 @@ async fn invalid_session_ids_are_rejected() {
         .api
         .send(
             app.api
-                .client
-                .post(app.api.url("/api/runner/provision"))
+                .post("/api/runner/provision")
                 .header("X-Session-Id", HeaderValue::from_bytes(b"caf\xe9").unwrap()),
         )
         .await;
@@ -92,8 +91,7 @@ async fn dangerous_or_unknown_network_modes_are_rejected() {
     let app = spawn_app().await;
     let provision = |mode: &str| {
         app.api
-            .client
-            .post(app.api.url("/api/runner/provision"))
+            .post("/api/runner/provision")
             .json(&serde_json::json!({ "networkMode": mode }))
     };
     for mode in ["host", "container:abc", "../etc"] {
@@ -128,15 +126,9 @@ async fn oversized_bodies_get_413() {
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
     let app = spawn_app().await;
-    let reply = app
-        .api
-        .send(app.api.client.get(app.api.url("/api/runner/unknown")))
-        .await;
+    let reply = app.api.get("/api/runner/unknown").await;
     assert_json_error(&reply, 404, "NOT_FOUND");
-    let reply = app
-        .api
-        .send(app.api.client.get(app.api.url("/api/runner/provision")))
-        .await;
+    let reply = app.api.get("/api/runner/provision").await;
     assert_json_error(&reply, 405, "METHOD_NOT_ALLOWED");
     assert_eq!(reply.headers["allow"], "POST");
     let reply = app.api.send(app.api.client.delete(app.api.url("/"))).await;

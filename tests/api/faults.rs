@@ -174,10 +174,7 @@ async fn engine_outage_while_serving_fails_fast_keeps_heartbeats_and_converges()
     assert!(started.elapsed() < Duration::from_secs(5));
     // Heartbeats are answered from the database.
     assert_eq!(app.api.heartbeat("kept").await.status, 200);
-    let ready = app
-        .api
-        .send(app.api.client.get(app.api.url("/readyz")))
-        .await;
+    let ready = app.api.get("/readyz").await;
     assert_eq!(ready.status, 503);
     assert!(ready.message().contains("Docker Engine"), "{ready:?}");
     // Once the health check has noticed, provisions fail without waiting.
@@ -209,13 +206,7 @@ async fn engine_outage_while_serving_fails_fast_keeps_heartbeats_and_converges()
     eventually(
         Duration::from_secs(10),
         "the engine being reachable again",
-        || async {
-            app.api
-                .send(app.api.client.get(app.api.url("/readyz")))
-                .await
-                .status
-                == 200
-        },
+        || async { app.api.get("/readyz").await.status == 200 },
     )
     .await;
     let provisioned = app.api.provision(Some("after-outage")).await;
@@ -241,10 +232,7 @@ async fn engine_down_at_start_delays_readiness_until_it_returns() {
     let app = env.start(&[&proxy.docker_host()]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let ready = app
-        .api
-        .send(app.api.client.get(app.api.url("/readyz")))
-        .await;
+    let ready = app.api.get("/readyz").await;
     assert_eq!(
         (ready.status, ready.error()),
         (503, "NOT_READY"),
@@ -253,10 +241,7 @@ async fn engine_down_at_start_delays_readiness_until_it_returns() {
     assert!(ready.message().contains("startup reconcile"), "{ready:?}");
     let refused = app.api.heartbeat("survivor").await;
     assert_eq!((refused.status, refused.error()), (503, "NOT_READY"));
-    let live = app
-        .api
-        .send(app.api.client.get(app.api.url("/healthz")))
-        .await;
+    let live = app.api.get("/healthz").await;
     assert_eq!(live.status, 200);
 
     proxy.restore().await;

@@ -659,6 +659,11 @@ impl Api {
         self.client.post(self.url(path))
     }
 
+    /// `GET path`, answered.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.client.get(self.url(path))).await
+    }
+
     /// `POST /api/runner/provision` with `{}`, and `X-Session-Id` if given.
     pub async fn provision(&self, session: Option<&str>) -> Reply {
         answered(self.try_provision(session).await)

@@ -239,7 +239,7 @@ async fn assert_untouched_then_healthy(app: &TestApp) {
     let api = unpooled(app);
     app.assert_untouched().await;
     let started = Instant::now();
-    let health = api.send(api.client.get(api.url("/healthz"))).await;
+    let health = api.get("/healthz").await;
     assert_eq!(health.status, 200, "{health:?}");
     assert!(
         started.elapsed() < PROMPT,
@@ -869,7 +869,7 @@ async fn stalled_connections_do_not_starve_the_service() {
     // While they stall, others are served at once.
     let api = unpooled(&app);
     let started = Instant::now();
-    let health = api.send(api.client.get(api.url("/healthz"))).await;
+    let health = api.get("/healthz").await;
     assert_eq!(health.status, 200, "{health:?}");
     let heartbeat = api.heartbeat("nobody").await;
     assert_eq!(heartbeat.error(), "RUNNER_NOT_FOUND", "{heartbeat:?}");

@@ -86,10 +86,7 @@ async fn provision_of_an_existing_session_returns_it_with_200() {
 #[tokio::test]
 async fn provision_accepts_no_body_at_all() {
     let app = spawn_app().await;
-    let reply = app
-        .api
-        .send(app.api.client.post(app.api.url("/api/runner/provision")))
-        .await;
+    let reply = app.api.send(app.api.post("/api/runner/provision")).await;
     assert_eq!(reply.status, 201, "{reply:?}");
     assert_runner_answers(reply.endpoint()).await;
 }
@@ -101,8 +98,7 @@ async fn isolated_network_mode_gives_no_port() {
         .api
         .send(
             app.api
-                .client
-                .post(app.api.url("/api/runner/provision"))
+                .post("/api/runner/provision")
                 .json(&serde_json::json!({ "networkMode": "none" })),
         )
         .await;

@@ -25,18 +25,12 @@ fn operator(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
 #[tokio::test]
 async fn health_and_readiness() {
     let app = spawn_app().await;
-    let health = app
-        .api
-        .send(app.api.client.get(app.api.url("/healthz")))
-        .await;
+    let health = app.api.get("/healthz").await;
     assert_eq!(
         (health.status, &health.body["status"]),
         (200, &Value::from("ok"))
     );
-    let ready = app
-        .api
-        .send(app.api.client.get(app.api.url("/readyz")))
-        .await;
+    let ready = app.api.get("/readyz").await;
     assert_eq!(
         (ready.status, &ready.body["status"]),
         (200, &Value::from("ready"))
