@@ -125,9 +125,14 @@ async fn heartbeating_runners_survive_a_busy_reaper() {
     for session in &sessions {
         assert_eq!(app.api.provision(Some(session)).await.status, 201);
     }
+    // Provisioning took a while on a busy machine: every runner starts the
+    // race just heartbeated.
+    for session in &sessions {
+        assert_eq!(app.api.heartbeat(session).await.status, 200);
+    }
     let reaper = app.reaper(Duration::from_secs(2));
     let (steady, stopping) = sessions.split_at(4);
-    let sweeping = CancellationToken::new();
+    let (stop_steady, stop_early) = (CancellationToken::new(), CancellationToken::new());
     let heartbeat_until = |session: &String, stop: CancellationToken| {
         let api = &app.api;
         let session = session.clone();
@@ -139,23 +144,32 @@ async fn heartbeating_runners_survive_a_busy_reaper() {
             }
         }
     };
-    let stop_early = CancellationToken::new();
+    // At least 30 sweeps, and on until the silent runners are gone.
     let sweeps = async {
+        let started = tokio::time::Instant::now();
         let mut reaped = 0;
-        for sweep in 0..50 {
+        for sweep in 0.. {
             if sweep == 10 {
                 stop_early.cancel();
             }
             reaped += reaper.try_once(Utc::now()).await.unwrap().reaped;
+            if sweep >= 30 && reaped >= stopping.len() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the silent runners were not reaped: {reaped} of {}",
+                stopping.len()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        sweeping.cancel();
+        stop_steady.cancel();
         reaped
     };
     let heartbeats = join_all(
         steady
             .iter()
-            .map(|s| heartbeat_until(s, sweeping.clone()))
+            .map(|s| heartbeat_until(s, stop_steady.clone()))
             .chain(
                 stopping
                     .iter()
