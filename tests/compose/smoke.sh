@@ -35,6 +35,9 @@ export RUNNERS_HOST=http://127.0.0.1
 export ORPHAN_POLICY=remove
 export INACTIVITY_TIMEOUT_SECONDS=600
 export HEALTHCHECK_INTERVAL=2s
+# A setting the compose file only passes through (x-settings); the others
+# stay unset there, which must leave the service's defaults.
+export RUNNER_PIDS_LIMIT=128
 # No registry here and no buildx: the legacy builder through the docker CLI.
 export DOCKER_BUILDKIT=0
 export COMPOSE_DOCKER_CLI_BUILD=1
@@ -190,6 +193,9 @@ containers=$(runner_containers)
 echo "runner containers: $(echo "$containers" | cut -c1-12 | tr '\n' ' ')"
 [ "$(echo "$containers" | wc -l)" -eq 1 ] && [ -n "$containers" ] \
     || fail "expected exactly one runner container"
+pids_limit=$(docker inspect --format '{{.HostConfig.PidsLimit}}' "$containers")
+echo "runner PidsLimit: ${pids_limit} (RUNNER_PIDS_LIMIT=${RUNNER_PIDS_LIMIT} through x-settings)"
+[ "$pids_limit" = "$RUNNER_PIDS_LIMIT" ] || fail "RUNNER_PIDS_LIMIT did not reach the service"
 
 step "docker-compose restart orchestrator"
 compose restart orchestrator 2>&1
