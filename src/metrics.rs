@@ -38,6 +38,7 @@ pub struct Metrics {
     provisions: Family<ResultLabel, Counter>,
     provision_seconds: Histogram,
     heartbeats: Family<ResultLabel, Counter>,
+    heartbeat_writes: Family<ResultLabel, Counter>,
     reaped: Counter,
     reconcile_actions: Family<ActionLabel, Counter>,
     engine_errors: Family<KindLabel, Counter>,
@@ -67,6 +68,12 @@ impl Default for Metrics {
         );
         let heartbeats = Family::<ResultLabel, Counter>::default();
         registry.register("heartbeats", "Heartbeats by result", heartbeats.clone());
+        let heartbeat_writes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "heartbeat_writes",
+            "Batched writes of heartbeat times by result (ok, error)",
+            heartbeat_writes.clone(),
+        );
         let reaped = Counter::default();
         registry.register(
             "reaped_runners",
@@ -91,6 +98,7 @@ impl Default for Metrics {
             provisions,
             provision_seconds,
             heartbeats,
+            heartbeat_writes,
             reaped,
             reconcile_actions,
             engine_errors,
@@ -113,6 +121,13 @@ impl Metrics {
 
     pub fn heartbeat(&self, result: &'static str) {
         self.heartbeats.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn heartbeat_write(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.heartbeat_writes
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     pub fn reaped(&self) {
@@ -158,6 +173,7 @@ mod tests {
         metrics.provision("created");
         metrics.provision_duration(Duration::from_millis(250));
         metrics.heartbeat("ok");
+        metrics.heartbeat_write(false);
         metrics.reaped();
         metrics.reconcile_action("adopted");
         metrics.engine_error(true);
@@ -167,6 +183,7 @@ mod tests {
             "orchestrator_provisions_total{result=\"created\"} 1",
             "orchestrator_provision_duration_seconds_count 1",
             "orchestrator_heartbeats_total{result=\"ok\"} 1",
+            "orchestrator_heartbeat_writes_total{result=\"error\"} 1",
             "orchestrator_reaped_runners_total 1",
             "orchestrator_reconcile_actions_total{action=\"adopted\"} 1",
             "orchestrator_engine_errors_total{kind=\"unavailable\"} 1",

@@ -375,7 +375,9 @@ impl Runners {
         if batch.is_empty() {
             return Ok(0);
         }
-        match self.db.record_heartbeats(&batch).await {
+        let written = self.db.record_heartbeats(&batch).await;
+        self.metrics.heartbeat_write(written.is_ok());
+        match written {
             Ok(gone) => {
                 for session_id in gone {
                     self.heartbeats.forget(&session_id, None);

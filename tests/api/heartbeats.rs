@@ -88,6 +88,11 @@ async fn heartbeats_are_written_within_the_flush_interval() {
         || async { app.env.row(&session).await.unwrap().last_heartbeat_at > before },
     )
     .await;
+    let metrics = app.api.metrics().await;
+    assert!(
+        metrics.contains("orchestrator_heartbeat_writes_total{result=\"ok\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -659,6 +659,12 @@ impl Api {
         self.client.post(self.url(path))
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     /// `GET path`, answered.
     pub async fn get(&self, path: &str) -> Reply {
         self.send(self.client.get(self.url(path))).await

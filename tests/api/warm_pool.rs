@@ -130,12 +130,7 @@ async fn warm_runners_are_not_reaped_survive_a_restart_and_count_against_the_lim
         "the pool was not kept as it was"
     );
 
-    let text = reqwest::get(app.api.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.api.metrics().await;
     assert!(
         text.contains("orchestrator_runners{state=\"warm_running\"} 2"),
         "{text}"
