@@ -91,6 +91,8 @@ pub struct Runners {
     engine: Engine,
     locks: SessionLocks,
     heartbeats: Heartbeats,
+    /// Serialises heartbeat flushes (see `flush_heartbeats`).
+    flushing: Arc<tokio::sync::Mutex<()>>,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
     warm_pool_refill: Arc<Notify>,
@@ -103,6 +105,7 @@ impl Runners {
             engine,
             locks: SessionLocks::default(),
             heartbeats: Heartbeats::default(),
+            flushing: Arc::default(),
             metrics: Metrics::shared(),
             warm_pool_refill: Arc::new(Notify::new()),
             settings,
@@ -335,10 +338,9 @@ impl Runners {
     }
 
     pub async fn heartbeat(&self, session: &SessionId) -> Result<Heartbeat, RunnerError> {
-        let now = Utc::now();
-        let kind = match self.heartbeats.record(session.as_str(), now) {
+        let kind = match self.heartbeats.record(session.as_str(), Utc::now()) {
             Some(kind) => Some(kind),
-            None => self.first_heartbeat(session, now).await?,
+            None => self.first_heartbeat(session.as_str()).await?,
         };
         self.metrics
             .heartbeat(if kind.is_some() { "ok" } else { "not_found" });
@@ -350,39 +352,47 @@ impl Runners {
         }
     }
 
-    /// A heartbeat the cache cannot answer reads the row under the session's
-    /// lock, so that it waits for a provision or removal in progress rather
-    /// than caching a runner about to go.
-    async fn first_heartbeat(
-        &self,
-        session: &SessionId,
-        now: DateTime<Utc>,
-    ) -> Result<Option<RunnerKind>, RunnerError> {
+    /// A heartbeat the cache cannot answer. A session without a running
+    /// runner is answered at once; a running one is read again under the
+    /// lock its removal takes (the row's kind decides which), so that a
+    /// runner about to go is never cached.
+    async fn first_heartbeat(&self, session_id: &str) -> Result<Option<RunnerKind>, RunnerError> {
+        let Some(kind) = self.db.running_kind(session_id).await? else {
+            return Ok(None);
+        };
         let _guard = self
-            .lock_session(session.as_str(), self.settings.reuse_runner_mode)
+            .lock_session(session_id, kind == RunnerKind::Singleton)
             .await;
-        let kind = self.db.running_kind(session.as_str()).await?;
-        if let Some(kind) = kind {
-            self.heartbeats.admit(session.as_str(), kind, now);
+        let current = self.db.running_kind(session_id).await?;
+        // Another kind now means another lock: answer, but do not cache.
+        if current == Some(kind) {
+            self.heartbeats.admit(session_id, kind, Utc::now());
         }
-        Ok(kind)
+        Ok(current)
     }
 
     /// Writes the heartbeats received since the last flush (see
-    /// `heartbeats`); sessions whose runner went meanwhile are forgotten.
+    /// `heartbeats`) and returns how many; sessions whose runner went
+    /// meanwhile are forgotten. One flush at a time, so that the reaper's
+    /// flush returns only once every time taken before it is written.
     pub async fn flush_heartbeats(&self) -> Result<usize, RunnerError> {
+        let _flushing = self.flushing.lock().await;
         let batch = self.heartbeats.take_unflushed();
         if batch.is_empty() {
             return Ok(0);
         }
-        let written = self.db.record_heartbeats(&batch).await;
+        let times: Vec<(&str, DateTime<Utc>)> = batch
+            .iter()
+            .map(|pending| (pending.session_id.as_str(), pending.at))
+            .collect();
+        let written = self.db.record_heartbeats(&times).await;
         self.metrics.heartbeat_write(written.is_ok());
         match written {
             Ok(gone) => {
-                for session_id in gone {
-                    self.heartbeats.forget(&session_id, None);
+                for &position in &gone {
+                    self.heartbeats.forget_gone(&batch[position]);
                 }
-                Ok(batch.len())
+                Ok(batch.len() - gone.len())
             }
             Err(error) => {
                 self.heartbeats.unflushed_again(&batch);
@@ -394,7 +404,7 @@ impl Runners {
     /// Called before a runner's row stops being `running`, so that its
     /// heartbeats are asked of the database again.
     pub fn forget_heartbeats(&self, session_id: &str) {
-        self.heartbeats.forget(session_id, None);
+        self.heartbeats.forget(session_id);
     }
 
     /// Stops and removes the session's runner. (`REUSE_RUNNER_MODE` never
@@ -449,11 +459,16 @@ impl Runners {
     ) -> Result<RemovalOutcome, RunnerError> {
         // A heartbeat answered from memory since `stale_before` spares the
         // runner; otherwise later heartbeats wait for this lock.
-        if !self
-            .heartbeats
-            .forget(&row.session_id, removal.stale_before)
-        {
-            return Ok(RemovalOutcome::Skipped);
+        match removal.stale_before {
+            Some(since) => {
+                if !self
+                    .heartbeats
+                    .forget_unless_seen_since(&row.session_id, since)
+                {
+                    return Ok(RemovalOutcome::Skipped);
+                }
+            }
+            None => self.heartbeats.forget(&row.session_id),
         }
         if !self
             .db

@@ -85,13 +85,14 @@ impl Application {
             self.readiness.clone(),
             shutdown.clone(),
         ));
+        // Heartbeats are written for as long as the server answers them.
+        let server_stopped = CancellationToken::new();
         workers.spawn(flush_heartbeats_until_stopped(
             self.runners.clone(),
             settings.heartbeat_flush_interval,
-            shutdown.clone(),
+            server_stopped.clone(),
         ));
         tracing::info!(address = %self.address, "listening");
-        let runners = self.runners.clone();
         let router = crate::http::router(self.runners, self.readiness);
         // Request heads get REQUEST_TIMEOUT_SECONDS too (see `http::serve`).
         let server = crate::http::serve(
@@ -110,17 +111,21 @@ impl Application {
                 tracing::warn!("requests still in flight after SHUTDOWN_TIMEOUT_SECONDS; exiting anyway");
             }
         }
+        server_stopped.cancel();
         shutdown.cancel();
+        // Every task is let finish (the flusher's last write among them)
+        // before a failure of one is reported.
+        let mut failure = None;
         while let Some(worker) = workers.join_next().await {
-            worker.context("background task failed")?;
-        }
-        // The server is done: no heartbeat can arrive after this last write.
-        match runners.flush_heartbeats().await {
-            Ok(written) => tracing::info!(written, "heartbeats written"),
-            Err(error) => tracing::error!(%error, "could not write the last heartbeats"),
+            if let Err(error) = worker {
+                failure.get_or_insert(error);
+            }
         }
         tracing::info!("stopped");
-        Ok(())
+        match failure {
+            Some(error) => Err(error).context("background task failed"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -167,21 +172,27 @@ async fn run_background(runners: Runners, readiness: Readiness, shutdown: Cancel
 }
 
 /// Writes the heartbeats held in memory every `interval` (see
-/// `heartbeats`); the last write happens once the server has stopped.
+/// `heartbeats`), and a last time once the server has stopped. Requests cut
+/// off at the drain deadline may still answer heartbeats after that write;
+/// like a crash, the next start's reconcile covers them.
 async fn flush_heartbeats_until_stopped(
     runners: Runners,
     interval: Duration,
-    shutdown: CancellationToken,
+    server_stopped: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = server_stopped.cancelled() => break,
             _ = ticks.tick() => {}
         }
         if let Err(error) = runners.flush_heartbeats().await {
             tracing::warn!(%error, "could not write heartbeats; retrying next interval");
         }
+    }
+    match runners.flush_heartbeats().await {
+        Ok(written) => tracing::info!(written, "last heartbeats written"),
+        Err(error) => tracing::error!(%error, "could not write the last heartbeats"),
     }
 }

@@ -461,14 +461,15 @@ impl Db {
     }
 
     /// Writes a batch of heartbeat times in one transaction, never moving a
-    /// time back. Returns the sessions that no longer have a running row.
+    /// time back. Returns the positions in `batch` of the sessions that no
+    /// longer have a running row.
     pub async fn record_heartbeats(
         &self,
-        batch: &[(String, DateTime<Utc>)],
-    ) -> sqlx::Result<Vec<String>> {
+        batch: &[(&str, DateTime<Utc>)],
+    ) -> sqlx::Result<Vec<usize>> {
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut gone = Vec::new();
-        for (session_id, at) in batch {
+        for (position, (session_id, at)) in batch.iter().enumerate() {
             let updated = sqlx::query(
                 "UPDATE runners SET last_heartbeat_at = MAX(last_heartbeat_at, ?2) \
                  WHERE session_id = ?1 AND state = 'running'",
@@ -478,7 +479,7 @@ impl Db {
             .execute(&mut *transaction)
             .await?;
             if updated.rows_affected() == 0 {
-                gone.push(session_id.clone());
+                gone.push(position);
             }
         }
         transaction.commit().await?;

@@ -121,6 +121,28 @@ async fn removed_runners_stop_answering_heartbeats_at_once() {
     assert_eq!(app.api.heartbeat("reaped").await.status, 404);
 }
 
+/// The safety net behind the removal paths: a row taken out of `running`
+/// behind the service's back stops answering at the next flush.
+#[tokio::test]
+async fn a_flush_forgets_a_runner_whose_row_is_no_longer_running() {
+    let env = TestEnv::new();
+    let app = env.spawn(&["--heartbeat-flush-interval=50"]).await;
+    assert_eq!(app.api.provision(Some("outside")).await.status, 201);
+    assert_eq!(app.api.heartbeat("outside").await.status, 200);
+
+    sqlx::query("UPDATE runners SET state = 'removing' WHERE session_id = 'outside'")
+        .execute(env.db().await.pool())
+        .await
+        .unwrap();
+
+    eventually(
+        Duration::from_secs(5),
+        "heartbeats answering 404",
+        || async { app.api.heartbeat("outside").await.status == 404 },
+    )
+    .await;
+}
+
 /// Heartbeats racing the reaper's sweeps, flushes and removals: a runner
 /// that keeps heartbeating is never removed, and one that stops is.
 #[tokio::test]
