@@ -21,6 +21,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/support/service_command.rs"]
+mod service_command;
+use service_command::service_command;
+
 use bollard::Docker;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -345,28 +349,15 @@ struct ServiceConfig<'a> {
 }
 
 async fn spawn_service(config: &ServiceConfig<'_>) -> Result<Service> {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    let mut command = Command::from(service_command(
+        &config.db_path.display().to_string(),
+        config.instance,
+        config.image,
+    ));
     command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PORT", "0")
-        .env("LISTEN_ADDRESS", "127.0.0.1")
-        .env("DATABASE_URL", config.db_path.display().to_string())
-        .env("ORCHESTRATOR_ID", config.instance)
-        .env("DOCKER_IMAGE_NAME", config.image)
-        .env("RUNNERS_HOST", "127.0.0.1")
-        .env("RUNNER_BIND_ADDRESS", "127.0.0.1")
-        .env("RUNNER_STOP_TIMEOUT_SECONDS", "1")
-        .env("PROVISION_RATE_PER_MINUTE", "0")
         .env("CLEANUP_INTERVAL_SECONDS", "3600")
         .env("INACTIVITY_TIMEOUT_SECONDS", "3600")
-        .env("LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if let Ok(host) = std::env::var("DOCKER_HOST") {
-        command.env("DOCKER_HOST", host);
-    }
     for (key, value) in config.extra_env {
         command.env(key, value);
     }

@@ -12,6 +12,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+#[path = "../support/service_command.rs"]
+mod service_command;
+use service_command::service_command;
+
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig, PortBinding};
 use bollard::query_parameters::{
@@ -375,25 +379,7 @@ impl TestEnv {
     /// Starts the real binary on this environment's database.
     pub fn spawn_binary(self: &Arc<Self>, extra_env: &[(&str, &str)]) -> BinaryApp {
         let settings = self.settings(&[]);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("PORT", "0")
-            .env("LISTEN_ADDRESS", "127.0.0.1")
-            .env("DATABASE_URL", &settings.database_url)
-            .env("ORCHESTRATOR_ID", &self.instance)
-            .env("DOCKER_IMAGE_NAME", &self.image)
-            .env("RUNNERS_HOST", "127.0.0.1")
-            .env("RUNNER_BIND_ADDRESS", "127.0.0.1")
-            .env("RUNNER_STOP_TIMEOUT_SECONDS", "1")
-            .env("PROVISION_RATE_PER_MINUTE", "0")
-            .env("LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Ok(host) = std::env::var("DOCKER_HOST") {
-            command.env("DOCKER_HOST", host);
-        }
+        let mut command = service_command(&settings.database_url, &self.instance, &self.image);
         for (key, value) in extra_env {
             command.env(key, value);
         }
