@@ -26,6 +26,7 @@ use crate::config::{
     DEFAULT_INSTANCE, INSTANCE_LABEL, POOLED_LABEL, RunnerLimits, SESSION_LABEL, SINGLETON_LABEL,
     Settings,
 };
+use crate::shutdown::Ticks;
 
 /// The port the runner listens on inside its container (the runner reads
 /// `PORT`; the first orchestrator set 3000).
@@ -196,12 +197,9 @@ impl Engine {
     /// Pings the engine every `interval` until `shutdown`, keeping
     /// [`Engine::is_reachable`] current.
     pub async fn monitor_until_stopped(self, interval: Duration, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(interval);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = ticks.tick() => { let _ = self.ping().await; }
-            }
+        let mut ticks = Ticks::new(interval, shutdown);
+        while ticks.next().await {
+            let _ = self.ping().await;
         }
     }
 

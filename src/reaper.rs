@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{Actor, AuditAction, RunnerState, timestamp};
 use crate::runners::{Removal, RemovalOutcome, Runners};
+use crate::shutdown::Ticks;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReapOutcome {
@@ -41,13 +42,8 @@ impl Reaper {
     /// Sweeps every `interval` until `shutdown` is cancelled. A sweep in
     /// progress finishes first, so no removal is cut in half.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = ticks.tick() => {}
-            }
+        let mut ticks = Ticks::new(self.interval, shutdown);
+        while ticks.next().await {
             match self.try_once(Utc::now()).await {
                 Ok(outcome) if outcome != ReapOutcome::default() => {
                     tracing::info!(?outcome, "reaper sweep finished");

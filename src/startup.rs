@@ -20,6 +20,7 @@ use crate::readiness::Readiness;
 use crate::reaper::Reaper;
 use crate::reconcile::Reconciler;
 use crate::runners::Runners;
+use crate::shutdown::Ticks;
 use crate::warm_pool::WarmPool;
 
 /// How often the engine is pinged, so requests fail fast while it is down.
@@ -180,13 +181,8 @@ async fn flush_heartbeats_until_stopped(
     interval: Duration,
     server_stopped: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = server_stopped.cancelled() => break,
-            _ = ticks.tick() => {}
-        }
+    let mut ticks = Ticks::new(interval, server_stopped);
+    while ticks.next().await {
         if let Err(error) = runners.flush_heartbeats().await {
             tracing::warn!(%error, "could not write heartbeats; retrying next interval");
         }
