@@ -183,6 +183,12 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(0..=60))]
     pub runner_stop_timeout_seconds: u32,
 
+    /// Start runners with an init process (Docker's `Init`, tini) as PID 1,
+    /// which forwards SIGTERM to the runner and reaps its zombies.
+    #[arg(long, env = "RUNNER_INIT", default_value = "true", value_name = "RUNNER_INIT",
+          value_parser = parse_strict_bool, action = clap::ArgAction::Set)]
+    pub runner_init: bool,
+
     /// Seconds a single HTTP request may take before it is answered 408.
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value = "60",
           value_name = "REQUEST_TIMEOUT_SECONDS", value_parser = parse_positive_seconds)]

@@ -37,6 +37,17 @@ pub const ISOLATED_NETWORK: &str = "none";
 /// How long a health check waits for the engine.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How a runner is stopped before its container is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM, then SIGKILL after `RUNNER_STOP_TIMEOUT_SECONDS`: for a
+    /// runner a user may still be using.
+    Graceful,
+    /// SIGKILL at once: for containers nobody uses (never reached
+    /// `running`, orphans, duplicates, leftovers).
+    Kill,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("Docker image {0} not found")]
@@ -120,6 +131,8 @@ pub struct Engine {
     bind_address: IpAddr,
     free_doors: u16,
     stop_timeout_seconds: u32,
+    /// `RUNNER_INIT`: an init process as PID 1 of every runner.
+    init: bool,
     limits: RunnerLimits,
     /// Whether the last health check reached the engine; lets requests fail
     /// fast instead of each waiting for a timeout while it is down.
@@ -143,6 +156,7 @@ impl Engine {
             bind_address: settings.runner_bind_address,
             free_doors: settings.free_doors,
             stop_timeout_seconds: settings.runner_stop_timeout_seconds,
+            init: settings.runner_init,
             limits: settings.limits.clone(),
             reachable: Arc::new(AtomicBool::new(true)),
         })
@@ -242,7 +256,7 @@ impl Engine {
                     container = spec.container_name,
                     "removing a leftover container with this session's name"
                 );
-                self.remove(spec.container_name).await?;
+                self.remove(spec.container_name, Stop::Kill).await?;
             }
             Err(error) => return Err(self.classify_error(error, spec)),
         }
@@ -355,6 +369,9 @@ impl Engine {
             host_config: Some(HostConfig {
                 port_bindings,
                 network_mode,
+                // PID 1 forwards signals and reaps zombies: a runner whose
+                // server ignores SIGTERM as PID 1 (Node.js) still stops.
+                init: Some(self.init),
                 ..self.confinement()
             }),
             ..Default::default()
@@ -452,29 +469,32 @@ impl Engine {
         (exposed, bindings)
     }
 
-    /// Stops (with a grace period) and removes a container. A container the
-    /// engine does not know counts as removed.
-    pub async fn remove(&self, container: &str) -> Result<(), EngineError> {
-        let stop = StopContainerOptionsBuilder::new()
-            .t(self.stop_timeout_seconds as i32)
-            .build();
-        match self.docker.stop_container(container, Some(stop)).await {
-            Ok(()) => {}
-            Err(error) if status_of(&error) == Some(404) => {
-                tracing::info!(container, "runner container already gone");
-                return Ok(());
+    /// Removes a container, first stopping it as `stop` says. A container
+    /// the engine does not know counts as removed.
+    pub async fn remove(&self, container: &str, stop: Stop) -> Result<(), EngineError> {
+        if stop == Stop::Graceful {
+            let options = StopContainerOptionsBuilder::new()
+                .t(self.stop_timeout_seconds as i32)
+                .build();
+            match self.docker.stop_container(container, Some(options)).await {
+                Ok(()) => {}
+                Err(error) if status_of(&error) == Some(404) => {
+                    tracing::info!(container, "runner container already gone");
+                    return Ok(());
+                }
+                // Stopping is a courtesy to the runner; the forced removal
+                // below is what must succeed.
+                Err(error) => tracing::warn!(container, %error, "stopping a runner failed"),
             }
-            // Stopping is a courtesy to the runner; the forced removal below
-            // is what must succeed.
-            Err(error) => tracing::warn!(container, %error, "stopping a runner failed"),
         }
+        // A forced removal kills what still runs (SIGKILL, no grace).
         let remove = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
             .build();
         match self.docker.remove_container(container, Some(remove)).await {
             Ok(()) => {
-                tracing::info!(container, "runner container stopped and removed");
+                tracing::info!(container, ?stop, "runner container removed");
                 Ok(())
             }
             Err(error) if status_of(&error) == Some(404) => Ok(()),

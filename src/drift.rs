@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
+use crate::docker::RunnerEvent;
 use crate::reconcile::Reconciler;
+use crate::runners::REMOVAL_CONCURRENCY;
 
 /// Longest wait before reconnecting to the event stream.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -36,20 +39,25 @@ impl DriftWatcher {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.reset();
         let mut backoff = Duration::from_secs(1);
+        // Events are handled side by side (each under its session's lock),
+        // so a burst of dying runners is repaired in parallel.
+        let mut in_flight = FuturesUnordered::new();
         loop {
             let connected_at = tokio::time::Instant::now();
             let mut events = Box::pin(self.reconciler.runners().engine().runner_events(self.since));
             let ended = loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        // Repairs under way finish, as a reaper sweep does.
+                        while in_flight.next().await.is_some() {}
+                        return;
+                    }
                     _ = ticks.tick() => self.reconcile().await,
-                    event = events.next() => match event {
+                    Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                    event = events.next(), if in_flight.len() < REMOVAL_CONCURRENCY => match event {
                         Some(Ok(event)) => {
                             self.since = self.since.max(event.time);
-                            if let Err(error) = self.reconciler.on_event(&event).await {
-                                tracing::warn!(%error, session_id = %event.session_id,
-                                    "could not reconcile after a runner event; the timer will retry");
-                            }
+                            in_flight.push(handle_event(self.reconciler.clone(), event));
                         }
                         Some(Err(error)) => break error.to_string(),
                         None => break "the engine closed it".to_owned(),
@@ -60,6 +68,8 @@ impl DriftWatcher {
                 backoff = Duration::from_secs(1);
             }
             tracing::warn!(reason = %ended, retry_in = ?backoff, "runner event stream ended; reconnecting");
+            // Not left paused (holding session locks) through the backoff.
+            while in_flight.next().await.is_some() {}
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
@@ -74,6 +84,13 @@ impl DriftWatcher {
         if let Err(error) = self.reconciler.run_drift().await {
             tracing::warn!(%error, "drift reconcile failed; retrying next interval");
         }
+    }
+}
+
+async fn handle_event(reconciler: Reconciler, event: RunnerEvent) {
+    if let Err(error) = reconciler.on_event(&event).await {
+        tracing::warn!(%error, session_id = %event.session_id,
+            "could not reconcile after a runner event; the timer will retry");
     }
 }
 

@@ -20,6 +20,9 @@ pub enum Phase {
 #[derive(Debug, Clone)]
 pub struct Readiness {
     phase: Arc<watch::Sender<Phase>>,
+    /// What the startup reconcile did in all, once the removals it left
+    /// for after readiness are done too.
+    repaired: Arc<watch::Sender<Option<Summary>>>,
 }
 
 impl Default for Readiness {
@@ -28,6 +31,7 @@ impl Default for Readiness {
             phase: Arc::new(watch::Sender::new(Phase::Starting(
                 "the startup reconcile has not run yet".to_owned(),
             ))),
+            repaired: Arc::new(watch::Sender::new(None)),
         }
     }
 }
@@ -39,6 +43,23 @@ impl Readiness {
 
     pub fn ready(&self, summary: Summary) {
         self.phase.send_replace(Phase::Ready(summary));
+    }
+
+    /// The startup repairs are done; `total` counts them and what was done
+    /// before readiness.
+    pub fn repaired(&self, total: Summary) {
+        self.repaired.send_replace(Some(total));
+    }
+
+    /// Resolves once the startup reconcile's removals are done too, with
+    /// everything it did.
+    pub async fn wait_repaired(&self) -> Summary {
+        let mut receiver = self.repaired.subscribe();
+        let total = receiver
+            .wait_for(Option::is_some)
+            .await
+            .expect("the sender lives as long as self");
+        total.expect("waited for Some")
     }
 
     pub fn phase(&self) -> Phase {
@@ -78,5 +99,11 @@ mod tests {
         };
         readiness.ready(summary);
         assert_eq!(waiter.await.unwrap(), summary);
+        let total = Summary {
+            containers_removed: 3,
+            ..summary
+        };
+        readiness.repaired(total);
+        assert_eq!(readiness.wait_repaired().await, total);
     }
 }

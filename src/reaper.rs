@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::{StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Actor, AuditAction, RunnerState, timestamp};
-use crate::runners::{Removal, RemovalOutcome, Runners};
+use crate::docker::Stop;
+use crate::runners::{REMOVAL_CONCURRENCY, Removal, RemovalOutcome, Runners};
 use crate::shutdown::Ticks;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -75,25 +77,35 @@ impl Reaper {
             .db()
             .reapable(cutoff, self.max_age.map(|age| now - age))
             .await?;
-        for row in rows {
-            let too_old = born_before
-                .as_ref()
-                .is_some_and(|born| row.created_at < *born);
-            let (reason, stale_before) = match row.state {
-                RunnerState::Removing => ("finishing an earlier removal that failed", None),
-                _ if too_old => ("older than MAX_RUNNER_AGE_SECONDS", None),
-                _ => (
-                    "no heartbeat within INACTIVITY_TIMEOUT_SECONDS",
-                    Some(cutoff),
-                ),
-            };
-            let removal = Removal {
-                actor: Actor::Reaper,
-                action: AuditAction::Reaped,
-                reason,
-                stale_before,
-            };
-            match self.runners.remove(&row, removal).await {
+        // Removals run side by side: a sweep that finds many runners whose
+        // stop takes its whole grace period still ends in seconds.
+        let born_before = born_before.as_ref();
+        let results: Vec<_> = stream::iter(rows)
+            .map(|row| async move {
+                let too_old = born_before.is_some_and(|born| row.created_at < *born);
+                let (reason, stale_before) = match row.state {
+                    RunnerState::Removing => ("finishing an earlier removal that failed", None),
+                    _ if too_old => ("older than MAX_RUNNER_AGE_SECONDS", None),
+                    _ => (
+                        "no heartbeat within INACTIVITY_TIMEOUT_SECONDS",
+                        Some(cutoff),
+                    ),
+                };
+                let removal = Removal {
+                    actor: Actor::Reaper,
+                    action: AuditAction::Reaped,
+                    reason,
+                    stale_before,
+                    stop: Stop::Graceful,
+                };
+                let result = self.runners.remove(&row, removal).await;
+                (row, reason, result)
+            })
+            .buffer_unordered(REMOVAL_CONCURRENCY)
+            .collect()
+            .await;
+        for (row, reason, result) in results {
+            match result {
                 Ok(RemovalOutcome::Removed) => {
                     tracing::info!(session_id = %row.session_id, last_heartbeat = %row.last_heartbeat_at, reason, "reaped runner");
                     outcome.reaped += 1;

@@ -9,17 +9,18 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::{StreamExt, stream};
 
 use crate::config::OrphanPolicy;
 use crate::db::{
     Actor, AuditAction, AuditEntry, Db, ObservedRunner, RunnerKind, RunnerRow, RunnerState,
 };
-use crate::docker::{Engine, ObservedContainer, RunnerEvent};
-use crate::runners::Runners;
+use crate::docker::{Engine, ObservedContainer, RunnerEvent, Stop};
+use crate::locks::SessionGuard;
+use crate::runners::{REMOVAL_CONCURRENCY, Runners, lock_key};
 
 /// One step towards agreement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,19 +170,104 @@ const ENGINE_SETTLE: Duration = Duration::from_secs(2);
 /// Rows left half-way by a killed service may have an engine request still
 /// in flight (the engine finishes a create whose client is gone); looking
 /// before it lands would drop a row whose container appears a moment later.
-/// Returns how long to wait until the youngest such row is old enough.
-fn settle_time(rows: &[RunnerRow], now: DateTime<Utc>) -> Option<Duration> {
-    let youngest = rows
-        .iter()
-        .filter(|row| row.state != RunnerState::Running)
-        .filter_map(|row| DateTime::parse_from_rfc3339(&row.updated_at).ok())
-        .max()?;
-    let age = (now - youngest.with_timezone(&Utc))
+/// Returns how long until such a row is old enough to look at; `None` for a
+/// row that is running or settled.
+fn settle_wait(row: &RunnerRow, now: DateTime<Utc>) -> Option<Duration> {
+    if row.state == RunnerState::Running {
+        return None;
+    }
+    let updated = DateTime::parse_from_rfc3339(&row.updated_at).ok()?;
+    let age = (now - updated.with_timezone(&Utc))
         .to_std()
         .unwrap_or_default();
     ENGINE_SETTLE
         .checked_sub(age)
         .filter(|wait| !wait.is_zero())
+}
+
+/// What the startup reconcile leaves for after readiness under one session
+/// lock: container removals with the drops of their rows, and unsettled
+/// rows to look at once the engine has settled.
+#[derive(Debug, Default)]
+struct Deferred {
+    actions: Vec<Action>,
+    unsettled: Vec<(RunnerRow, Duration)>,
+}
+
+/// Splits a startup plan into what is applied before the service is ready
+/// and the container removals left for later, grouped by session lock.
+fn defer_removals(
+    actions: Vec<Action>,
+    later: &mut BTreeMap<(String, bool), Deferred>,
+) -> Vec<Action> {
+    let removing: HashSet<String> = actions
+        .iter()
+        .filter(|action| matches!(action, Action::RemoveContainer { .. }))
+        .map(|action| action.session().0.to_owned())
+        .collect();
+    let mut now = Vec::new();
+    for action in actions {
+        let (session, singleton) = action.session();
+        let deferred = removing.contains(session)
+            && matches!(
+                action,
+                Action::RemoveContainer { .. } | Action::DropRow { .. }
+            );
+        if deferred {
+            let key = (lock_key(session, singleton).to_owned(), singleton);
+            later.entry(key).or_default().actions.push(action);
+        } else {
+            now.push(action);
+        }
+    }
+    now
+}
+
+/// The deferred work of one session lock, with that lock held.
+struct Batch {
+    guard: SessionGuard,
+    work: Deferred,
+}
+
+/// Work the startup reconcile left for after readiness. Each batch holds
+/// its session's lock from before the service was ready until it is done,
+/// so a request for that session waits for the repair instead of seeing it
+/// half-way; the rows concerned are out of `running` meanwhile, so their
+/// heartbeats answer 404 at once.
+pub struct Repairs {
+    batches: Vec<Batch>,
+}
+
+impl Repairs {
+    /// How many containers are known to need removing.
+    pub fn removals(&self) -> usize {
+        self.batches
+            .iter()
+            .flat_map(|batch| &batch.work.actions)
+            .filter(|action| matches!(action, Action::RemoveContainer { .. }))
+            .count()
+    }
+
+    /// Carries out the work, `REMOVAL_CONCURRENCY` locks at a time.
+    pub async fn run(self, reconciler: &Reconciler) -> Summary {
+        let started = tokio::time::Instant::now();
+        stream::iter(self.batches)
+            .map(|batch| async move {
+                let mut summary = reconciler.apply(batch.work.actions).await;
+                for (row, wait) in batch.work.unsettled {
+                    tokio::time::sleep_until(started + wait).await;
+                    summary += reconciler.settle(row).await;
+                }
+                drop(batch.guard);
+                summary
+            })
+            .buffer_unordered(REMOVAL_CONCURRENCY)
+            .fold(Summary::default(), |mut total, summary| async move {
+                total += summary;
+                total
+            })
+            .await
+    }
 }
 
 /// A running row that names this container and its port needs nothing.
@@ -285,24 +371,90 @@ impl Reconciler {
         self.runners.engine()
     }
 
-    /// The reconcile at start: nothing else touches runners yet, so the
-    /// whole plan is applied without per-session locks.
-    pub async fn run_startup(&self) -> anyhow::Result<Summary> {
+    /// The reconcile at start: nothing else touches runners yet. Rows are
+    /// made to agree with the engine at once; container removals are only
+    /// prepared (their rows taken out of `running`, their sessions locked)
+    /// and handed back as [`Repairs`] to run after the service is ready, so
+    /// that a restart never waits for the engine to kill containers.
+    pub async fn run_startup(&self) -> anyhow::Result<(Summary, Repairs)> {
         self.engine().ensure_runner_network().await?;
         let rows = self.db().all().await?;
-        if let Some(wait) = settle_time(&rows, Utc::now()) {
-            tracing::info!(
-                ?wait,
-                "waiting for engine requests of the previous run to settle"
-            );
-            tokio::time::sleep(wait).await;
-        }
-        let rows = self.db().all().await?;
         let containers = self.engine().list_runners().await?;
-        let actions = plan(&rows, &containers, self.policy, Purpose::Startup);
-        let summary = self.apply(actions).await;
-        tracing::info!(%summary, rows = rows.len(), containers = containers.len(), "startup reconcile finished");
-        Ok(summary)
+        let now = Utc::now();
+        let mut later: BTreeMap<(String, bool), Deferred> = BTreeMap::new();
+        let mut settled = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match settle_wait(row, now) {
+                Some(wait) => {
+                    let singleton = row.kind == RunnerKind::Singleton;
+                    let key = (lock_key(&row.session_id, singleton).to_owned(), singleton);
+                    later
+                        .entry(key)
+                        .or_default()
+                        .unsettled
+                        .push((row.clone(), wait));
+                }
+                None => settled.push(row.clone()),
+            }
+        }
+        // An unsettled session's containers are looked at with its row.
+        let unsettled: HashSet<&str> = rows
+            .iter()
+            .filter(|row| settle_wait(row, now).is_some())
+            .map(|row| row.session_id.as_str())
+            .collect();
+        let observed: Vec<ObservedContainer> = containers
+            .iter()
+            .filter(|container| !unsettled.contains(container.session_id.as_str()))
+            .cloned()
+            .collect();
+        let actions = plan(&settled, &observed, self.policy, Purpose::Startup);
+        let mut summary = self.apply(defer_removals(actions, &mut later)).await;
+        let mut batches = Vec::with_capacity(later.len());
+        for ((session, singleton), work) in later {
+            for action in &work.actions {
+                if let Action::DropRow { row, .. } = action {
+                    // Out of `running` before the service is ready.
+                    self.runners.forget_heartbeats(&row.session_id);
+                    let marked = self
+                        .db()
+                        .mark_removing(&row.session_id, None, Utc::now())
+                        .await;
+                    if let Err(error) = marked {
+                        tracing::error!(session_id = %row.session_id, %error, "could not mark a row for removal");
+                        summary.failed += 1;
+                    }
+                }
+            }
+            let guard = self.runners.lock_session(&session, singleton).await;
+            batches.push(Batch { guard, work });
+        }
+        let repairs = Repairs { batches };
+        tracing::info!(%summary, rows = rows.len(), containers = containers.len(),
+            removals_left = repairs.removals(), unsettled = unsettled.len(),
+            "startup reconcile finished");
+        Ok((summary, repairs))
+    }
+
+    /// Looks at a row left half-way once the engine has settled: finishes
+    /// its provision if its container runs, undoes it otherwise. The caller
+    /// holds the session's lock.
+    async fn settle(&self, row: RunnerRow) -> Summary {
+        match self.engine().list_session_runners(&row.session_id).await {
+            Ok(containers) => {
+                let rows = [row];
+                self.apply(plan(&rows, &containers, self.policy, Purpose::Startup))
+                    .await
+            }
+            Err(error) => {
+                // The row stays unfinished; the drift reconcile retries it.
+                tracing::warn!(session_id = %row.session_id, %error, "could not look at an unfinished runner");
+                Summary {
+                    failed: 1,
+                    ..Summary::default()
+                }
+            }
+        }
     }
 
     /// A reconcile while serving: finds the sessions that disagree, then
@@ -316,9 +468,16 @@ impl Reconciler {
             let (session, singleton) = action.session();
             *sessions.entry(session.to_owned()).or_default() |= singleton;
         }
+        let results: Vec<_> = stream::iter(sessions)
+            .map(|(session, singleton)| async move {
+                self.reconcile_session(&session, singleton, None).await
+            })
+            .buffer_unordered(REMOVAL_CONCURRENCY)
+            .collect()
+            .await;
         let mut summary = Summary::default();
-        for (session, singleton) in sessions {
-            summary += self.reconcile_session(&session, singleton, None).await?;
+        for result in results {
+            summary += result?;
         }
         if summary != Summary::default() {
             tracing::info!(%summary, "drift reconcile repaired runners");
@@ -462,7 +621,9 @@ impl Reconciler {
         container: &ObservedContainer,
         reason: &str,
     ) -> anyhow::Result<()> {
-        self.engine().remove(&container.id).await?;
+        // Nobody uses a container the reconciler removes (it is stopped,
+        // a duplicate or an orphan): no grace period.
+        self.engine().remove(&container.id, Stop::Kill).await?;
         tracing::info!(session_id = %container.session_id, container_id = %container.id, reason, "removed runner container");
         let entry = AuditEntry {
             session_id: &container.session_id,
@@ -746,7 +907,7 @@ mod tests {
     }
 
     #[test]
-    fn startup_waits_only_for_young_unfinished_rows() {
+    fn only_young_unfinished_rows_wait_for_the_engine_to_settle() {
         let now = Utc::now();
         let at =
             |seconds_ago: i64| crate::db::timestamp(now - chrono::Duration::seconds(seconds_ago));
@@ -757,13 +918,41 @@ mod tests {
         let mut running = row("running", RunnerState::Running, None);
         running.updated_at = at(0);
 
-        let wait = settle_time(&[young, old.clone(), running.clone()], now).unwrap();
+        let wait = settle_wait(&young, now).unwrap();
         assert!(
             wait > Duration::from_millis(1900) && wait <= ENGINE_SETTLE,
             "{wait:?}"
         );
-        assert_eq!(settle_time(&[old, running], now), None);
-        assert_eq!(settle_time(&[], now), None);
+        assert_eq!(settle_wait(&old, now), None);
+        assert_eq!(settle_wait(&running, now), None);
+    }
+
+    #[test]
+    fn startup_defers_container_removals_with_their_rows() {
+        let rows = [
+            row("kept", RunnerState::Running, Some("k1")),
+            row("dead", RunnerState::Running, Some("d1")),
+            row("gone", RunnerState::Running, Some("g1")),
+        ];
+        let containers = [
+            container("k1", "kept", true, 1),
+            container("k2", "kept", true, 2),
+            container("d1", "dead", false, 1),
+            container("o1", "orphan", false, 1),
+        ];
+        let actions = plan(&rows, &containers, OrphanPolicy::Adopt, Purpose::Startup);
+        let mut later = BTreeMap::new();
+        let now = defer_removals(actions, &mut later);
+        // Applied at once: the kept row and the drop of a row without any
+        // container; everything that waits for the engine is deferred.
+        assert!(
+            matches!(&now[..], [Action::DropRow { row, .. }, Action::Keep { .. }] if row.session_id == "gone")
+        );
+        let deferred: Vec<(&str, usize)> = later
+            .iter()
+            .map(|((session, _), work)| (session.as_str(), work.actions.len()))
+            .collect();
+        assert_eq!(deferred, [("dead", 2), ("kept", 1), ("orphan", 1)]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::db::{
     Actor, AuditAction, AuditEntry, Claim, Db, NewRunner, RunnerKind, RunnerRow, RunnerState,
 };
-use crate::docker::{Engine, EngineError, ISOLATED_NETWORK, RunnerSpec};
+use crate::docker::{Engine, EngineError, ISOLATED_NETWORK, RunnerSpec, Stop};
 use tokio::sync::Notify;
 
 use crate::heartbeats::Heartbeats;
@@ -27,6 +27,11 @@ use crate::session::SessionId;
 /// The endpoint text for a runner without a published port (as the first
 /// orchestrator answered).
 pub const NO_ENDPOINT: &str = "N/A (isolated network or no ports mapped)";
+
+/// How many runners are removed at once (startup repairs, drift, reaper):
+/// enough that a backlog of dead containers clears in seconds, few enough
+/// that the engine is not flooded.
+pub const REMOVAL_CONCURRENCY: usize = 8;
 
 /// The lock key of the shared runner; no session id can contain a NUL.
 const SINGLETON_LOCK: &str = "\0singleton";
@@ -76,6 +81,8 @@ pub struct Removal<'a> {
     pub reason: &'a str,
     /// Remove only if the last heartbeat is still older than this.
     pub stale_before: Option<DateTime<Utc>>,
+    /// Whether the runner gets its SIGTERM grace period.
+    pub stop: Stop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +227,8 @@ impl Runners {
                         action: AuditAction::Dropped,
                         reason: "unfinished runner replaced by a new provision",
                         stale_before: None,
+                        // Nobody uses a runner that is not `running`.
+                        stop: Stop::Kill,
                     },
                 )
                 .await?;
@@ -311,7 +320,8 @@ impl Runners {
             self.db
                 .mark_removing(session.as_str(), None, Utc::now())
                 .await?;
-            self.engine.remove(container_name).await?;
+            // The container never served anyone: no grace period.
+            self.engine.remove(container_name, Stop::Kill).await?;
             let entry = AuditEntry {
                 session_id: session.as_str(),
                 container_id: None,
@@ -422,6 +432,7 @@ impl Runners {
             action: AuditAction::Deprovisioned,
             reason: "deprovision request",
             stale_before: None,
+            stop: Stop::Graceful,
         };
         match self.remove_locked(&row, removal).await? {
             RemovalOutcome::Removed => Ok(()),
@@ -480,7 +491,7 @@ impl Runners {
         let container = row.container_id.as_deref().unwrap_or(&row.container_name);
         // On failure the row stays `removing`; the reaper retries it.
         self.engine
-            .remove(container)
+            .remove(container, removal.stop)
             .await
             .map_err(|error| self.engine_failed(error))?;
         self.db
@@ -515,7 +526,8 @@ impl Runners {
     }
 }
 
-fn lock_key(session_id: &str, singleton: bool) -> &str {
+/// The key of the lock that serialises work on a session's runner.
+pub(crate) fn lock_key(session_id: &str, singleton: bool) -> &str {
     if singleton {
         SINGLETON_LOCK
     } else {

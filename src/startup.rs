@@ -131,15 +131,16 @@ impl Application {
 }
 
 /// Runs the startup reconcile until it succeeds, marks the service ready,
-/// then runs the reaper and the drift watcher until shutdown.
+/// then runs the removals it left, the reaper, the warm pool and the drift
+/// watcher until shutdown.
 async fn run_background(runners: Runners, readiness: Readiness, shutdown: CancellationToken) {
     let settings = Arc::clone(runners.settings_arc());
     let reconciler = Reconciler::new(runners.clone(), settings.orphan_policy);
     let events_since = drift::now_seconds();
     let mut backoff = Duration::from_millis(500);
-    let summary = loop {
+    let (summary, repairs) = loop {
         match reconciler.run_startup().await {
-            Ok(summary) => break summary,
+            Ok(done) => break done,
             Err(error) => {
                 let reason =
                     format!("startup reconcile failed ({error:#}); retrying in {backoff:?}");
@@ -158,14 +159,25 @@ async fn run_background(runners: Runners, readiness: Readiness, shutdown: Cancel
     let _ = runners.engine().ping().await;
     readiness.ready(summary);
     tracing::info!(%summary, "ready");
+    let repair = async {
+        let mut total = summary;
+        total += repairs.run(&reconciler).await;
+        tracing::info!(summary = %total, "startup repairs finished");
+        readiness.repaired(total);
+    };
     let warm_pool = WarmPool::new(runners.clone(), settings.warm_pool_size);
     let reaper = Reaper::new(
         runners,
         settings.inactivity_timeout,
         settings.cleanup_interval,
     );
-    let drift = DriftWatcher::new(reconciler, settings.reconcile_interval, events_since);
+    let drift = DriftWatcher::new(
+        reconciler.clone(),
+        settings.reconcile_interval,
+        events_since,
+    );
     tokio::join!(
+        repair,
         reaper.run_until_stopped(shutdown.clone()),
         warm_pool.run_until_stopped(shutdown.clone()),
         drift.run_until_stopped(shutdown)

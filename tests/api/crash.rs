@@ -791,7 +791,7 @@ async fn kill_9_under_load_keeps_db_and_docker_consistent() {
     let config = Config::from_env();
     let started = Instant::now();
     eprintln!("crash harness: {}", config.replay());
-    let env = TestEnv::new();
+    let env = TestEnv::stubborn();
     let mut rng = XorShift::new(config.seed);
     // Session i belongs to client i % clients for the whole run.
     let mut shares: Vec<Vec<Session>> = (0..config.clients).map(|_| Vec::new()).collect();
@@ -858,6 +858,7 @@ async fn kill_9_under_load_keeps_db_and_docker_consistent() {
             killed_at,
             up_at: Utc::now(),
         };
+        orchestrator.wait_repaired().await;
         let (actions, last) = reconcile_actions(&env, audit_seen).await;
         audit_seen = last;
         let mut sessions: Vec<&mut Session> = shares.iter_mut().flatten().collect();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::future::join_all;
 use taylored_orchestrator::db::{Actor, AuditAction};
+use taylored_orchestrator::docker::Stop;
 use taylored_orchestrator::runners::{Removal, RemovalOutcome};
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +64,7 @@ async fn a_heartbeat_not_yet_written_spares_its_runner() {
                 action: AuditAction::Reaped,
                 reason: "test",
                 stale_before: Some(cutoff),
+                stop: Stop::Graceful,
             };
             runners.remove(&row, removal).await.unwrap()
         }

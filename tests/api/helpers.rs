@@ -42,6 +42,8 @@ pub struct TestImages {
     pub memory_hog: String,
     /// Starts threads until the PID limit refuses one.
     pub thread_spawner: String,
+    /// Ignores SIGTERM as PID 1, as the real (Node.js) runner does.
+    pub stubborn: String,
 }
 
 pub fn images() -> &'static TestImages {
@@ -71,6 +73,7 @@ fn build_images() -> TestImages {
         broken: format!("taylored-test-runner:{tag}-broken"),
         memory_hog: format!("taylored-test-runner:{tag}-memory-hog"),
         thread_spawner: format!("taylored-test-runner:{tag}-thread-spawner"),
+        stubborn: format!("taylored-test-runner:{tag}-stubborn"),
     };
     let target_dir = repo_root().join("target/test-runner");
     std::fs::create_dir_all(&target_dir).unwrap();
@@ -81,6 +84,7 @@ fn build_images() -> TestImages {
         &images.broken,
         &images.memory_hog,
         &images.thread_spawner,
+        &images.stubborn,
     ];
     if all.iter().all(|image| image_exists(image)) {
         return images;
@@ -127,6 +131,15 @@ fn build_images() -> TestImages {
         .unwrap();
         docker_build(context.path(), tag);
     }
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nENV TEST_RUNNER_ON_SIGTERM=ignore\n",
+            images.runner
+        ),
+    )
+    .unwrap();
+    docker_build(context.path(), &images.stubborn);
     images
 }
 
@@ -188,12 +201,21 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new() -> Arc<Self> {
-        let images = images();
+        Self::with_image(&images().runner)
+    }
+
+    /// Runners that ignore SIGTERM, as the real one does: for the tests of
+    /// stops, restarts and crashes, where a kinder runner would hide waits.
+    pub fn stubborn() -> Arc<Self> {
+        Self::with_image(&images().stubborn)
+    }
+
+    pub fn with_image(image: &str) -> Arc<Self> {
         let dir = tempfile::tempdir().unwrap();
         Arc::new(Self {
             instance: format!("test-{}", uuid::Uuid::new_v4().simple()),
             db_path: dir.path().join("orchestrator.db"),
-            image: images.runner.clone(),
+            image: image.to_owned(),
             docker: docker(),
             _dir: dir,
         })
@@ -334,6 +356,38 @@ impl TestEnv {
             .unwrap();
     }
 
+    /// What the engine reported about this instance's containers since
+    /// `since` (seconds since the epoch): `(container id, action,
+    /// attributes)`, oldest first. Shows how a container was stopped (`kill`
+    /// with its `signal`) and how it ended (`die` with its `exitCode`).
+    pub async fn container_events(
+        &self,
+        since: i64,
+    ) -> Vec<(String, String, HashMap<String, String>)> {
+        use futures_util::StreamExt;
+        let label = format!("{INSTANCE_LABEL}={}", self.instance);
+        let filters = HashMap::from([("type", vec!["container"]), ("label", vec![label.as_str()])]);
+        let until = (chrono::Utc::now().timestamp() + 1).to_string();
+        let options = bollard::query_parameters::EventsOptionsBuilder::new()
+            .since(&since.to_string())
+            .until(&until)
+            .filters(&filters)
+            .build();
+        let events: Vec<_> = self.docker.events(Some(options)).collect().await;
+        events
+            .into_iter()
+            .map(|event| {
+                let event = event.expect("engine events");
+                let actor = event.actor.unwrap_or_default();
+                (
+                    actor.id.unwrap_or_default(),
+                    event.action.unwrap_or_default(),
+                    actor.attributes.unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     /// Waits until the service has dropped the session's row; returns how
     /// long that took.
     pub async fn until_row_dropped(&self, session: &str, limit: Duration) -> Duration {
@@ -345,13 +399,14 @@ impl TestEnv {
         .await
     }
 
-    /// Starts the service in this process and waits until it is ready
-    /// (its startup reconcile done).
+    /// Starts the service in this process and waits until it is ready and
+    /// the removals its startup reconcile left for later are done.
     pub async fn spawn(self: &Arc<Self>, extra: &[&str]) -> TestApp {
         let mut app = self.start(extra).await;
-        app.reconciled = tokio::time::timeout(Duration::from_secs(60), app.readiness.wait_ready())
-            .await
-            .expect("the service did not become ready within 60 s");
+        app.reconciled =
+            tokio::time::timeout(Duration::from_secs(60), app.readiness.wait_repaired())
+                .await
+                .expect("the service did not finish its startup reconcile within 60 s");
         app
     }
 
@@ -397,15 +452,19 @@ impl TestEnv {
                 let Ok(event) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };
-                if event["message"] == "listening" {
+                let port = (event["message"] == "listening").then(|| {
                     let address = event["address"].as_str().unwrap_or_default();
-                    let port = address.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+                    address.rsplit(':').next().unwrap().parse::<u16>().unwrap()
+                });
+                let ready = event["message"] == "ready";
+                // Kept before it is reported, so the test finds the line.
+                kept_logs.lock().unwrap().push(event);
+                if let Some(port) = port {
                     let _ = port_tx.send(port);
                 }
-                if event["message"] == "ready" {
+                if ready {
                     let _ = ready_tx.send(());
                 }
-                kept_logs.lock().unwrap().push(event);
             }
         });
         let port = port_rx
@@ -565,6 +624,21 @@ pub struct BinaryApp {
 }
 
 impl BinaryApp {
+    /// Waits until the removals the startup reconcile left for after
+    /// readiness are done, and returns what it did in all.
+    pub async fn wait_repaired(&self) -> String {
+        let mut summary = None;
+        eventually(Duration::from_secs(60), "startup repairs finished", || {
+            summary = self.logs.lock().unwrap().iter().find_map(|event| {
+                (event["message"] == "startup repairs finished")
+                    .then(|| event["summary"].as_str().unwrap_or_default().to_owned())
+            });
+            std::future::ready(summary.is_some())
+        })
+        .await;
+        summary.unwrap_or_default()
+    }
+
     pub fn kill_9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

@@ -14,5 +14,6 @@ mod operator;
 mod reaper;
 mod reconcile;
 mod restart;
+mod signals;
 mod singleton;
 mod warm_pool;

@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 use std::process::Command;
 
-use crate::helpers::{TestEnv, assert_runner_answers};
+use crate::helpers::{BinaryApp, TestEnv, assert_runner_answers};
 
 #[tokio::test]
 async fn kill_9_and_restart_loses_and_adds_nothing() {
-    let env = TestEnv::new();
+    let env = TestEnv::stubborn();
     let orchestrator = env.spawn_binary(&[]);
     let mut endpoints = HashMap::new();
     for session in ["one", "two", "three"] {
@@ -39,7 +39,7 @@ async fn kill_9_and_restart_loses_and_adds_nothing() {
 
 #[tokio::test]
 async fn sigterm_exits_0_and_leaves_runners_for_the_next_start() {
-    let env = TestEnv::new();
+    let env = TestEnv::stubborn();
     let orchestrator = env.spawn_binary(&[]);
     let reply = orchestrator.api.provision(Some("survivor")).await;
     assert_eq!(reply.status, 201);
@@ -52,6 +52,82 @@ async fn sigterm_exits_0_and_leaves_runners_for_the_next_start() {
     assert_eq!(orchestrator.api.heartbeat("survivor").await.status, 200);
     let again = orchestrator.api.provision(Some("survivor")).await;
     assert_eq!((again.status, again.endpoint()), (200, reply.endpoint()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_is_ready_before_dead_containers_are_removed_and_kills_them() {
+    let env = TestEnv::stubborn();
+    let orchestrator = env.spawn_binary(&[]);
+    let kept = orchestrator.api.provision(Some("survivor")).await;
+    assert_eq!(kept.status, 201);
+    orchestrator.kill_9();
+    // What a crash mid-burst leaves: containers the engine created or
+    // started after their client was gone. Running ones ignore SIGTERM.
+    let since = chrono::Utc::now().timestamp() - 1;
+    let mut dead = Vec::new();
+    for i in 0..12 {
+        let session = format!("dead-{i}");
+        let name = format!("{}-{session}", env.instance);
+        let id = env
+            .create_runner_container(&session, &name, i % 2 == 0)
+            .await;
+        dead.push((session, id));
+    }
+
+    // A graceful stop would wait 60 s per running container.
+    let orchestrator = tokio::task::block_in_place(|| {
+        env.spawn_binary(&[
+            ("ORPHAN_POLICY", "remove"),
+            ("RUNNER_INIT", "false"),
+            ("RUNNER_STOP_TIMEOUT_SECONDS", "60"),
+        ])
+    });
+
+    // Ready before any removal: every session answers at once.
+    let ready = log_field(&orchestrator, "ready", "summary");
+    assert!(ready.contains("containers_removed=0"), "{ready}");
+    let left = log_field(&orchestrator, "startup reconcile finished", "removals_left");
+    assert_eq!(left, "12");
+    assert_eq!(orchestrator.api.heartbeat("survivor").await.status, 200);
+    for (session, _) in &dead {
+        assert_eq!(orchestrator.api.heartbeat(session).await.status, 404);
+    }
+    // A provision of such a session waits for its repair, then starts anew.
+    let fresh = orchestrator.api.provision(Some("dead-0")).await;
+    assert_eq!(fresh.status, 201, "{fresh:?}");
+    assert_runner_answers(fresh.endpoint()).await;
+
+    let total = orchestrator.wait_repaired().await;
+    assert!(total.contains("containers_removed=12"), "{total}");
+    let events = env.container_events(since).await;
+    for (i, (_, id)) in dead.iter().enumerate() {
+        let signals: Vec<&str> = events
+            .iter()
+            .filter(|(container, action, _)| container == id && action == "kill")
+            .filter_map(|(_, _, attributes)| attributes.get("signal").map(String::as_str))
+            .collect();
+        // Killed at once (the running ones), never asked to stop first.
+        let expected: &[&str] = if i % 2 == 0 { &["9"] } else { &[] };
+        assert_eq!(signals, expected, "signals sent to {id}");
+    }
+    let rows = env.db().await.all().await.unwrap();
+    let mut sessions: Vec<&str> = rows.iter().map(|row| row.session_id.as_str()).collect();
+    sessions.sort();
+    assert_eq!(sessions, ["dead-0", "survivor"]);
+    assert_eq!(env.running_container_ids().await.len(), 2);
+}
+
+/// A field of the first log line with `message`, as text.
+fn log_field(app: &BinaryApp, message: &str, field: &str) -> String {
+    let logs = app.logs.lock().unwrap();
+    let event = logs
+        .iter()
+        .find(|event| event["message"] == message)
+        .unwrap_or_else(|| panic!("no `{message}` log line"));
+    match &event[field] {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
 }
 
 #[test]

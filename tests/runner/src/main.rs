@@ -10,6 +10,15 @@
 //! limit it is OOM-killed), and `--spawn-until-refused` starts threads until
 //! the PID limit refuses one, frees a few so it can still answer, and reports
 //! how many it got.
+//!
+//! Signals as the real runner takes them: with `TEST_RUNNER_ON_SIGTERM=ignore`
+//! it installs no SIGTERM handler, as a Node.js server does not, so as PID 1
+//! it ignores SIGTERM (the kernel drops unhandled signals to PID 1) and a
+//! `docker stop` waits out its whole grace period, unless an init process
+//! is PID 1. `GET /orphan` leaves an orphaned zombie for PID 1 to reap, as a
+//! user's snippet that starts a background process does, and answers with
+//! its PID; `GET /process/<pid>` answers with that process's state (`Z` for
+//! a zombie) or `gone`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -30,13 +39,27 @@ extern "C" fn exit_now(_signum: i32) {
 }
 
 fn main() {
+    let ignore_sigterm = std::env::var("TEST_RUNNER_ON_SIGTERM").is_ok_and(|mode| mode == "ignore");
     unsafe {
-        signal(SIGTERM, exit_now);
+        if !ignore_sigterm {
+            signal(SIGTERM, exit_now);
+        }
         signal(SIGINT, exit_now);
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut threads_started = 0;
     match args.first().map(String::as_str) {
+        Some("--exit") => return,
+        Some("--orphan-parent") => {
+            // Starts a child that exits at once and leaves without waiting for
+            // it: the child's zombie goes to PID 1.
+            let child = std::process::Command::new(std::env::current_exe().expect("own path"))
+                .arg("--exit")
+                .spawn()
+                .expect("spawn the orphan");
+            println!("{}", child.id());
+            unsafe { _exit(0) }
+        }
         Some("--hog-memory-mb") => {
             let mib: usize = args.get(1).and_then(|n| n.parse().ok()).expect("--hog-memory-mb N");
             std::thread::spawn(move || hog_memory(mib));
@@ -103,6 +126,28 @@ fn spawn_until_refused() -> usize {
     started
 }
 
+/// Runs `--orphan-parent` and returns the PID of the orphan it left.
+fn orphan() -> u32 {
+    let output = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .arg("--orphan-parent")
+        .output()
+        .expect("run the orphan's parent");
+    String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0)
+}
+
+/// The state letter of `/proc/<pid>/stat` (`Z`: zombie), or `gone`.
+fn process_state(pid: &str) -> String {
+    pid.bytes()
+        .all(|byte| byte.is_ascii_digit())
+        .then(|| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .flatten()
+        .and_then(|stat| {
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            after_name.split_whitespace().next().map(str::to_owned)
+        })
+        .unwrap_or_else(|| "gone".to_owned())
+}
+
 fn answer(stream: TcpStream, threads_started: usize) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -114,8 +159,15 @@ fn answer(stream: TcpStream, threads_started: usize) -> std::io::Result<()> {
         line.clear();
     }
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let extra = match path {
+        "/orphan" => format!(",\"orphan_pid\":{}", orphan()),
+        _ => match path.strip_prefix("/process/") {
+            Some(pid) => format!(",\"state\":\"{}\"", process_state(pid)),
+            None => String::new(),
+        },
+    };
     let body = format!(
-        "{{\"runner\":\"ok\",\"path\":\"{}\",\"threads_started\":{threads_started}}}",
+        "{{\"runner\":\"ok\",\"path\":\"{}\",\"threads_started\":{threads_started}{extra}}}",
         path.escape_default()
     );
     let mut stream = stream;
