@@ -196,6 +196,26 @@ impl Engine {
         result
     }
 
+    /// Whether `DOCKER_IMAGE_NAME` is on the engine (nothing is pulled:
+    /// runners start only from a local image).
+    pub async fn image_present(&self) -> Result<bool, EngineError> {
+        match self.docker.inspect_image(&self.image).await {
+            Ok(_) => Ok(true),
+            Err(error) if status_of(&error) == Some(404) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// What an operator must do when the runner image is missing.
+    pub fn missing_image_hint(&self) -> String {
+        format!(
+            "the runner image {image} is not on the Docker Engine; build it \
+             (`docker compose build runner-builder`, or `docker build -t {image} <runner directory>`) \
+             or set DOCKER_IMAGE_NAME",
+            image = self.image
+        )
+    }
+
     pub fn is_reachable(&self) -> bool {
         self.reachable.load(Ordering::Relaxed)
     }

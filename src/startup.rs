@@ -159,6 +159,11 @@ async fn run_background(runners: Runners, readiness: Readiness, shutdown: Cancel
     let _ = runners.engine().ping().await;
     readiness.ready(summary);
     tracing::info!(%summary, "ready");
+    // A first run often lacks the image: say so now, not at the first
+    // provision. The service stays up; `/readyz` names it until it is built.
+    if let Ok(false) = runners.engine().image_present().await {
+        tracing::warn!("{}", runners.engine().missing_image_hint());
+    }
     let repair = async {
         let mut total = summary;
         total += repairs.run(&reconciler).await;

@@ -115,6 +115,15 @@ async fn readyz(
             "the Docker Engine is unreachable: {error}"
         )));
     }
+    match runners.engine().image_present().await {
+        Ok(true) => {}
+        Ok(false) => return Err(ApiError::NotReady(runners.engine().missing_image_hint())),
+        Err(error) => {
+            return Err(ApiError::NotReady(format!(
+                "cannot ask the Docker Engine for the runner image: {error}"
+            )));
+        }
+    }
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 

@@ -388,3 +388,47 @@ async fn sigterm_under_load_finishes_or_undoes_every_provision() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_first_run_without_the_runner_image_says_what_is_missing() {
+    let image = format!("taylored-test-missing:{}", uuid::Uuid::new_v4().simple());
+    let env = TestEnv::with_image(&image);
+    let orchestrator = env.spawn_binary(&[]);
+
+    let ready = orchestrator.api.get("/readyz").await;
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(
+        ready.message().contains(&image) && ready.message().contains("build"),
+        "{ready:?}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "a log line naming the image",
+        || {
+            let logged = orchestrator.logs.lock().unwrap().iter().any(|event| {
+                event["level"] == "WARN"
+                    && event["message"]
+                        .as_str()
+                        .is_some_and(|text| text.contains(&image))
+            });
+            std::future::ready(logged)
+        },
+    )
+    .await;
+    // The service stays up and says the same to a provision.
+    assert_eq!(orchestrator.api.get("/").await.status, 200);
+    let refused = orchestrator.api.provision(Some("first")).await;
+    assert_eq!(refused.error(), "DOCKER_IMAGE_NOT_FOUND", "{refused:?}");
+
+    // Once the image is there, the service is ready without a restart.
+    let tagged = Command::new("docker")
+        .args(["tag", &crate::helpers::images().runner, &image])
+        .status()
+        .unwrap();
+    assert!(tagged.success());
+    let ready = orchestrator.api.get("/readyz").await;
+    let provisioned = orchestrator.api.provision(Some("first")).await;
+    let _ = Command::new("docker").args(["rmi", &image]).output();
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert_eq!(provisioned.status, 201, "{provisioned:?}");
+}
