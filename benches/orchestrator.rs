@@ -9,7 +9,8 @@
 //! `restart`). `--smoke` (or `BENCH_SMOKE=1`) runs them at a tiny size. Sizes:
 //! `BENCH_HB_CLIENTS` (32), `BENCH_HB_SECONDS` (4), `BENCH_COLD_SAMPLES` (30),
 //! `BENCH_BURST` (50), `BENCH_WARM_SAMPLES` (20), `BENCH_WARM_POOL` (4),
-//! `BENCH_RESTART_SIZES` (`100,500`),
+//! `BENCH_RESTART_SIZES` (`100,500`; the restart part also kills the service
+//! mid-burst of `BENCH_BURST` provisions),
 //! `BENCH_REAPER_ROWS` (10000), `BENCH_REAPER_STALE` (5).
 //!
 //! Every container it starts carries an instance label of its own; a drop
@@ -172,9 +173,34 @@ fn run(command: &mut std::process::Command) -> Result<()> {
     Ok(())
 }
 
+/// The stand-in runner of the tests in the mode that ignores SIGTERM as
+/// the real (Node.js) runner does, so that no stop is kinder than reality.
+fn runner_image() -> Result<String> {
+    let base = base_runner_image()?;
+    let tag = format!("{base}-stubborn");
+    let exists = std::process::Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success();
+    if !exists {
+        let context = tempfile::tempdir()?;
+        std::fs::write(
+            context.path().join("Dockerfile"),
+            format!("FROM {base}\nENV TEST_RUNNER_ON_SIGTERM=ignore\n"),
+        )?;
+        run(std::process::Command::new("docker")
+            .args(["build", "--quiet", "--tag", &tag])
+            .arg(context.path())
+            .env("DOCKER_BUILDKIT", "0"))?;
+    }
+    Ok(tag)
+}
+
 /// The stand-in runner image of the tests (same tag, built the same way:
 /// a static binary in a `FROM scratch` image, legacy builder, no registry).
-fn runner_image() -> Result<String> {
+fn base_runner_image() -> Result<String> {
     let runner_dir = repo_root().join("tests/runner");
     let mut hasher = std::hash::DefaultHasher::new();
     for file in ["Cargo.toml", "src/main.rs"] {
@@ -261,19 +287,7 @@ fn docker() -> Docker {
 /// Force-removes every container of `instance`, 8 at a time; returns how many.
 async fn remove_instance_containers(instance: &str) -> usize {
     let docker = docker();
-    let label = format!("{INSTANCE_LABEL}={instance}");
-    let filters = HashMap::from([("label", vec![label.as_str()])]);
-    let options = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let ids: Vec<String> = docker
-        .list_containers(Some(options))
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|container| container.id)
-        .collect();
+    let ids = container_ids(&docker, instance).await;
     let count = ids.len();
     futures_util::stream::iter(ids)
         .map(|id| {
@@ -335,6 +349,10 @@ struct Service {
     spawn_to_ready: Duration,
     /// The "ready" line's reconcile summary.
     summary: String,
+    /// When the process was spawned.
+    started: Instant,
+    /// Later log lines that the benchmark waits for.
+    events: mpsc::UnboundedReceiver<(&'static str, String)>,
     client: reqwest::Client,
     /// Its `ORCHESTRATOR_ID`, which labels its runners.
     instance: String,
@@ -384,6 +402,10 @@ async fn spawn_service(config: &ServiceConfig<'_>) -> Result<Service> {
                     let summary = event["summary"].as_str().unwrap_or_default().to_owned();
                     let _ = events.send(("ready", summary));
                 }
+                Some("startup repairs finished") => {
+                    let summary = event["summary"].as_str().unwrap_or_default().to_owned();
+                    let _ = events.send(("repaired", summary));
+                }
                 _ => {}
             }
         }
@@ -393,7 +415,8 @@ async fn spawn_service(config: &ServiceConfig<'_>) -> Result<Service> {
         let event = tokio::time::timeout(Duration::from_secs(600), received.recv()).await;
         match event {
             Ok(Some(("port", value))) => port = Some(value),
-            Ok(Some((_, summary))) => break summary,
+            Ok(Some(("ready", summary))) => break summary,
+            Ok(Some(_)) => {}
             _ => anyhow::bail!("the service did not become ready (exited or 600 s passed)"),
         }
     };
@@ -405,6 +428,8 @@ async fn spawn_service(config: &ServiceConfig<'_>) -> Result<Service> {
         base: format!("http://127.0.0.1:{port}"),
         spawn_to_ready,
         summary,
+        started,
+        events: received,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()?,
@@ -422,6 +447,25 @@ impl Service {
         let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await??;
         anyhow::ensure!(status.success(), "the service exited with {status}");
         Ok(())
+    }
+
+    /// SIGKILL, as a crash or an OOM kill of the service would.
+    async fn kill_9(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// Waits for the end of the startup repairs; returns when it came
+    /// (since spawn) and the whole reconcile's summary.
+    async fn wait_repaired(&mut self) -> Result<(Duration, String)> {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(600), self.events.recv()).await;
+            match event {
+                Ok(Some(("repaired", summary))) => return Ok((self.started.elapsed(), summary)),
+                Ok(Some(_)) => {}
+                _ => anyhow::bail!("the startup repairs did not finish (exited or 600 s passed)"),
+            }
+        }
     }
 
     /// Stops the service and removes its runners.
@@ -792,6 +836,7 @@ async fn restart(cx: &mut Context) -> Result<()> {
     let empty = spawn_service(&config).await?;
     let baseline = empty.spawn_to_ready;
     println!("  0 runners: ready {:.0} ms after spawn", ms(baseline));
+    crash_mid_burst(cx, baseline).await?;
     let mut service = empty;
     let mut have = 0;
     let mut points = vec![(0usize, baseline)];
@@ -842,6 +887,129 @@ async fn restart(cx: &mut Context) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A kill in the middle of a burst of provisions, then a restart: the
+/// engine finishes creates whose client is gone, so the restart finds
+/// half-created containers and unfinished rows. Runners ignore SIGTERM and
+/// have no init process, the case where a graceful stop waits longest.
+async fn crash_mid_burst(cx: &mut Context, empty_restart: Duration) -> Result<()> {
+    let burst = cx.sizes.burst;
+    let instance = cx.instances.new_instance(&cx.prefix, "crash");
+    let db_path = cx.db_path("crash");
+    let image = cx.image.clone();
+    let extra_env = [
+        ("RUNNER_INIT", "false".to_owned()),
+        ("RUNNER_STOP_TIMEOUT_SECONDS", "10".to_owned()),
+    ];
+    let config = ServiceConfig {
+        image: &image,
+        instance: &instance,
+        db_path: &db_path,
+        extra_env: &extra_env,
+    };
+    let service = spawn_service(&config).await?;
+    let sessions: Vec<String> = (0..burst).map(|i| format!("crash-{i}")).collect();
+    let (client, base) = (service.client.clone(), service.base.clone());
+    let in_flight = tokio::spawn({
+        let sessions = sessions.clone();
+        async move {
+            let provisions = sessions.iter().map(|session| {
+                client
+                    .post(format!("{base}/api/runner/provision"))
+                    .header("X-Session-Id", session)
+                    .json(&serde_json::json!({}))
+                    .send()
+            });
+            futures_util::future::join_all(provisions).await
+        }
+    });
+    // Killed once half of the burst's containers exist.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while container_ids(&cx.docker, &instance).await.len() < burst.div_ceil(2) {
+        anyhow::ensure!(Instant::now() < deadline, "the burst made no containers");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    service.kill_9().await?;
+    let _ = in_flight.await;
+    let found = container_ids(&cx.docker, &instance).await.len();
+
+    let mut service = spawn_service(&config).await?;
+    let ready = service.spawn_to_ready;
+    // Every session is answered at once: 200 (kept) or 404 (gone).
+    let answers = futures_util::future::join_all(sessions.iter().map(|session| {
+        let request = service
+            .client
+            .post(format!("{}/api/runner/heartbeat", service.base))
+            .json(&serde_json::json!({ "sessionId": session }));
+        let started = service.started;
+        async move {
+            let status = request
+                .send()
+                .await
+                .map(|response| response.status().as_u16());
+            (status, started.elapsed())
+        }
+    }))
+    .await;
+    let mut all_answered = Duration::ZERO;
+    let (mut kept, mut gone) = (0, 0);
+    for (status, at) in answers {
+        match status {
+            Ok(200) => kept += 1,
+            Ok(404) => gone += 1,
+            other => anyhow::bail!("a heartbeat after the crash answered {other:?}"),
+        }
+        all_answered = all_answered.max(at);
+    }
+    let (repaired, summary) = service.wait_repaired().await?;
+    println!(
+        "  kill mid-burst of {burst}: {found} containers then; ready {:.0} ms after spawn \
+         ({}), every session answered by {:.0} ms ({kept} x 200, {gone} x 404), \
+         repairs done at {:.0} ms ({summary})",
+        ms(ready),
+        service.summary,
+        ms(all_answered),
+        ms(repaired)
+    );
+    cx.push(figure(
+        format!("restart-to-ready, kill mid-burst of {burst}"),
+        format!("{:.0} ms", ms(ready)),
+        format!("{:.0} ms, 0 runners", ms(empty_restart)),
+        ms(ready) / ms(empty_restart),
+        "<= 1.5x",
+        Some(ms(ready) <= 1.5 * ms(empty_restart)),
+    ));
+    cx.push(figure(
+        "every session 200/404 after the crash",
+        format!("{:.0} ms", ms(all_answered)),
+        format!("{:.0} ms, ready", ms(ready)),
+        ms(all_answered) / ms(ready),
+        "<= 2 s from spawn",
+        Some(all_answered <= Duration::from_secs(2)),
+    ));
+    cx.notes.push(format!(
+        "crash mid-burst: {found} containers at the kill; startup repairs (unsettled rows, leftover containers killed) done {:.0} ms after spawn, in the background",
+        ms(repaired)
+    ));
+    service.finish().await
+}
+
+/// The ids of `instance`'s containers, running or not.
+async fn container_ids(docker: &Docker, instance: &str) -> Vec<String> {
+    let label = format!("{INSTANCE_LABEL}={instance}");
+    let filters = HashMap::from([("label", vec![label.as_str()])]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    docker
+        .list_containers(Some(options))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|container| container.id)
+        .collect()
 }
 
 /// Fills a stopped instance's database with `fresh` rows (fake container
