@@ -3,7 +3,7 @@ use std::time::Duration;
 use chrono::Utc;
 use taylored_orchestrator::reaper::ReapOutcome;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{TestEnv, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn idle_runners_are_reaped_and_heartbeating_ones_kept() {
@@ -58,4 +58,43 @@ async fn one_sweep_can_be_stepped() {
     assert_eq!(later.reaped, 2);
     assert!(app.env.containers().await.is_empty());
     assert!(app.runners.db().all().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn one_sweep_stops_its_runners_side_by_side() {
+    // Runners that ignore SIGTERM without an init process: each stop waits
+    // out its grace, so a sweep stopping them one by one would take 18 s.
+    let env = TestEnv::stubborn();
+    let app = env
+        .spawn(&["--runner-init=false", "--runner-stop-timeout-seconds=3"])
+        .await;
+    let since = Utc::now().timestamp() - 1;
+    for i in 0..6 {
+        let reply = app.api.provision(Some(&format!("idle-{i}"))).await;
+        assert_eq!(reply.status, 201);
+    }
+
+    let swept = app
+        .reaper(Duration::from_secs(60))
+        .try_once(Utc::now() + chrono::Duration::seconds(61))
+        .await
+        .unwrap();
+
+    assert_eq!(swept.reaped, 6);
+    // Every runner was asked to stop before the first one's grace ran out.
+    let events = env.container_events(since).await;
+    let actions: Vec<&str> = events
+        .iter()
+        .filter_map(|(_, action, attributes)| match action.as_str() {
+            "kill" if attributes.get("signal").is_some_and(|s| s == "15") => Some("term"),
+            "die" => Some("die"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(actions.iter().filter(|a| **a == "term").count(), 6);
+    let first_death = actions.iter().position(|a| *a == "die").unwrap();
+    assert!(
+        actions[first_death..].iter().all(|a| *a == "die"),
+        "a stop waited for another: {actions:?}"
+    );
 }
