@@ -383,6 +383,8 @@ impl Reconciler {
         let now = Utc::now();
         let mut later: BTreeMap<(String, bool), Deferred> = BTreeMap::new();
         let mut settled = Vec::with_capacity(rows.len());
+        // An unsettled session's containers are looked at later, with its row.
+        let mut unsettled: HashSet<&str> = HashSet::new();
         for row in &rows {
             match settle_wait(row, now) {
                 Some(wait) => {
@@ -393,16 +395,11 @@ impl Reconciler {
                         .or_default()
                         .unsettled
                         .push((row.clone(), wait));
+                    unsettled.insert(&row.session_id);
                 }
                 None => settled.push(row.clone()),
             }
         }
-        // An unsettled session's containers are looked at with its row.
-        let unsettled: HashSet<&str> = rows
-            .iter()
-            .filter(|row| settle_wait(row, now).is_some())
-            .map(|row| row.session_id.as_str())
-            .collect();
         let observed: Vec<ObservedContainer> = containers
             .iter()
             .filter(|container| !unsettled.contains(container.session_id.as_str()))
