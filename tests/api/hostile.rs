@@ -362,7 +362,7 @@ struct SentWhole {
     /// How writing the request ended: a refused body must still be taken.
     written: std::io::Result<()>,
     /// Everything read until the service closed.
-    received: Vec<u8>,
+    received: String,
     /// How reading ended: at end-of-file, not with a reset.
     read: std::io::Result<()>,
 }
@@ -380,7 +380,7 @@ async fn send_whole(stream: TcpStream, request: Vec<u8>) -> SentWhole {
     let written = writing.await.unwrap();
     SentWhole {
         written,
-        received,
+        received: String::from_utf8_lossy(&received).into_owned(),
         read,
     }
 }
@@ -416,7 +416,7 @@ async fn a_client_that_keeps_sending_a_refused_body_gets_the_413() {
             let sent = send_whole(connect(&app).await, request).await;
             assert!(sent.written.is_ok(), "{what}: {sent:?}");
             assert!(sent.read.is_ok(), "{what}: {sent:?}");
-            let (length, status, body) = parse_answer(&sent.received)
+            let (length, status, body) = parse_answer(sent.received.as_bytes())
                 .unwrap_or_else(|| panic!("{what}: no complete answer in {sent:?}"));
             assert_eq!(length, sent.received.len(), "{what}: one answer");
             assert_eq!(status, 413, "{what}: {body}");
