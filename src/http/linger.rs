@@ -15,6 +15,8 @@
 //! a head not complete within the header read timeout: those connections
 //! are still dropped at once). A client that has already closed its side,
 //! the end of most connections, costs one read that returns end-of-file.
+//! Draining stops when the service shuts down: the connections that the
+//! shutdown closes need none, and the shutdown does not wait for clients.
 
 use std::io;
 use std::pin::Pin;
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The longest a closing connection is drained (nginx's `lingering_time`):
 /// room for a client on a slow link to finish sending a refused upload of a
@@ -40,45 +43,52 @@ pub const LINGER_BYTES: u64 = 64 * 1024 * 1024;
 const DRAIN_CHUNK: usize = 16 * 1024;
 
 /// A stream whose shutdown lingers: it shuts down the write half, then
-/// reads and discards until the peer closes or a bound is reached.
-/// Reads and writes go to the stream unchanged.
+/// reads and discards until the peer closes, a bound is reached or `stop`
+/// is cancelled. Reads and writes go to the stream unchanged.
 pub struct LingeringClose<S> {
     stream: S,
+    stop: CancellationToken,
     drain: Option<Drain>,
 }
 
 impl<S> LingeringClose<S> {
-    pub fn new(stream: S) -> Self {
+    pub fn new(stream: S, stop: CancellationToken) -> Self {
         Self {
             stream,
+            stop,
             drain: None,
         }
     }
 }
 
 /// The bounds of one drain: one timer, at the idle deadline or the end of
-/// `LINGER_TIME` if that is sooner, and the bytes left to discard.
+/// `LINGER_TIME` if that is sooner, the bytes left to discard, and the
+/// service's shutdown.
 struct Drain {
     end: Instant,
     timer: Pin<Box<Sleep>>,
     left: u64,
+    stopped: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl Drain {
-    fn new() -> Self {
+    fn new(stop: CancellationToken) -> Self {
         let now = Instant::now();
         Self {
             end: now + LINGER_TIME,
             timer: Box::pin(tokio::time::sleep_until(now + LINGER_IDLE)),
             left: LINGER_BYTES,
+            stopped: Box::pin(stop.cancelled_owned()),
         }
     }
 
-    /// Ready once the peer closed (or reset) its side or a bound is reached.
+    /// Ready once the peer closed (or reset) its side, a bound is reached or
+    /// the service stops.
     fn poll<R: AsyncRead + Unpin>(&mut self, reader: &mut R, cx: &mut Context<'_>) -> Poll<()> {
         let mut chunk = [0; DRAIN_CHUNK];
         loop {
-            if self.timer.as_mut().poll(cx).is_ready() {
+            if self.timer.as_mut().poll(cx).is_ready() || self.stopped.as_mut().poll(cx).is_ready()
+            {
                 return Poll::Ready(());
             }
             let mut read = ReadBuf::new(&mut chunk);
@@ -142,7 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for LingeringClose<S> {
             Some(drain) => drain,
             None => {
                 ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
-                this.drain.insert(Drain::new())
+                this.drain.insert(Drain::new(this.stop.clone()))
             }
         };
         drain.poll(&mut this.stream, cx).map(Ok)
@@ -155,13 +165,16 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
     use tokio::task::JoinHandle;
 
+    /// The service's end of a connection, lingering until the service stops
+    /// (never, unless the test cancels `stop`).
+    fn service_end(stream: DuplexStream) -> LingeringClose<DuplexStream> {
+        LingeringClose::new(stream, CancellationToken::new())
+    }
+
     /// A connection whose client end writes `chunk` every `pause` until its
-    /// writes fail, and returns how much it wrote (the service's end is
-    /// wrapped). The client end is kept open for as long as it writes.
-    fn client_sending(
-        chunk: usize,
-        pause: Duration,
-    ) -> (LingeringClose<DuplexStream>, JoinHandle<u64>) {
+    /// writes fail, and returns how much it wrote; and the service's end.
+    /// The client end is kept open for as long as it writes.
+    fn client_sending(chunk: usize, pause: Duration) -> (DuplexStream, JoinHandle<u64>) {
         let (service, mut client) = duplex(64 * 1024);
         let writer = tokio::spawn(async move {
             let data = vec![b'x'; chunk];
@@ -172,7 +185,7 @@ mod tests {
             }
             written
         });
-        (LingeringClose::new(service), writer)
+        (service, writer)
     }
 
     /// Shuts `service` down and returns how long that took.
@@ -185,7 +198,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn drains_until_the_client_closes() {
         let (service, mut client) = duplex(64 * 1024);
-        let mut service = LingeringClose::new(service);
+        let mut service = service_end(service);
         let client = tokio::spawn(async move {
             // The FIN comes first: the client reads to the end, then sends
             // its whole 8 MiB body, all of it accepted, then closes.
@@ -200,13 +213,29 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_client_is_cut_after_the_idle_time() {
         let (service, _stalled) = duplex(64);
-        let mut service = LingeringClose::new(service);
+        let mut service = service_end(service);
         assert_eq!(linger(&mut service).await, LINGER_IDLE);
     }
 
     #[tokio::test(start_paused = true)]
+    async fn draining_stops_when_the_service_stops() {
+        let (service, writer) = client_sending(1, Duration::from_millis(100));
+        let stop = CancellationToken::new();
+        let mut service = LingeringClose::new(service, stop.clone());
+        let stopping = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.cancel();
+        });
+        assert_eq!(linger(&mut service).await, Duration::from_secs(1));
+        stopping.await.unwrap();
+        drop(service);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_trickling_client_is_cut_after_the_linger_time() {
-        let (mut service, writer) = client_sending(1, LINGER_IDLE / 2);
+        let (service, writer) = client_sending(1, LINGER_IDLE / 2);
+        let mut service = service_end(service);
         assert_eq!(linger(&mut service).await, LINGER_TIME);
         drop(service);
         let written = writer.await.unwrap();
@@ -215,7 +244,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_flooding_client_is_cut_after_the_byte_limit() {
-        let (mut service, writer) = client_sending(64 * 1024, Duration::ZERO);
+        let (service, writer) = client_sending(64 * 1024, Duration::ZERO);
+        let mut service = service_end(service);
         assert!(linger(&mut service).await < LINGER_IDLE);
         drop(service);
         let written = writer.await.unwrap();

@@ -54,7 +54,7 @@ pub async fn serve(
                 request
             });
         let connection = connections.watch(http.serve_connection(
-            TokioIo::new(LingeringClose::new(stream)),
+            TokioIo::new(LingeringClose::new(stream, shutdown.clone())),
             TowerToHyperService::new(service),
         ));
         tokio::spawn(async move {
