@@ -29,7 +29,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The longest a closing connection is drained (nginx's `lingering_time`):
 /// room for a client on a slow link to finish sending a refused upload of a
-/// few MiB, no longer than a slow head may already hold a connection.
+/// few MiB, and half of what a slow head may hold a connection by default
+/// (`REQUEST_TIMEOUT_SECONDS`).
 pub const LINGER_TIME: Duration = Duration::from_secs(30);
 /// The drain stops when the client sends nothing for this long (nginx's
 /// `lingering_timeout`): a client that is not sending needs no lingering.
