@@ -2,6 +2,7 @@
 
 mod error;
 mod extract;
+mod linger;
 mod rate_limit;
 mod serve;
 
@@ -23,6 +24,7 @@ use tower_http::trace::TraceLayer;
 pub use error::{ApiError, Operation};
 pub use extract::SESSION_HEADER;
 use extract::{OptionalJson, SessionHeader, parse_optional};
+pub use linger::LINGER_IDLE;
 pub use serve::serve;
 
 use crate::config::AllowedOrigins;

@@ -6,7 +6,8 @@
 //! stalls keeps its connection open forever (`REQUEST_TIMEOUT_SECONDS` only
 //! starts once the head is complete). Here hyper closes such a connection
 //! after `REQUEST_TIMEOUT_SECONDS`, without an answer; an idle keep-alive
-//! connection too.
+//! connection too. And a connection that ends lingers (see [`super::linger`]),
+//! so that a client still sending a refused body reads the 413.
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use super::linger::LingeringClose;
 
 /// Serves `router` until `shutdown` is cancelled, then stops accepting and
 /// waits for the open connections to finish their requests. Handlers get
@@ -50,8 +53,10 @@ pub async fn serve(
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
             });
-        let connection = connections
-            .watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
+        let connection = connections.watch(http.serve_connection(
+            TokioIo::new(LingeringClose::new(stream, shutdown.clone())),
+            TowerToHyperService::new(service),
+        ));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");

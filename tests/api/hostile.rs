@@ -14,6 +14,7 @@ use futures_util::future::join_all;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
+use taylored_orchestrator::http::LINGER_IDLE;
 use taylored_orchestrator::runners::validate_network_mode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -85,9 +86,7 @@ struct Raw {
 impl Raw {
     async fn open(app: &TestApp, chunks: Vec<Chunk>) -> Raw {
         let opened = Instant::now();
-        let port: u16 = app.api.base.rsplit(':').next().unwrap().parse().unwrap();
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let (reader, mut writer) = stream.into_split();
+        let (reader, mut writer) = connect(app).await.into_split();
         let (keep_open, closed) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let write = async {
@@ -145,6 +144,12 @@ impl Raw {
             }
         }
     }
+}
+
+/// A new connection to the service.
+async fn connect(app: &TestApp) -> TcpStream {
+    let port: u16 = app.api.base.rsplit(':').next().unwrap().parse().unwrap();
+    TcpStream::connect(("127.0.0.1", port)).await.unwrap()
 }
 
 /// A complete response at the start of `buffer`: its length, status and
@@ -346,6 +351,118 @@ async fn ten_megabyte_bodies_get_413_at_once() {
             let what = format!("10 MB body {what} to {path}");
             assert_json_error(&answer, 413, &["PAYLOAD_TOO_LARGE"], &what);
         }
+    }
+    assert_untouched_then_healthy(&app).await;
+}
+
+/// What a client that sends its whole request before it looks at the
+/// answer (Python's `http.client` and `requests`, browsers) went through.
+#[derive(Debug)]
+struct SentWhole {
+    /// How writing the request ended: a refused body must still be taken.
+    written: std::io::Result<()>,
+    /// Everything read until the service closed.
+    received: String,
+    /// How reading ended: at end-of-file, not with a reset.
+    read: std::io::Result<()>,
+}
+
+/// Writes `request` from one task while this one reads until the service
+/// closes; the client closes its side once the request is written.
+async fn send_whole(stream: TcpStream, request: Vec<u8>) -> SentWhole {
+    let (mut reader, mut writer) = stream.into_split();
+    let writing = tokio::spawn(async move { writer.write_all(&request).await });
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(HANG, reader.read_to_end(&mut received))
+        .await
+        .expect("the service did not close the connection")
+        .map(drop);
+    let written = writing.await.unwrap();
+    SentWhole {
+        written,
+        received: String::from_utf8_lossy(&received).into_owned(),
+        read,
+    }
+}
+
+/// An 8 MiB body refused with 413 (on its `Content-Length`, or once over
+/// the limit while streaming) is taken in full and the client reads the
+/// whole 413 JSON, then the end of the connection: without lingering, the
+/// service closed on the unread body, the client's write failed with a
+/// broken pipe or a reset, and `requests` reported that instead of the 413.
+#[tokio::test]
+async fn a_client_that_keeps_sending_a_refused_body_gets_the_413() {
+    let app = spawn_app().await;
+    let body: Vec<u8> = [br#"{"sessionId": ""#.as_slice(), &[b'x'; 8 << 20]].concat();
+    let chunked: Vec<u8> = body
+        .chunks(64 * 1024)
+        .flat_map(|chunk| [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat())
+        .chain(b"0\r\n\r\n".iter().copied())
+        .collect();
+    for path in ENDPOINTS {
+        let cases = [
+            ("declared", post(path, JSON, &body)),
+            (
+                "chunked",
+                [
+                    head(path, &[JSON, b"Transfer-Encoding: chunked\r\n"].concat()),
+                    chunked.clone(),
+                ]
+                .concat(),
+            ),
+        ];
+        for (what, request) in cases {
+            let what = format!("8 MiB body {what} to {path}");
+            let sent = send_whole(connect(&app).await, request).await;
+            assert!(sent.written.is_ok(), "{what}: {sent:?}");
+            assert!(sent.read.is_ok(), "{what}: {sent:?}");
+            let (length, status, body) = parse_answer(sent.received.as_bytes())
+                .unwrap_or_else(|| panic!("{what}: no complete answer in {sent:?}"));
+            assert_eq!(length, sent.received.len(), "{what}: one answer");
+            assert_eq!(status, 413, "{what}: {body}");
+            assert_eq!(body["error"], "PAYLOAD_TOO_LARGE", "{what}: {body}");
+            assert!(body["message"].is_string(), "{what}: {body}");
+        }
+    }
+    assert_untouched_then_healthy(&app).await;
+}
+
+/// Lingering is bounded: a client that declares a huge body, gets its 413
+/// and then stalls is cut `LINGER_IDLE` later (a client that trickles is
+/// cut after `LINGER_TIME`: see the unit tests of the lingering close).
+#[tokio::test]
+async fn a_refused_client_that_stalls_is_cut_after_the_linger_idle_time() {
+    let app = spawn_app().await;
+    let mut stream = connect(&app).await;
+    let request = [
+        head(
+            PROVISION,
+            &[JSON, b"Content-Length: 100000000\r\n".as_slice()].concat(),
+        ),
+        vec![b' '; 64 * 1024],
+    ]
+    .concat();
+    stream.write_all(&request).await.unwrap();
+    let mut received = vec![0; 64 * 1024];
+    let read = stream.read(&mut received).await.unwrap();
+    let (_, status, body) = parse_answer(&received[..read]).expect("the 413 in one read");
+    assert_eq!((status, &body["error"]), (413, &json!("PAYLOAD_TOO_LARGE")));
+    let answered = Instant::now();
+    // The client stalls past the idle bound (the situation under test, not
+    // a wait for the service)...
+    tokio::time::sleep(LINGER_IDLE + Duration::from_secs(1)).await;
+    // ...and then finds the connection closed: a write to a closed socket
+    // is answered with a reset, which fails a later write. A service still
+    // draining would take every probe (each one restarting its idle time).
+    let mut probes = 0;
+    while stream.write_all(b" ").await.is_ok() {
+        probes += 1;
+        assert!(
+            probes < 50,
+            "still open {:?} after the 413",
+            answered.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_untouched_then_healthy(&app).await;
 }
