@@ -533,6 +533,8 @@ impl Reconciler {
     pub async fn apply(&self, actions: Vec<Action>) -> Summary {
         let mut summary = Summary::default();
         let mut unremoved: HashSet<String> = HashSet::new();
+        // Keeps and adoptions (the plan's last actions) are written together.
+        let mut observed = Vec::new();
         for action in actions {
             if let Action::DropRow { row, .. } = &action {
                 self.runners.forget_heartbeats(&row.session_id);
@@ -573,35 +575,9 @@ impl Reconciler {
                         self.runners.metrics().reconcile_action("row_dropped");
                     })
                     .map_err(Into::into),
-                Action::Keep {
-                    row,
-                    container,
-                    reason,
-                } => self
-                    .record(container, row.kind, row.pooled, AuditAction::Kept, reason)
-                    .await
-                    .map(|()| {
-                        summary.kept += 1;
-                        self.runners.metrics().reconcile_action("kept");
-                    }),
-                Action::Adopt { container } => {
-                    let kind = if container.singleton {
-                        RunnerKind::Singleton
-                    } else {
-                        RunnerKind::Session
-                    };
-                    self.record(
-                        container,
-                        kind,
-                        container.pooled,
-                        AuditAction::Adopted,
-                        "running runner without a row",
-                    )
-                    .await
-                    .map(|()| {
-                        summary.adopted += 1;
-                        self.runners.metrics().reconcile_action("adopted");
-                    })
+                Action::Keep { .. } | Action::Adopt { .. } => {
+                    observed.push(action);
+                    continue;
                 }
             };
             if let Err(error) = result {
@@ -610,6 +586,7 @@ impl Reconciler {
                 tracing::error!(?action, error = %error, "reconcile action failed");
             }
         }
+        summary += self.record(&observed).await;
         summary
     }
 
@@ -633,34 +610,76 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn record(
-        &self,
-        container: &ObservedContainer,
-        kind: RunnerKind,
-        pooled: bool,
-        action: AuditAction,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        let observed = ObservedRunner {
-            pooled,
-            session_id: &container.session_id,
-            kind,
-            container_name: &container.name,
-            container_id: &container.id,
-            host_port: container.host_port,
-            network_mode: container.network_mode.as_deref(),
-        };
-        let entry = AuditEntry {
-            session_id: &container.session_id,
-            container_id: Some(&container.id),
-            actor: Actor::Reconciler,
-            action,
-            reason,
-        };
-        self.db()
-            .record_observed(&observed, &entry, Utc::now())
-            .await?;
-        Ok(())
+    /// Writes kept and adopted runners in one transaction.
+    async fn record(&self, actions: &[Action]) -> Summary {
+        let mut summary = Summary::default();
+        if actions.is_empty() {
+            return summary;
+        }
+        let batch: Vec<(ObservedRunner, AuditEntry)> = actions
+            .iter()
+            .filter_map(|action| {
+                let (container, kind, pooled, action, reason) = match action {
+                    Action::Keep {
+                        row,
+                        container,
+                        reason,
+                    } => (container, row.kind, row.pooled, AuditAction::Kept, *reason),
+                    Action::Adopt { container } => (
+                        container,
+                        if container.singleton {
+                            RunnerKind::Singleton
+                        } else {
+                            RunnerKind::Session
+                        },
+                        container.pooled,
+                        AuditAction::Adopted,
+                        "running runner without a row",
+                    ),
+                    _ => return None,
+                };
+                let observed = ObservedRunner {
+                    pooled,
+                    session_id: &container.session_id,
+                    kind,
+                    container_name: &container.name,
+                    container_id: &container.id,
+                    host_port: container.host_port,
+                    network_mode: container.network_mode.as_deref(),
+                };
+                let entry = AuditEntry {
+                    session_id: &container.session_id,
+                    container_id: Some(&container.id),
+                    actor: Actor::Reconciler,
+                    action,
+                    reason,
+                };
+                Some((observed, entry))
+            })
+            .collect();
+        match self.db().record_observed(&batch, Utc::now()).await {
+            Ok(()) => {
+                for (_, entry) in &batch {
+                    let kept = entry.action == AuditAction::Kept;
+                    if kept {
+                        summary.kept += 1;
+                    } else {
+                        summary.adopted += 1;
+                    }
+                    self.runners
+                        .metrics()
+                        .reconcile_action(if kept { "kept" } else { "adopted" });
+                }
+            }
+            Err(error) => {
+                summary.failed += batch.len();
+                for _ in &batch {
+                    self.runners.metrics().reconcile_action("failed");
+                }
+                tracing::error!(%error, runners = batch.len(), "could not record kept and adopted runners");
+            }
+        }
+        summary
     }
 
     fn entry<'b>(

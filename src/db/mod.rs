@@ -524,38 +524,42 @@ impl Db {
         transaction.commit().await
     }
 
-    /// Records a running container found at start: updates its row (kept) or
-    /// inserts one (adopted). Its last heartbeat becomes at least `now`, so
+    /// Records running containers found by a reconcile: updates each one's
+    /// row (kept) or inserts one (adopted). Each last heartbeat becomes at
+    /// least `now`, so
     /// clients whose heartbeats failed while the service was down get a full
     /// grace period.
     pub async fn record_observed(
         &self,
-        runner: &ObservedRunner<'_>,
-        entry: &AuditEntry<'_>,
+        runners: &[(ObservedRunner<'_>, AuditEntry<'_>)],
         now: DateTime<Utc>,
     ) -> sqlx::Result<()> {
         let now = timestamp(now);
+        // One transaction for all: a restart with hundreds of runners costs
+        // one commit, not one each.
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "INSERT INTO runners (session_id, kind, state, container_name, container_id, \
-             host_port, network_mode, created_at, updated_at, last_heartbeat_at, pooled) \
-             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8) \
-             ON CONFLICT (session_id) DO UPDATE SET state = 'running', \
-             container_name = excluded.container_name, container_id = excluded.container_id, \
-             host_port = excluded.host_port, updated_at = excluded.updated_at, \
-             last_heartbeat_at = MAX(runners.last_heartbeat_at, excluded.last_heartbeat_at)",
-        )
-        .bind(runner.session_id)
-        .bind(runner.kind)
-        .bind(runner.container_name)
-        .bind(runner.container_id)
-        .bind(runner.host_port)
-        .bind(runner.network_mode)
-        .bind(&now)
-        .bind(runner.pooled)
-        .execute(&mut *transaction)
-        .await?;
-        insert_audit(&mut transaction, &now, entry).await?;
+        for (runner, entry) in runners {
+            sqlx::query(
+                "INSERT INTO runners (session_id, kind, state, container_name, container_id, \
+                 host_port, network_mode, created_at, updated_at, last_heartbeat_at, pooled) \
+                 VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8) \
+                 ON CONFLICT (session_id) DO UPDATE SET state = 'running', \
+                 container_name = excluded.container_name, container_id = excluded.container_id, \
+                 host_port = excluded.host_port, updated_at = excluded.updated_at, \
+                 last_heartbeat_at = MAX(runners.last_heartbeat_at, excluded.last_heartbeat_at)",
+            )
+            .bind(runner.session_id)
+            .bind(runner.kind)
+            .bind(runner.container_name)
+            .bind(runner.container_id)
+            .bind(runner.host_port)
+            .bind(runner.network_mode)
+            .bind(&now)
+            .bind(runner.pooled)
+            .execute(&mut *transaction)
+            .await?;
+            insert_audit(&mut transaction, &now, entry).await?;
+        }
         transaction.commit().await
     }
 
