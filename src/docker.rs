@@ -182,6 +182,18 @@ impl Engine {
         result
     }
 
+    /// The engine host's memory in bytes (`docker info`'s `MemTotal`), that
+    /// the default runner limit is derived from.
+    pub async fn memory_total(&self) -> Result<u64, EngineError> {
+        let info = tokio::time::timeout(HEALTH_TIMEOUT, self.docker.info())
+            .await
+            .map_err(|_| EngineError::Unavailable("no answer to `info` within 2 s".to_owned()))??;
+        info.mem_total
+            .and_then(|bytes| u64::try_from(bytes).ok())
+            .filter(|&bytes| bytes > 0)
+            .ok_or_else(|| EngineError::Unavailable("the engine reports no MemTotal".to_owned()))
+    }
+
     pub fn is_reachable(&self) -> bool {
         self.reachable.load(Ordering::Relaxed)
     }
