@@ -144,10 +144,11 @@ async fn at_most_max_concurrent_runners_even_under_a_stampede() {
 
 #[tokio::test]
 async fn provisions_are_rate_limited_per_client() {
-    // One a minute (a burst of one): the limit holds however slow the
+    // One a minute, a burst of one: the limit holds however slow the
     // provisions are on a loaded machine.
     let app = spawn_app_with(&[
         "--provision-rate-per-minute=1",
+        "--provision-burst=1",
         "--trust-forwarded-for=true",
     ])
     .await;
@@ -174,7 +175,7 @@ async fn provisions_are_rate_limited_per_client() {
 
 #[tokio::test]
 async fn forwarded_for_is_ignored_unless_trusted() {
-    let app = spawn_app_with(&["--provision-rate-per-minute=1"]).await;
+    let app = spawn_app_with(&["--provision-rate-per-minute=1", "--provision-burst=1"]).await;
     let from = |address: &'static str| {
         app.api
             .post("/api/runner/provision")
