@@ -9,7 +9,9 @@ use serde_json::Value;
 use taylored_orchestrator::capacity::derived_limit;
 use taylored_orchestrator::config::Settings;
 
-use crate::helpers::{TestEnv, assert_runner_answers, eventually, images, spawn_app_with};
+use crate::helpers::{
+    TestEnv, assert_runner_answers, eventually, images, one_burst_at_a_time, spawn_app_with,
+};
 
 #[tokio::test]
 async fn every_limit_is_set_on_the_container() {
@@ -118,6 +120,7 @@ async fn a_runner_that_spawns_without_end_stays_contained() {
 
 #[tokio::test]
 async fn at_most_max_concurrent_runners_even_under_a_stampede() {
+    let _burst = one_burst_at_a_time().await;
     let app = spawn_app_with(&["--max-concurrent-runners=10"]).await;
 
     let replies = join_all((0..100).map(|i| {
@@ -219,6 +222,7 @@ async fn engine_memory(env: &TestEnv) -> u64 {
 
 #[tokio::test]
 async fn a_class_behind_one_address_is_admitted_with_the_defaults() {
+    let _burst = one_burst_at_a_time().await;
     // Default admission; only the request timeout is raised, since 100 cold
     // starts at once take a while on a busy engine.
     let app = spawn_app_with(&[&default_provision_rate(), "--request-timeout=300"]).await;
