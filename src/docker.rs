@@ -36,6 +36,11 @@ const RUNNER_PORT_KEY: &str = "3000/tcp";
 pub const ISOLATED_NETWORK: &str = "none";
 /// How long a health check waits for the engine.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most runner starts sent to the engine at once; further provisions wait
+/// their turn here. The engine gains little from more in parallel on a small
+/// host, and 100 at once (a class) made each of its calls slow enough to
+/// reach `ENGINE_TIMEOUT_SECONDS` on a busy 2-core machine.
+const STARTS_AT_ONCE: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -124,6 +129,8 @@ pub struct Engine {
     /// Whether the last health check reached the engine; lets requests fail
     /// fast instead of each waiting for a timeout while it is down.
     reachable: Arc<AtomicBool>,
+    /// Bounds the starts in flight (see `STARTS_AT_ONCE`).
+    starts: Arc<tokio::sync::Semaphore>,
 }
 
 impl Engine {
@@ -145,6 +152,7 @@ impl Engine {
             stop_timeout_seconds: settings.runner_stop_timeout_seconds,
             limits: settings.limits.clone(),
             reachable: Arc::new(AtomicBool::new(true)),
+            starts: Arc::new(tokio::sync::Semaphore::new(STARTS_AT_ONCE)),
         })
     }
 
@@ -220,6 +228,11 @@ impl Engine {
     /// created (by the container's name), because only it knows whether the
     /// removal must be retried.
     pub async fn start_runner(&self, spec: &RunnerSpec<'_>) -> Result<StartedRunner, EngineError> {
+        let _turn = self
+            .starts
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let container_id = self.create(spec).await?;
         let host_port = self
             .start_and_read_port(&container_id, spec)

@@ -770,15 +770,6 @@ pub async fn assert_runner_answers(endpoint: &str) {
     panic!("runner at {endpoint} does not answer within 5 s: {last_error:?}");
 }
 
-/// Held by the tests that start about 100 runners at once, so that two such
-/// bursts never share the engine: together they take its calls past the
-/// service's engine timeout on a 2-core machine, which is not what either
-/// test is about.
-pub async fn one_burst_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
-    static BURSTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    BURSTS.lock().await
-}
-
 /// Polls `check` every 50 ms until it holds or `limit` passes; returns how
 /// long it took.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration

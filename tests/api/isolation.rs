@@ -9,9 +9,7 @@ use serde_json::Value;
 use taylored_orchestrator::capacity::derived_limit;
 use taylored_orchestrator::config::Settings;
 
-use crate::helpers::{
-    TestEnv, assert_runner_answers, eventually, images, one_burst_at_a_time, spawn_app_with,
-};
+use crate::helpers::{TestEnv, assert_runner_answers, eventually, images, spawn_app_with};
 
 #[tokio::test]
 async fn every_limit_is_set_on_the_container() {
@@ -120,7 +118,6 @@ async fn a_runner_that_spawns_without_end_stays_contained() {
 
 #[tokio::test]
 async fn at_most_max_concurrent_runners_even_under_a_stampede() {
-    let _burst = one_burst_at_a_time().await;
     let app = spawn_app_with(&["--max-concurrent-runners=10"]).await;
 
     let replies = join_all((0..100).map(|i| {
@@ -222,10 +219,10 @@ async fn engine_memory(env: &TestEnv) -> u64 {
 
 #[tokio::test]
 async fn a_class_behind_one_address_is_admitted_with_the_defaults() {
-    let _burst = one_burst_at_a_time().await;
-    // Default admission; only the request timeout is raised, since 100 cold
-    // starts at once take a while on a busy engine.
-    let app = spawn_app_with(&[&default_provision_rate(), "--request-timeout=300"]).await;
+    // Every setting that admission depends on at its default (the request
+    // timeout too: the service starts 8 runners at a time, and the last of
+    // the class waits its turn).
+    let app = spawn_app_with(&[&default_provision_rate()]).await;
     // The host is still protected: the limit derived from the engine's
     // memory is in force, and it has room for the class.
     let limit = runner_limit_gauge(&app).await;
@@ -237,6 +234,7 @@ async fn a_class_behind_one_address_is_admitted_with_the_defaults() {
     assert!(limit >= 100, "this host holds only {limit} runners");
 
     let sessions: Vec<String> = (0..100).map(|i| format!("pupil-{i}")).collect();
+    let started = Instant::now();
     let replies = join_all(
         sessions
             .iter()
@@ -245,6 +243,7 @@ async fn a_class_behind_one_address_is_admitted_with_the_defaults() {
     .await;
     let refused: Vec<_> = replies.iter().filter(|reply| reply.status != 201).collect();
     assert!(refused.is_empty(), "{} refused: {refused:?}", refused.len());
+    eprintln!("100 provisions from one address: {:?}", started.elapsed());
     assert_eq!(app.env.containers().await.len(), 100);
 
     let gone = join_all(sessions.iter().map(|session| app.api.deprovision(session))).await;
