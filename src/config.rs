@@ -295,24 +295,27 @@ pub struct RunnerLimits {
 /// Who may start runners, and for how long they may live.
 #[derive(Debug, Clone, Args)]
 pub struct Admission {
-    /// Most runners at once (0: no limit); further provisions answer 503.
-    #[arg(
-        long,
-        env = "MAX_CONCURRENT_RUNNERS",
-        default_value_t = 0,
-        value_name = "MAX_CONCURRENT_RUNNERS"
-    )]
-    pub max_concurrent_runners: u32,
+    /// Most runners at once (warm ones included); further provisions answer
+    /// 503. `auto` derives it from the engine's memory (see `capacity`), 0
+    /// means no limit.
+    #[arg(long, env = "MAX_CONCURRENT_RUNNERS", default_value = "auto",
+          value_name = "MAX_CONCURRENT_RUNNERS", value_parser = parse_max_runners)]
+    pub max_concurrent_runners: MaxRunners,
 
-    /// Provisions per minute per client address (0: no limit); bursts of a
-    /// third of it are allowed.
+    /// Sustained provisions per minute per client address (0: no limit).
     #[arg(
         long,
         env = "PROVISION_RATE_PER_MINUTE",
-        default_value_t = 60,
+        default_value_t = 120,
         value_name = "PROVISION_RATE_PER_MINUTE"
     )]
     pub provision_rate_per_minute: u32,
+
+    /// Provisions one client address may send at once before the sustained
+    /// rate applies: a class behind one NAT starts together.
+    #[arg(long, env = "PROVISION_BURST", default_value_t = 120, value_name = "PROVISION_BURST",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub provision_burst: u32,
 
     /// Take the client address from `X-Forwarded-For` (only behind a proxy
     /// that sets it; anyone can send the header).
@@ -324,6 +327,15 @@ pub struct Admission {
     #[arg(long, env = "MAX_RUNNER_AGE_SECONDS", value_name = "MAX_RUNNER_AGE_SECONDS",
           value_parser = parse_positive_seconds)]
     pub max_runner_age: Option<Duration>,
+}
+
+/// `MAX_CONCURRENT_RUNNERS`: derived from the engine, or set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxRunners {
+    /// Derived from the engine's memory when it is first reached.
+    Auto,
+    /// As set; 0 means no limit (as before `auto` existed).
+    Set(u32),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -375,6 +387,16 @@ fn parse_bytes(value: &str) -> Result<i64, String> {
         return Err("must be at least 6m (the engine's minimum)".to_owned());
     }
     Ok(bytes)
+}
+
+fn parse_max_runners(value: &str) -> Result<MaxRunners, String> {
+    match value.trim() {
+        "auto" => Ok(MaxRunners::Auto),
+        number => number
+            .parse()
+            .map(MaxRunners::Set)
+            .map_err(|_| format!("expected `auto` or a number of runners, got `{value}`")),
+    }
 }
 
 fn parse_cpus(value: &str) -> Result<f64, String> {
@@ -563,6 +585,33 @@ mod tests {
             (&["--runner-cpus=0"][..], "RUNNER_CPUS"),
             (&["--runner-capabilities=ALL"][..], "RUNNER_CAPABILITIES"),
             (&["--runner-pids-limit=1"][..], "RUNNER_PIDS_LIMIT"),
+        ] {
+            let error = parse(args).unwrap_err().to_string();
+            assert!(error.contains(variable), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn admission_defaults_admit_a_class_behind_one_address() {
+        let defaults = parse(&[]).unwrap().admission;
+        assert_eq!(defaults.max_concurrent_runners, MaxRunners::Auto);
+        assert_eq!(defaults.provision_rate_per_minute, 120);
+        assert!(defaults.provision_burst >= 100, "{defaults:?}");
+        let set = parse(&["--max-concurrent-runners=0", "--provision-burst=300"])
+            .unwrap()
+            .admission;
+        assert_eq!(set.max_concurrent_runners, MaxRunners::Set(0));
+        assert_eq!(set.provision_burst, 300);
+        for (args, variable) in [
+            (
+                &["--max-concurrent-runners=many"][..],
+                "MAX_CONCURRENT_RUNNERS",
+            ),
+            (
+                &["--max-concurrent-runners=-1"][..],
+                "MAX_CONCURRENT_RUNNERS",
+            ),
+            (&["--provision-burst=0"][..], "PROVISION_BURST"),
         ] {
             let error = parse(args).unwrap_err().to_string();
             assert!(error.contains(variable), "{args:?}: {error}");

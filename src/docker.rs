@@ -36,6 +36,11 @@ const RUNNER_PORT_KEY: &str = "3000/tcp";
 pub const ISOLATED_NETWORK: &str = "none";
 /// How long a health check waits for the engine.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most runner starts sent to the engine at once; further provisions wait
+/// their turn here. The engine gains little from more in parallel on a small
+/// host, and 100 at once (a class) made each of its calls slow enough to
+/// reach `ENGINE_TIMEOUT_SECONDS` on a busy 2-core machine.
+const STARTS_AT_ONCE: usize = 8;
 
 /// How a runner is stopped before its container is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +142,8 @@ pub struct Engine {
     /// Whether the last health check reached the engine; lets requests fail
     /// fast instead of each waiting for a timeout while it is down.
     reachable: Arc<AtomicBool>,
+    /// Bounds the starts in flight (see `STARTS_AT_ONCE`).
+    starts: Arc<tokio::sync::Semaphore>,
 }
 
 impl Engine {
@@ -159,6 +166,7 @@ impl Engine {
             init: settings.runner_init,
             limits: settings.limits.clone(),
             reachable: Arc::new(AtomicBool::new(true)),
+            starts: Arc::new(tokio::sync::Semaphore::new(STARTS_AT_ONCE)),
         })
     }
 
@@ -216,6 +224,18 @@ impl Engine {
         )
     }
 
+    /// The engine host's memory in bytes (`docker info`'s `MemTotal`), that
+    /// the default runner limit is derived from.
+    pub async fn memory_total(&self) -> Result<u64, EngineError> {
+        let info = tokio::time::timeout(HEALTH_TIMEOUT, self.docker.info())
+            .await
+            .map_err(|_| EngineError::Unavailable("no answer to `info` within 2 s".to_owned()))??;
+        info.mem_total
+            .and_then(|bytes| u64::try_from(bytes).ok())
+            .filter(|&bytes| bytes > 0)
+            .ok_or_else(|| EngineError::Unavailable("the engine reports no MemTotal".to_owned()))
+    }
+
     pub fn is_reachable(&self) -> bool {
         self.reachable.load(Ordering::Relaxed)
     }
@@ -242,6 +262,11 @@ impl Engine {
     /// created (by the container's name), because only it knows whether the
     /// removal must be retried.
     pub async fn start_runner(&self, spec: &RunnerSpec<'_>) -> Result<StartedRunner, EngineError> {
+        let _turn = self
+            .starts
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let container_id = self.create(spec).await?;
         let host_port = self
             .start_and_read_port(&container_id, spec)

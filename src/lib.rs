@@ -1,6 +1,7 @@
 //! The Taylored Snippets runner orchestrator: provisions one Docker runner per
 //! browser session, keeps its record in SQLite, and survives restarts.
 
+pub mod capacity;
 pub mod config;
 pub mod db;
 pub mod docker;

@@ -42,6 +42,7 @@ pub struct Metrics {
     reaped: Counter,
     reconcile_actions: Family<ActionLabel, Counter>,
     engine_errors: Family<KindLabel, Counter>,
+    runner_limit: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,6 +93,12 @@ impl Default for Metrics {
             "Docker Engine failures (unavailable: not reached; error: refused the request)",
             engine_errors.clone(),
         );
+        let runner_limit = Gauge::default();
+        registry.register(
+            "runner_limit",
+            "MAX_CONCURRENT_RUNNERS in force (0: no limit), set once the engine was first reached",
+            runner_limit.clone(),
+        );
         Self {
             registry,
             runners,
@@ -102,6 +109,7 @@ impl Default for Metrics {
             reaped,
             reconcile_actions,
             engine_errors,
+            runner_limit,
         }
     }
 }
@@ -145,6 +153,10 @@ impl Metrics {
         self.engine_errors.get_or_create(&KindLabel { kind }).inc();
     }
 
+    pub fn runner_limit(&self, limit: u32) {
+        self.runner_limit.set(i64::from(limit));
+    }
+
     /// The text exposition, with the runner gauge set from `counts` (state,
     /// number) as read from the database at scrape time.
     pub fn render(&self, counts: &[(String, i64)]) -> String {
@@ -177,6 +189,7 @@ mod tests {
         metrics.reaped();
         metrics.reconcile_action("adopted");
         metrics.engine_error(true);
+        metrics.runner_limit(188);
         let text = metrics.render(&[("running".to_owned(), 3)]);
         for expected in [
             "orchestrator_runners{state=\"running\"} 3",
@@ -187,6 +200,7 @@ mod tests {
             "orchestrator_reaped_runners_total 1",
             "orchestrator_reconcile_actions_total{action=\"adopted\"} 1",
             "orchestrator_engine_errors_total{kind=\"unavailable\"} 1",
+            "orchestrator_runner_limit 188",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }

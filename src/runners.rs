@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::capacity::RunnerLimit;
 use crate::config::Settings;
 use crate::db::{
     Actor, AuditAction, AuditEntry, Claim, Db, NewRunner, RunnerKind, RunnerRow, RunnerState,
@@ -103,6 +104,7 @@ pub struct Runners {
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
     warm_pool_refill: Arc<Notify>,
+    runner_limit: Arc<RunnerLimit>,
 }
 
 impl Runners {
@@ -115,6 +117,7 @@ impl Runners {
             flushing: Arc::default(),
             metrics: Metrics::shared(),
             warm_pool_refill: Arc::new(Notify::new()),
+            runner_limit: Arc::new(RunnerLimit::new(&settings.admission, &settings.limits)),
             settings,
         }
     }
@@ -209,6 +212,13 @@ impl Runners {
             .map(drop)
     }
 
+    /// The runner limit in force (0: none; see `capacity`), asking the engine
+    /// the first time.
+    pub async fn runner_limit(&self) -> Result<u32, RunnerError> {
+        let limit = self.runner_limit.get(&self.engine, &self.metrics).await;
+        limit.map_err(|error| self.engine_failed(error))
+    }
+
     /// Woken whenever a warm runner is claimed.
     pub fn warm_pool_refill(&self) -> &Notify {
         &self.warm_pool_refill
@@ -246,6 +256,7 @@ impl Runners {
         pooled: bool,
     ) -> Result<Provisioned, RunnerError> {
         let container_name = session.container_name(&self.settings.orchestrator_id);
+        let limit = self.runner_limit().await?;
         let claim = self
             .db
             .claim(
@@ -256,7 +267,7 @@ impl Runners {
                     network_mode,
                     pooled,
                 },
-                self.settings.admission.max_concurrent_runners,
+                limit,
                 Utc::now(),
             )
             .await?;

@@ -157,6 +157,11 @@ async fn run_background(runners: Runners, readiness: Readiness, shutdown: Cancel
     // Refresh the engine's health at once, so requests do not fail fast on
     // a stale "unreachable" from before it came back.
     let _ = runners.engine().ping().await;
+    // Known (and logged) before the first provision; on failure the first
+    // provision asks the engine again.
+    if let Err(error) = runners.runner_limit().await {
+        tracing::warn!(%error, "runner limit not known yet");
+    }
     readiness.ready(summary);
     tracing::info!(%summary, "ready");
     // A first run often lacks the image: say so now, not at the first

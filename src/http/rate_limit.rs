@@ -49,8 +49,12 @@ impl KeyExtractor for ClientAddress {
     }
 }
 
-/// Applies the limit to `route`, unless `PROVISION_RATE_PER_MINUTE` is 0.
-/// It is the sustained rate; a third of it may come at once.
+/// Applies the limit to `route`, unless `PROVISION_RATE_PER_MINUTE` is 0:
+/// `PROVISION_BURST` requests from one address at once, then one every
+/// `60 s / PROVISION_RATE_PER_MINUTE` (a generic cell rate, so an address
+/// that pauses earns its burst back). Every request to the route counts, also
+/// one refused later (a malformed session id), so a flood of bad requests is
+/// limited too.
 pub fn limit<S>(route: MethodRouter<S>, admission: &Admission) -> MethodRouter<S>
 where
     S: Clone + Send + Sync + 'static,
@@ -65,7 +69,7 @@ where
                 trust_forwarded_for: admission.trust_forwarded_for,
             })
             .period(Duration::from_secs(60) / per_minute)
-            .burst_size((per_minute / 3).max(1))
+            .burst_size(admission.provision_burst)
             .finish()
             .expect("a positive period and burst"),
     );
