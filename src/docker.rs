@@ -257,16 +257,20 @@ impl Engine {
         }
     }
 
+    /// Waits for a turn to start a runner (see `STARTS_AT_ONCE`); the start
+    /// is made while the permit is held.
+    pub async fn turn_to_start(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.starts
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
     /// Creates and starts a runner and reads back the host port the engine
     /// assigned. On failure the caller removes whatever may have been
     /// created (by the container's name), because only it knows whether the
     /// removal must be retried.
     pub async fn start_runner(&self, spec: &RunnerSpec<'_>) -> Result<StartedRunner, EngineError> {
-        let _turn = self
-            .starts
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
         let container_id = self.create(spec).await?;
         let host_port = self
             .start_and_read_port(&container_id, spec)

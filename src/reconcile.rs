@@ -16,7 +16,8 @@ use futures_util::{StreamExt, stream};
 
 use crate::config::OrphanPolicy;
 use crate::db::{
-    Actor, AuditAction, AuditEntry, Db, ObservedRunner, RunnerKind, RunnerRow, RunnerState,
+    Actor, AuditAction, AuditEntry, Db, ObservedRunner, RowChanges, RunnerKind, RunnerRow,
+    RunnerState,
 };
 use crate::docker::{Engine, ObservedContainer, RunnerEvent, Stop};
 use crate::locks::SessionGuard;
@@ -302,6 +303,33 @@ fn newest_running<'a>(candidates: &[&'a ObservedContainer]) -> Option<&'a Observ
         .max_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)))
 }
 
+/// A running container to record, with its audit line.
+fn observed<'a>(
+    container: &'a ObservedContainer,
+    kind: RunnerKind,
+    pooled: bool,
+    action: AuditAction,
+    reason: &'a str,
+) -> (ObservedRunner<'a>, AuditEntry<'a>) {
+    let runner = ObservedRunner {
+        pooled,
+        session_id: &container.session_id,
+        kind,
+        container_name: &container.name,
+        container_id: &container.id,
+        host_port: container.host_port,
+        network_mode: container.network_mode.as_deref(),
+    };
+    let entry = AuditEntry {
+        session_id: &container.session_id,
+        container_id: Some(&container.id),
+        actor: Actor::Reconciler,
+        action,
+        reason,
+    };
+    (runner, entry)
+}
+
 impl Action {
     /// The session an action is about, and whether it is the shared runner.
     fn session(&self) -> (&str, bool) {
@@ -400,29 +428,29 @@ impl Reconciler {
                 None => settled.push(row.clone()),
             }
         }
-        let observed: Vec<ObservedContainer> = containers
+        let visible: Vec<ObservedContainer> = containers
             .iter()
             .filter(|container| !unsettled.contains(container.session_id.as_str()))
             .cloned()
             .collect();
-        let actions = plan(&settled, &observed, self.policy, Purpose::Startup);
-        let mut summary = self.apply(defer_removals(actions, &mut later)).await;
+        let actions = plan(&settled, &visible, self.policy, Purpose::Startup);
+        let now_actions = defer_removals(actions, &mut later);
+        // Rows whose containers are removed later leave `running` now, in
+        // the same transaction as the rest: heartbeats answer 404 at once.
+        let removing: Vec<&str> = later
+            .values()
+            .flat_map(|work| &work.actions)
+            .filter_map(|action| match action {
+                Action::DropRow { row, .. } => Some(row.session_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        for session in &removing {
+            self.runners.forget_heartbeats(session);
+        }
+        let summary = self.apply_marking(&now_actions, removing).await;
         let mut batches = Vec::with_capacity(later.len());
         for ((session, singleton), work) in later {
-            for action in &work.actions {
-                if let Action::DropRow { row, .. } = action {
-                    // Out of `running` before the service is ready.
-                    self.runners.forget_heartbeats(&row.session_id);
-                    let marked = self
-                        .db()
-                        .mark_removing(&row.session_id, None, Utc::now())
-                        .await;
-                    if let Err(error) = marked {
-                        tracing::error!(session_id = %row.session_id, %error, "could not mark a row for removal");
-                        summary.failed += 1;
-                    }
-                }
-            }
             let guard = self.runners.lock_session(&session, singleton).await;
             batches.push(Batch { guard, work });
         }
@@ -531,62 +559,103 @@ impl Reconciler {
     /// Carries out a plan. A failed container removal never lets its row be
     /// dropped: the row is kept in `removing` so that the reaper retries.
     pub async fn apply(&self, actions: Vec<Action>) -> Summary {
+        self.apply_marking(&actions, Vec::new()).await
+    }
+
+    /// [`Reconciler::apply`], also taking the rows of `removing` out of
+    /// `running` in the same transaction. Containers are removed first; then
+    /// every row change is written in one transaction.
+    async fn apply_marking(&self, actions: &[Action], removing: Vec<&str>) -> Summary {
         let mut summary = Summary::default();
-        let mut unremoved: HashSet<String> = HashSet::new();
-        // Keeps and adoptions (the plan's last actions) are written together.
-        let mut observed = Vec::new();
+        let mut unremoved: HashSet<&str> = HashSet::new();
+        let mut changes = RowChanges {
+            removing,
+            ..RowChanges::default()
+        };
         for action in actions {
-            if let Action::DropRow { row, .. } = &action {
-                self.runners.forget_heartbeats(&row.session_id);
-            }
-            let result = match &action {
+            match action {
                 Action::RemoveContainer { container, reason } => {
-                    let removed = self.remove_container(container, reason).await;
-                    if removed.is_err() {
-                        unremoved.insert(container.session_id.clone());
+                    match self.remove_container(container, reason).await {
+                        Ok(()) => {
+                            summary.containers_removed += 1;
+                            self.runners.metrics().reconcile_action("container_removed");
+                        }
+                        Err(error) => {
+                            unremoved.insert(&container.session_id);
+                            summary.failed += 1;
+                            self.runners.metrics().reconcile_action("failed");
+                            tracing::error!(?action, %error, "reconcile action failed");
+                        }
                     }
-                    removed.map(|()| {
-                        summary.containers_removed += 1;
-                        self.runners.metrics().reconcile_action("container_removed");
-                    })
                 }
-                Action::DropRow { row, reason } if unremoved.contains(&row.session_id) => {
-                    tracing::warn!(session_id = %row.session_id, reason, "row kept for the reaper: its container could not be removed");
-                    self.db()
-                        .mark_removing(&row.session_id, None, Utc::now())
-                        .await
-                        .map(drop)
-                        .map_err(Into::into)
-                }
-                Action::DropRow { row, reason } => self
-                    .db()
-                    .delete(
-                        &self.entry(
-                            row,
-                            AuditAction::Dropped,
+                Action::DropRow { row, reason } => {
+                    self.runners.forget_heartbeats(&row.session_id);
+                    if unremoved.contains(row.session_id.as_str()) {
+                        tracing::warn!(session_id = %row.session_id, reason, "row kept for the reaper: its container could not be removed");
+                        changes.removing.push(&row.session_id);
+                    } else {
+                        changes.dropped.push(AuditEntry {
+                            session_id: &row.session_id,
+                            container_id: row.container_id.as_deref(),
+                            actor: Actor::Reconciler,
+                            action: AuditAction::Dropped,
                             reason,
-                            row.container_id.as_deref(),
-                        ),
-                        Utc::now(),
-                    )
-                    .await
-                    .map(|()| {
-                        summary.rows_dropped += 1;
-                        self.runners.metrics().reconcile_action("row_dropped");
-                    })
-                    .map_err(Into::into),
-                Action::Keep { .. } | Action::Adopt { .. } => {
-                    observed.push(action);
-                    continue;
+                        });
+                    }
                 }
-            };
-            if let Err(error) = result {
-                summary.failed += 1;
-                self.runners.metrics().reconcile_action("failed");
-                tracing::error!(?action, error = %error, "reconcile action failed");
+                Action::Keep {
+                    row,
+                    container,
+                    reason,
+                } => changes.observed.push(observed(
+                    container,
+                    row.kind,
+                    row.pooled,
+                    AuditAction::Kept,
+                    reason,
+                )),
+                Action::Adopt { container } => {
+                    let kind = if container.singleton {
+                        RunnerKind::Singleton
+                    } else {
+                        RunnerKind::Session
+                    };
+                    changes.observed.push(observed(
+                        container,
+                        kind,
+                        container.pooled,
+                        AuditAction::Adopted,
+                        "running runner without a row",
+                    ));
+                }
             }
         }
-        summary += self.record(&observed).await;
+        match self.db().write_changes(&changes, Utc::now()).await {
+            Ok(()) => {
+                summary.rows_dropped += changes.dropped.len();
+                for _ in &changes.dropped {
+                    self.runners.metrics().reconcile_action("row_dropped");
+                }
+                for (_, entry) in &changes.observed {
+                    let kept = entry.action == AuditAction::Kept;
+                    if kept {
+                        summary.kept += 1;
+                    } else {
+                        summary.adopted += 1;
+                    }
+                    self.runners
+                        .metrics()
+                        .reconcile_action(if kept { "kept" } else { "adopted" });
+                }
+            }
+            Err(error) => {
+                summary.failed += changes.len();
+                for _ in 0..changes.len() {
+                    self.runners.metrics().reconcile_action("failed");
+                }
+                tracing::error!(%error, changes = changes.len(), "could not write a reconcile's row changes");
+            }
+        }
         summary
     }
 
@@ -608,94 +677,6 @@ impl Reconciler {
         };
         self.db().audit(&entry, Utc::now()).await?;
         Ok(())
-    }
-
-    /// Writes kept and adopted runners in one transaction.
-    async fn record(&self, actions: &[Action]) -> Summary {
-        let mut summary = Summary::default();
-        if actions.is_empty() {
-            return summary;
-        }
-        let batch: Vec<(ObservedRunner, AuditEntry)> = actions
-            .iter()
-            .filter_map(|action| {
-                let (container, kind, pooled, action, reason) = match action {
-                    Action::Keep {
-                        row,
-                        container,
-                        reason,
-                    } => (container, row.kind, row.pooled, AuditAction::Kept, *reason),
-                    Action::Adopt { container } => (
-                        container,
-                        if container.singleton {
-                            RunnerKind::Singleton
-                        } else {
-                            RunnerKind::Session
-                        },
-                        container.pooled,
-                        AuditAction::Adopted,
-                        "running runner without a row",
-                    ),
-                    _ => return None,
-                };
-                let observed = ObservedRunner {
-                    pooled,
-                    session_id: &container.session_id,
-                    kind,
-                    container_name: &container.name,
-                    container_id: &container.id,
-                    host_port: container.host_port,
-                    network_mode: container.network_mode.as_deref(),
-                };
-                let entry = AuditEntry {
-                    session_id: &container.session_id,
-                    container_id: Some(&container.id),
-                    actor: Actor::Reconciler,
-                    action,
-                    reason,
-                };
-                Some((observed, entry))
-            })
-            .collect();
-        match self.db().record_observed(&batch, Utc::now()).await {
-            Ok(()) => {
-                for (_, entry) in &batch {
-                    let kept = entry.action == AuditAction::Kept;
-                    if kept {
-                        summary.kept += 1;
-                    } else {
-                        summary.adopted += 1;
-                    }
-                    self.runners
-                        .metrics()
-                        .reconcile_action(if kept { "kept" } else { "adopted" });
-                }
-            }
-            Err(error) => {
-                summary.failed += batch.len();
-                for _ in &batch {
-                    self.runners.metrics().reconcile_action("failed");
-                }
-                tracing::error!(%error, runners = batch.len(), "could not record kept and adopted runners");
-            }
-        }
-        summary
-    }
-
-    fn entry<'b>(
-        &self,
-        row: &'b RunnerRow,
-        action: AuditAction,
-        reason: &'b str,
-        container_id: Option<&'b str>,
-    ) -> AuditEntry<'b> {
-        AuditEntry {
-            session_id: &row.session_id,
-            container_id,
-            actor: Actor::Reconciler,
-            action,
-            reason,
-        }
     }
 }
 

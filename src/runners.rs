@@ -256,6 +256,10 @@ impl Runners {
         pooled: bool,
     ) -> Result<Provisioned, RunnerError> {
         let container_name = session.container_name(&self.settings.orchestrator_id);
+        // The row is claimed only once it is this start's turn, so that its
+        // `updated_at` tells when its create went to the engine: a restart
+        // waits for the engine to settle only for rows that young.
+        let _turn = self.engine.turn_to_start().await;
         let limit = self.runner_limit().await?;
         let claim = self
             .db

@@ -159,6 +159,28 @@ pub struct ObservedRunner<'a> {
     pub pooled: bool,
 }
 
+/// The row changes of one reconcile, written together by
+/// [`Db::write_changes`].
+#[derive(Debug, Default)]
+pub struct RowChanges<'a> {
+    /// Rows deleted (their containers are gone), each with its audit line.
+    pub dropped: Vec<AuditEntry<'a>>,
+    /// Rows taken out of `running` until their containers are removed.
+    pub removing: Vec<&'a str>,
+    /// Running containers: their rows updated (kept) or inserted (adopted).
+    pub observed: Vec<(ObservedRunner<'a>, AuditEntry<'a>)>,
+}
+
+impl RowChanges<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.dropped.is_empty() && self.removing.is_empty() && self.observed.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.dropped.len() + self.removing.len() + self.observed.len()
+    }
+}
+
 /// The outcome of trying to claim a session.
 #[derive(Debug)]
 pub enum Claim {
@@ -524,21 +546,37 @@ impl Db {
         transaction.commit().await
     }
 
-    /// Records running containers found by a reconcile: updates each one's
-    /// row (kept) or inserts one (adopted). Each last heartbeat becomes at
-    /// least `now`, so
-    /// clients whose heartbeats failed while the service was down get a full
-    /// grace period.
-    pub async fn record_observed(
+    /// Writes a reconcile's row changes in one transaction: a restart with
+    /// hundreds of runners costs one commit, not one each. Recorded runners
+    /// get a last heartbeat of at least `now`, so clients whose heartbeats
+    /// failed while the service was down get a full grace period.
+    pub async fn write_changes(
         &self,
-        runners: &[(ObservedRunner<'_>, AuditEntry<'_>)],
+        changes: &RowChanges<'_>,
         now: DateTime<Utc>,
     ) -> sqlx::Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         let now = timestamp(now);
-        // One transaction for all: a restart with hundreds of runners costs
-        // one commit, not one each.
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for (runner, entry) in runners {
+        for entry in &changes.dropped {
+            sqlx::query("DELETE FROM runners WHERE session_id = ?")
+                .bind(entry.session_id)
+                .execute(&mut *transaction)
+                .await?;
+            insert_audit(&mut transaction, &now, entry).await?;
+        }
+        for session_id in &changes.removing {
+            sqlx::query(
+                "UPDATE runners SET state = 'removing', updated_at = ? WHERE session_id = ?",
+            )
+            .bind(&now)
+            .bind(session_id)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        for (runner, entry) in &changes.observed {
             sqlx::query(
                 "INSERT INTO runners (session_id, kind, state, container_name, container_id, \
                  host_port, network_mode, created_at, updated_at, last_heartbeat_at, pooled) \
