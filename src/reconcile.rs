@@ -425,6 +425,7 @@ impl Reconciler {
                     .record(container, row.kind, row.pooled, AuditAction::Kept, reason)
                     .await
                     .map(|()| {
+                        self.runners.track_running(&row.session_id, row.kind);
                         summary.kept += 1;
                         self.runners.metrics().reconcile_action("kept");
                     }),
@@ -443,6 +444,7 @@ impl Reconciler {
                     )
                     .await
                     .map(|()| {
+                        self.runners.track_running(&container.session_id, kind);
                         summary.adopted += 1;
                         self.runners.metrics().reconcile_action("adopted");
                     })

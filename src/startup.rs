@@ -156,6 +156,9 @@ async fn run_background(runners: Runners, readiness: Readiness, shutdown: Cancel
     // Refresh the engine's health at once, so requests do not fail fast on
     // a stale "unreachable" from before it came back.
     let _ = runners.engine().ping().await;
+    if !load_running(&runners, &readiness, &shutdown).await {
+        return;
+    }
     readiness.ready(summary);
     tracing::info!(%summary, "ready");
     let warm_pool = WarmPool::new(runners.clone(), settings.warm_pool_size);
@@ -170,6 +173,37 @@ async fn run_background(runners: Runners, readiness: Readiness, shutdown: Cancel
         warm_pool.run_until_stopped(shutdown.clone()),
         drift.run_until_stopped(shutdown)
     );
+}
+
+/// Loads the running sessions that heartbeats are answered from (see
+/// `heartbeats`), retrying with backoff: serving without them would answer
+/// 404 to every kept runner's heartbeat. `false` if shut down first.
+async fn load_running(
+    runners: &Runners,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match runners.load_running().await {
+            Ok(running) => {
+                tracing::info!(running, "running runners loaded");
+                return true;
+            }
+            Err(error) => {
+                let reason = format!(
+                    "could not load the running runners ({error}); retrying in {backoff:?}"
+                );
+                tracing::warn!("{reason}");
+                readiness.waiting(reason);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_STARTUP_BACKOFF);
+    }
 }
 
 /// Writes the heartbeats held in memory every `interval` (see

@@ -37,9 +37,11 @@ pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// What the handlers share: the runner service and whether it is ready.
+/// Extractors clone it for every request, so the service sits behind one
+/// `Arc` (a clone of `Runners` itself copies strings of its settings).
 #[derive(Clone, FromRef)]
 struct AppState {
-    runners: Runners,
+    runners: Arc<Runners>,
     readiness: Readiness,
 }
 
@@ -52,7 +54,10 @@ pub fn router(runners: Runners, readiness: Readiness) -> Router {
             ApiError::Timeout
         }))
         .timeout(settings.request_timeout);
-    let state = AppState { runners, readiness };
+    let state = AppState {
+        runners: Arc::new(runners),
+        readiness,
+    };
     let runner_api = Router::new()
         .route(
             "/api/runner/provision",
@@ -61,7 +66,7 @@ pub fn router(runners: Runners, readiness: Readiness) -> Router {
         .route("/api/runner/deprovision", post(deprovision))
         .route("/api/runner/heartbeat", post(heartbeat))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.readiness.clone(),
             require_ready,
         ));
     Router::new()
@@ -100,7 +105,7 @@ async fn healthz() -> Json<serde_json::Value> {
 /// reachable; otherwise 503 saying which is missing.
 async fn readyz(
     State(readiness): State<Readiness>,
-    State(runners): State<Runners>,
+    State(runners): State<Arc<Runners>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if let Phase::Starting(reason) = readiness.phase() {
         return Err(ApiError::NotReady(reason));
@@ -136,7 +141,7 @@ fn cors(origins: &AllowedOrigins) -> CorsLayer {
 }
 
 /// Prometheus text exposition (OpenMetrics).
-async fn metrics(State(runners): State<Runners>) -> Result<Response, ApiError> {
+async fn metrics(State(runners): State<Arc<Runners>>) -> Result<Response, ApiError> {
     let production = runners.settings().is_production();
     let counts = runners
         .db()
@@ -192,7 +197,7 @@ impl MessageResponse {
 }
 
 async fn provision(
-    State(runners): State<Runners>,
+    State(runners): State<Arc<Runners>>,
     SessionHeader(session): SessionHeader,
     OptionalJson(request): OptionalJson<ProvisionRequest>,
 ) -> Result<(StatusCode, Json<ProvisionResponse>), ApiError> {
@@ -233,7 +238,7 @@ async fn provision(
 }
 
 async fn deprovision(
-    State(runners): State<Runners>,
+    State(runners): State<Arc<Runners>>,
     header: SessionHeader,
     OptionalJson(request): OptionalJson<SessionRequest>,
 ) -> Result<Json<MessageResponse>, ApiError> {
@@ -254,12 +259,12 @@ async fn deprovision(
 }
 
 async fn heartbeat(
-    State(runners): State<Runners>,
+    State(runners): State<Arc<Runners>>,
     header: SessionHeader,
     OptionalJson(request): OptionalJson<SessionRequest>,
 ) -> Result<Json<MessageResponse>, ApiError> {
     let session = required_session(request, header, Operation::Heartbeat)?;
-    match runners.heartbeat(&session).await {
+    match runners.heartbeat(&session) {
         Ok(Heartbeat::Session) => Ok(MessageResponse::new(format!(
             "Heartbeat received for session {session}."
         ))),
