@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Json, Router};
@@ -64,11 +64,7 @@ pub fn router(runners: Runners, readiness: Readiness) -> Router {
             rate_limit::limit(post(provision), &settings.admission),
         )
         .route("/api/runner/deprovision", post(deprovision))
-        .route("/api/runner/heartbeat", post(heartbeat))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.readiness.clone(),
-            require_ready,
-        ));
+        .route("/api/runner/heartbeat", post(heartbeat));
     Router::new()
         .route("/", get(liveness))
         .route("/healthz", get(healthz))
@@ -84,15 +80,23 @@ pub fn router(runners: Runners, readiness: Readiness) -> Router {
 
 /// Runner requests wait for the startup reconcile: before it, a heartbeat
 /// could answer 404 for a runner about to be adopted (and the browser never
-/// heartbeats again after a 404).
-async fn require_ready(
-    State(readiness): State<Readiness>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match readiness.phase() {
-        Phase::Ready(_) => next.run(request).await,
-        Phase::Starting(reason) => ApiError::NotReady(reason).into_response(),
+/// heartbeats again after a 404). The first argument of every runner
+/// handler, so it answers before any input is read; an extractor rather
+/// than a route middleware, which would box the route and its future for
+/// every request.
+struct Ready;
+
+impl<S: Send + Sync> FromRequestParts<S> for Ready
+where
+    Readiness: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Readiness::from_ref(state).phase() {
+            Phase::Ready(_) => Ok(Self),
+            Phase::Starting(reason) => Err(ApiError::NotReady(reason)),
+        }
     }
 }
 
@@ -197,6 +201,7 @@ impl MessageResponse {
 }
 
 async fn provision(
+    _: Ready,
     State(runners): State<Arc<Runners>>,
     SessionHeader(session): SessionHeader,
     OptionalJson(request): OptionalJson<ProvisionRequest>,
@@ -238,6 +243,7 @@ async fn provision(
 }
 
 async fn deprovision(
+    _: Ready,
     State(runners): State<Arc<Runners>>,
     header: SessionHeader,
     OptionalJson(request): OptionalJson<SessionRequest>,
@@ -259,6 +265,7 @@ async fn deprovision(
 }
 
 async fn heartbeat(
+    _: Ready,
     State(runners): State<Arc<Runners>>,
     header: SessionHeader,
     OptionalJson(request): OptionalJson<SessionRequest>,
