@@ -23,11 +23,12 @@
 //! Staleness is bounded by the flush interval: the database's
 //! `last_heartbeat_at` lags by at most one interval while serving (what
 //! operators see in `runners list`). Nothing decides on the lagging value:
-//! a session's time in memory is never older than its row's (every write of
-//! the row's time is followed by an admission at or after it), the reaper
-//! flushes before each sweep and asks [`Heartbeats::forget_unless_seen_since`]
-//! before removing a runner, so a heartbeat answered 200 always keeps its
-//! runner. A clean stop flushes after the server has stopped; a crash loses
+//! the reaper flushes before each sweep and asks
+//! [`Heartbeats::forget_unless_seen_since`] before removing a runner, so a
+//! heartbeat answered 200 always keeps its runner. A session's time in
+//! memory is never older than its row's (every write of the row's time is
+//! followed by an admission or heartbeat at or after it), so the reaper never
+//! forgets a running session that its row's own check then spares. A clean stop flushes after the server has stopped; a crash loses
 //! at most one interval, which does not matter because the startup
 //! reconcile gives every kept runner a fresh heartbeat.
 
