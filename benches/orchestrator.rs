@@ -5,9 +5,11 @@
 //! both alike. It reports and never fails on noise: it exits non-zero only if
 //! something is broken (no engine, a request refused).
 //!
-//! Parts named after `--` run alone (`throughput`, `cold`, `warm`, `reaper`,
-//! `restart`). `--smoke` (or `BENCH_SMOKE=1`) runs them at a tiny size. Sizes:
-//! `BENCH_HB_CLIENTS` (32), `BENCH_HB_SECONDS` (4), `BENCH_COLD_SAMPLES` (30),
+//! Parts named after `--` run alone (`throughput`, `sessions`, `cold`,
+//! `warm`, `reaper`, `restart`). `--smoke` (or `BENCH_SMOKE=1`) runs them at
+//! a tiny size. Sizes:
+//! `BENCH_HB_CLIENTS` (32), `BENCH_HB_SECONDS` (4), `BENCH_HB_SESSIONS`
+//! (10000), `BENCH_COLD_SAMPLES` (30),
 //! `BENCH_BURST` (50), `BENCH_WARM_SAMPLES` (20), `BENCH_WARM_POOL` (4),
 //! `BENCH_RESTART_SIZES` (`100,500`; the restart part also kills the service
 //! mid-burst of `BENCH_BURST` provisions),
@@ -36,12 +38,16 @@ use futures_util::stream::FuturesUnordered;
 use taylored_orchestrator::config::{INSTANCE_LABEL, Settings};
 use taylored_orchestrator::db::{Db, QueryPlan, timestamp};
 use taylored_orchestrator::docker::{Engine, RunnerSpec};
+use taylored_orchestrator::readiness::Readiness;
 use taylored_orchestrator::reaper::Reaper;
+use taylored_orchestrator::reconcile::Summary;
 use taylored_orchestrator::runners::Runners;
 use taylored_orchestrator::session::SessionId;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 type Result<T> = anyhow::Result<T>;
 
@@ -51,6 +57,7 @@ struct Sizes {
     only: Vec<String>,
     hb_clients: usize,
     hb_seconds: f64,
+    hb_sessions: usize,
     cold_samples: usize,
     burst: usize,
     warm_samples: usize,
@@ -92,6 +99,7 @@ impl Sizes {
             only,
             hb_clients: env_or("BENCH_HB_CLIENTS", pick(32, 8)),
             hb_seconds: env_or("BENCH_HB_SECONDS", if smoke { 0.5 } else { 4.0 }),
+            hb_sessions: env_or("BENCH_HB_SESSIONS", pick(10_000, 200)),
             cold_samples: env_or("BENCH_COLD_SAMPLES", pick(30, 3)),
             burst: env_or("BENCH_BURST", pick(50, 4)),
             warm_samples: env_or("BENCH_WARM_SAMPLES", pick(20, 3)),
@@ -528,15 +536,23 @@ async fn provision_many(
 #[derive(Clone)]
 enum Load {
     Root(String),
-    Heartbeat(String, String),
+    /// Heartbeats for these sessions, each client taking every `clients`-th
+    /// in turn; the status every answer must have.
+    Heartbeats(String, Arc<Vec<String>>, reqwest::StatusCode),
+}
+
+impl Load {
+    fn heartbeat(url: String, session: &str, expected: reqwest::StatusCode) -> Self {
+        Self::Heartbeats(url, Arc::new(vec![session.to_owned()]), expected)
+    }
 }
 
 /// `clients` keep-alive connections sending `load` back to back for
-/// `seconds`; returns `(answered 2xx, errors)`.
+/// `seconds`; returns `(answered as expected, errors)`.
 async fn run_load(load: Load, clients: usize, seconds: f64) -> (u64, u64) {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut workers = FuturesUnordered::new();
-    for _ in 0..clients {
+    for worker in 0..clients {
         let load = load.clone();
         workers.push(tokio::spawn(async move {
             // One client each: its own keep-alive connection.
@@ -545,15 +561,19 @@ async fn run_load(load: Load, clients: usize, seconds: f64) -> (u64, u64) {
                 .build()
                 .unwrap();
             let (mut ok, mut errors) = (0u64, 0u64);
+            let mut turn = worker;
             while Instant::now() < deadline {
-                let request = match &load {
-                    Load::Root(url) => client.get(url),
-                    Load::Heartbeat(url, session) => client
-                        .post(url)
-                        .json(&serde_json::json!({ "sessionId": session })),
+                let (request, expected) = match &load {
+                    Load::Root(url) => (client.get(url), reqwest::StatusCode::OK),
+                    Load::Heartbeats(url, sessions, expected) => {
+                        let session = &sessions[turn % sessions.len()];
+                        turn += clients;
+                        let body = serde_json::json!({ "sessionId": session });
+                        (client.post(url).json(&body), *expected)
+                    }
                 };
                 match request.send().await {
-                    Ok(response) if response.status().is_success() => {
+                    Ok(response) if response.status() == expected => {
                         let _ = response.bytes().await;
                         ok += 1;
                     }
@@ -570,6 +590,32 @@ async fn run_load(load: Load, clients: usize, seconds: f64) -> (u64, u64) {
         errors += e;
     }
     (ok, errors)
+}
+
+/// Runs the loads one after the other for `seconds` each, twice over (so
+/// that a drift of the machine shifts them alike); returns each one's
+/// answers per second, and notes the errors.
+async fn alternate<const N: usize>(
+    cx: &mut Context,
+    part: &str,
+    loads: [Load; N],
+    clients: usize,
+    seconds: f64,
+) -> [f64; N] {
+    let (mut answered, mut errors) = ([0u64; N], 0);
+    for _ in 0..2 {
+        for (load, answered) in loads.iter().zip(&mut answered) {
+            let (ok, failed) = run_load(load.clone(), clients, seconds).await;
+            *answered += ok;
+            errors += failed;
+        }
+    }
+    if errors > 0 {
+        cx.notes.push(format!(
+            "{part}: {errors} requests failed or answered another status"
+        ));
+    }
+    answered.map(|ok| ok as f64 / (seconds * 2.0))
 }
 
 // ---------------------------------------------------------------------------
@@ -626,38 +672,27 @@ async fn throughput(cx: &mut Context) -> Result<()> {
         "\n[throughput] {clients} keep-alive clients, 2 x {half:.1} s of GET / and of heartbeat, alternating"
     );
     let root = Load::Root(format!("{}/", service.base));
-    let heartbeat = Load::Heartbeat(
-        format!("{}/api/runner/heartbeat", service.base),
-        "heartbeat-session".to_owned(),
-    );
+    let url = format!("{}/api/runner/heartbeat", service.base);
+    let heartbeat = Load::heartbeat(url.clone(), "heartbeat-session", reqwest::StatusCode::OK);
+    let unknown = Load::heartbeat(url, "made-up-session", reqwest::StatusCode::NOT_FOUND);
     run_load(root.clone(), clients, 0.3).await; // warm-up
-    let (mut root_ok, mut hb_ok, mut errors) = (0, 0, 0);
-    for _ in 0..2 {
-        let (ok, e) = run_load(root.clone(), clients, half).await;
-        root_ok += ok;
-        errors += e;
-        let (ok, e) = run_load(heartbeat.clone(), clients, half).await;
-        hb_ok += ok;
-        errors += e;
-    }
+    let [root_rps, hb_rps, unknown_rps] =
+        alternate(cx, "throughput", [root, heartbeat, unknown], clients, half).await;
     let (peak, _) = service.memory_kib();
-    let seconds = half * 2.0;
-    let root_rps = root_ok as f64 / seconds;
-    let hb_rps = hb_ok as f64 / seconds;
-    if errors > 0 {
-        cx.notes.push(format!(
-            "throughput: {errors} requests failed or answered non-2xx"
+    for (name, rps, target) in [
+        ("heartbeat throughput", hb_rps, 0.9),
+        ("unknown-session heartbeats", unknown_rps, 0.85),
+    ] {
+        let ratio = rps / root_rps;
+        cx.push(figure(
+            format!("{name} ({clients} clients)"),
+            format!("{rps:.0} req/s"),
+            format!("{root_rps:.0} req/s GET /"),
+            ratio,
+            format!(">= {target}x"),
+            Some(ratio >= target),
         ));
     }
-    let ratio = hb_rps / root_rps;
-    cx.push(figure(
-        format!("heartbeat throughput ({clients} clients)"),
-        format!("{hb_rps:.0} req/s"),
-        format!("{root_rps:.0} req/s GET /"),
-        ratio,
-        ">= 0.8x",
-        Some(ratio >= 0.8),
-    ));
     let peak_mib = peak as f64 / 1024.0;
     cx.push(figure(
         "peak RSS under load (VmHWM)",
@@ -1022,44 +1057,10 @@ async fn reaper_pass(
     stale: usize,
 ) -> Result<(Duration, usize, QueryPlan)> {
     let instance = cx.instances.new_instance(&cx.prefix, name);
-    let db_path = cx.db_path(name);
-    let url = db_path.display().to_string();
-    {
-        // Creates and migrates the database as the service does.
-        let db = Db::connect_unlocked(&url).await?;
-        let now = timestamp(Utc::now());
-        let old = timestamp(Utc::now() - chrono::Duration::hours(2));
-        let mut transaction = db.pool().begin().await?;
-        for i in 0..fresh + stale {
-            let is_stale = i >= fresh;
-            sqlx::query(
-                "INSERT INTO runners (session_id, kind, state, container_name, container_id, \
-                 host_port, created_at, updated_at, last_heartbeat_at, pooled) \
-                 VALUES (?1, 'session', 'running', ?2, ?3, ?4, ?5, ?5, ?6, 0)",
-            )
-            .bind(format!("session-{i}"))
-            .bind(format!("{instance}-missing-{i}"))
-            .bind((!is_stale).then(|| format!("{:064x}", i + 1)))
-            .bind((i % 60_000 + 1024) as i64)
-            .bind(if is_stale { &old } else { &now })
-            .bind(if is_stale { &old } else { &now })
-            .execute(&mut *transaction)
-            .await?;
-        }
-        transaction.commit().await?;
-        db.pool().close().await;
-    }
-    let settings = Settings::from_env_and_args([
-        "orchestrator".to_owned(),
-        format!("--database-url={url}"),
-        format!("--orchestrator-id={instance}"),
-        format!("--docker-image-name={}", cx.image),
-        "--runner-stop-timeout-seconds=1".to_owned(),
-    ])?;
-    let db = Db::connect(&url).await?;
-    let engine = Engine::connect(&settings)?;
-    let runners = Runners::new(db.clone(), engine, Arc::new(settings));
-    let plan = db.explain_reapable().await?;
+    let url = cx.db_path(name).display().to_string();
+    fill_rows(&url, &instance, fresh, stale).await?;
+    let runners = in_process_runners(cx, &url, &instance).await?;
+    let plan = runners.db().explain_reapable().await?;
     let reaper = Reaper::new(runners, Duration::from_secs(60), Duration::from_secs(3600));
     let started = Instant::now();
     let outcome = reaper.try_once(Utc::now()).await?;
@@ -1069,6 +1070,121 @@ async fn reaper_pass(
         "the reaper failed to remove {outcome:?}"
     );
     Ok((took, outcome.reaped, plan))
+}
+
+/// Creates (and migrates, as the service does) the database at `url` with
+/// `fresh` running rows named `session-<i>` (fake container ids, heartbeat
+/// now) and `stale` ones after them (heartbeat 2 h ago, no container id).
+async fn fill_rows(url: &str, instance: &str, fresh: usize, stale: usize) -> Result<()> {
+    let db = Db::connect_unlocked(url).await?;
+    let now = timestamp(Utc::now());
+    let old = timestamp(Utc::now() - chrono::Duration::hours(2));
+    let mut transaction = db.pool().begin().await?;
+    for i in 0..fresh + stale {
+        let is_stale = i >= fresh;
+        sqlx::query(
+            "INSERT INTO runners (session_id, kind, state, container_name, container_id, \
+             host_port, created_at, updated_at, last_heartbeat_at, pooled) \
+             VALUES (?1, 'session', 'running', ?2, ?3, ?4, ?5, ?5, ?6, 0)",
+        )
+        .bind(format!("session-{i}"))
+        .bind(format!("{instance}-missing-{i}"))
+        .bind((!is_stale).then(|| format!("{:064x}", i + 1)))
+        .bind((i % 60_000 + 1024) as i64)
+        .bind(if is_stale { &old } else { &now })
+        .bind(if is_stale { &old } else { &now })
+        .execute(&mut *transaction)
+        .await?;
+    }
+    transaction.commit().await?;
+    db.pool().close().await;
+    Ok(())
+}
+
+/// The runner service of `instance` on the database at `url`, in this
+/// process, with nothing running in the background.
+async fn in_process_runners(cx: &Context, url: &str, instance: &str) -> Result<Runners> {
+    let settings = Settings::from_env_and_args([
+        "orchestrator".to_owned(),
+        format!("--database-url={url}"),
+        format!("--orchestrator-id={instance}"),
+        format!("--docker-image-name={}", cx.image),
+        "--runner-stop-timeout-seconds=1".to_owned(),
+    ])?;
+    let db = Db::connect(url).await?;
+    let engine = Engine::connect(&settings)?;
+    Ok(Runners::new(db, engine, Arc::new(settings)))
+}
+
+/// Heartbeats of `BENCH_HB_SESSIONS` distinct running sessions against the
+/// same server's `GET /`, then the flush of all their times in one
+/// transaction against the flush of one. The rows have fake container ids,
+/// so the service runs in this process (the binary's startup reconcile would
+/// drop them): its router and server loop on the set loaded from the rows.
+async fn sessions(cx: &mut Context) -> Result<()> {
+    let count = cx.sizes.hb_sessions;
+    let clients = cx.sizes.hb_clients;
+    let half = cx.sizes.hb_seconds / 2.0;
+    println!(
+        "\n[sessions] {count} running sessions heartbeating from {clients} clients vs GET /, 2 x {half:.1} s each, then the flush of their times"
+    );
+    let instance = cx.instances.new_instance(&cx.prefix, "sessions");
+    let url = cx.db_path("sessions").display().to_string();
+    fill_rows(&url, &instance, count, 0).await?;
+    let runners = in_process_runners(cx, &url, &instance).await?;
+    let loaded = runners.load_running().await?;
+    anyhow::ensure!(
+        loaded == count,
+        "loaded {loaded} running sessions of {count}"
+    );
+    let readiness = Readiness::default();
+    readiness.ready(Summary::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(taylored_orchestrator::http::serve(
+        listener,
+        taylored_orchestrator::http::router(runners.clone(), readiness),
+        Duration::from_secs(60),
+        shutdown.clone(),
+    ));
+
+    let url = format!("{base}/api/runner/heartbeat");
+    let ok = reqwest::StatusCode::OK;
+    let (answered, _) = run_load(Load::heartbeat(url.clone(), "session-0", ok), 1, 0.05).await;
+    anyhow::ensure!(answered > 0, "no heartbeat answered 200");
+    let started = Instant::now();
+    let one = runners.flush_heartbeats().await?;
+    let one_took = started.elapsed();
+
+    let root = Load::Root(format!("{base}/"));
+    run_load(root.clone(), clients, 0.3).await; // warm-up
+    let names = (0..count).map(|i| format!("session-{i}")).collect();
+    let many = Load::Heartbeats(url, Arc::new(names), ok);
+    let [root_rps, hb_rps] = alternate(cx, "sessions", [root, many], clients, half).await;
+    let started = Instant::now();
+    let written = runners.flush_heartbeats().await?;
+    let took = started.elapsed();
+    shutdown.cancel();
+    server.await?;
+
+    cx.push(figure(
+        format!("heartbeats of {count} sessions ({clients} clients)"),
+        format!("{hb_rps:.0} req/s"),
+        format!("{root_rps:.0} req/s GET /"),
+        hb_rps / root_rps,
+        "-",
+        None,
+    ));
+    cx.push(figure(
+        format!("flush of {written} heartbeat times"),
+        format!("{:.1} ms", ms(took)),
+        format!("{:.1} ms, {one} time", ms(one_took)),
+        ms(took) / ms(one_took),
+        "one transaction",
+        Some(written == count),
+    ));
+    Ok(())
 }
 
 async fn reaper(cx: &mut Context) -> Result<()> {
@@ -1133,7 +1249,14 @@ const DEBUG_BUILD_NOTE: &str = if cfg!(debug_assertions) {
 
 /// The parts, in the order they run; `cargo bench --bench orchestrator --
 /// cold warm` runs only those named.
-const PARTS: [&str; 5] = ["throughput", "cold", "warm", "reaper", "restart"];
+const PARTS: [&str; 6] = [
+    "throughput",
+    "sessions",
+    "cold",
+    "warm",
+    "reaper",
+    "restart",
+];
 
 async fn bench(cx: &mut Context) -> Result<()> {
     let started = Instant::now();
@@ -1143,6 +1266,7 @@ async fn bench(cx: &mut Context) -> Result<()> {
         }
         match part {
             "throughput" => throughput(cx).await?,
+            "sessions" => sessions(cx).await?,
             "cold" => cold(cx).await?,
             "warm" => warm_pool(cx).await?,
             "reaper" => reaper(cx).await?,

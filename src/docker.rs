@@ -240,6 +240,13 @@ impl Engine {
         self.reachable.load(Ordering::Relaxed)
     }
 
+    /// Called when a request has just reached the engine.
+    pub fn mark_reachable(&self) {
+        if !self.reachable.swap(true, Ordering::Relaxed) {
+            tracing::info!("Docker Engine reachable again");
+        }
+    }
+
     /// Called when a request found the engine gone, so that the next ones
     /// fail fast until a health check reaches it again.
     pub fn mark_unreachable(&self) {

@@ -1,26 +1,36 @@
-//! Heartbeats answered from memory and written to the database in batches.
+//! The running sessions, held in memory, and their heartbeats, written to the
+//! database in batches.
 //!
-//! Thousands of open pages heartbeat every 30 s; one SQLite write each would
-//! make the single writer the service's bottleneck. Instead the first
-//! heartbeat of a running runner reads its row again under the lock that
-//! removals of that row take (so it cannot overlap one) and caches the
-//! runner's kind; later heartbeats only update the cached time, and
+//! Thousands of open pages heartbeat every 30 s, and anyone can send
+//! heartbeats for made-up session ids; one SQLite read or write each would
+//! make the database the service's bottleneck. Instead this set says which
+//! sessions have a running runner and of which kind, so that every
+//! heartbeat, known or not, is answered from memory:
+//! [`Heartbeats::record`] updates a running session's time, and
 //! [`Heartbeats::take_unflushed`] hands the changed times to one transaction
 //! every `HEARTBEAT_FLUSH_INTERVAL_MS`.
 //!
-//! Staleness is bounded by that interval: the database's `last_heartbeat_at`
-//! lags by at most one interval while serving (what operators see in
-//! `runners list`). Nothing decides on the lagging value: the reaper flushes
-//! before each sweep and asks [`Heartbeats::forget_unless_seen_since`] before
-//! removing a runner, so a heartbeat answered 200 always keeps its runner. A
-//! clean stop flushes after the server has stopped; a crash loses at most one
-//! interval, which does not matter because the startup reconcile gives every
-//! kept runner a fresh heartbeat.
+//! The set follows the rows' `running` state. It is loaded from the running
+//! rows at start ([`Heartbeats::replace_all`], before runner requests are
+//! served); a session is admitted ([`Heartbeats::admit`]) once its row has
+//! become `running` (a provision, a warm runner, a runner the reconciler
+//! keeps or adopts), and every path that takes a row out of `running`
+//! (deprovision, reaper, drift reconcile) forgets the session first, under
+//! the session's lock. A heartbeat arriving during a removal is answered 404
+//! at once. A flush that finds a row no longer running forgets that
+//! admission too, as a safety net.
 //!
-//! Every path that takes a row out of `running` while serving (deprovision,
-//! reaper, drift reconcile) forgets the session first, under that same lock;
-//! a flush that finds a row no longer running forgets that admission too, as
-//! a safety net.
+//! Staleness is bounded by the flush interval: the database's
+//! `last_heartbeat_at` lags by at most one interval while serving (what
+//! operators see in `runners list`). Nothing decides on the lagging value:
+//! the reaper flushes before each sweep and asks
+//! [`Heartbeats::forget_unless_seen_since`] before removing a runner, so a
+//! heartbeat answered 200 always keeps its runner. A session's time in
+//! memory is never older than its row's (every write of the row's time is
+//! followed by an admission or heartbeat at or after it), so the reaper never
+//! forgets a running session that its row's own check then spares. A clean stop flushes after the server has stopped; a crash loses
+//! at most one interval, which does not matter because the startup
+//! reconcile gives every kept runner a fresh heartbeat.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -53,7 +63,7 @@ pub struct Pending {
     admission: u64,
 }
 
-/// The heartbeat cache of the running sessions that heartbeat.
+/// The sessions that have a running runner, and their heartbeats.
 #[derive(Debug, Clone, Default)]
 pub struct Heartbeats {
     cache: Arc<Mutex<Cache>>,
@@ -65,8 +75,8 @@ impl Heartbeats {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a heartbeat of a session already known to be running, and
-    /// returns its kind; `None` means the database must be asked.
+    /// Records a heartbeat, and returns the session's kind if it has a
+    /// running runner; `None` means it has none.
     pub fn record(&self, session_id: &str, at: DateTime<Utc>) -> Option<RunnerKind> {
         let mut cache = self.cache();
         let seen = cache.sessions.get_mut(session_id)?;
@@ -75,25 +85,54 @@ impl Heartbeats {
         Some(seen.kind)
     }
 
-    /// Records the first heartbeat of a session whose row the caller has
-    /// just read as running, holding the lock that its removal would take.
+    /// Admits a session whose row has just become (or been found) `running`
+    /// with a heartbeat time at or before `at`; the caller holds the lock
+    /// that the session's removal takes. A session already admitted keeps
+    /// its newer time and unwritten heartbeat.
     pub fn admit(&self, session_id: &str, kind: RunnerKind, at: DateTime<Utc>) {
         let mut cache = self.cache();
         cache.admissions += 1;
         let admission = cache.admissions;
-        cache.sessions.insert(
-            session_id.to_owned(),
-            Seen {
+        cache
+            .sessions
+            .entry(session_id.to_owned())
+            .and_modify(|seen| {
+                seen.kind = kind;
+                seen.at = seen.at.max(at);
+                seen.admission = admission;
+            })
+            .or_insert(Seen {
                 kind,
                 at,
-                unflushed: true,
+                unflushed: false,
                 admission,
-            },
-        );
+            });
     }
 
-    /// Drops the session before its runner stops being `running`, so that
-    /// the next heartbeat asks the database (and waits for the removal).
+    /// Replaces the whole set with the sessions of the running rows, read
+    /// at `at` or later. Only for the start, while no request, sweep or
+    /// reconcile changes runners.
+    pub fn replace_all(&self, running: Vec<(String, RunnerKind)>, at: DateTime<Utc>) {
+        let mut cache = self.cache();
+        let mut admission = cache.admissions;
+        cache.sessions = running
+            .into_iter()
+            .map(|(session_id, kind)| {
+                admission += 1;
+                let seen = Seen {
+                    kind,
+                    at,
+                    unflushed: false,
+                    admission,
+                };
+                (session_id, seen)
+            })
+            .collect();
+        cache.admissions = admission;
+    }
+
+    /// Drops the session before its runner stops being `running`: from then
+    /// on its heartbeats answer that it has none.
     pub fn forget(&self, session_id: &str) {
         self.cache().sessions.remove(session_id);
     }
@@ -171,16 +210,18 @@ mod tests {
     }
 
     #[test]
-    fn unknown_sessions_go_to_the_database() {
+    fn unknown_sessions_have_no_runner_and_nothing_to_write() {
         let heartbeats = Heartbeats::default();
         assert_eq!(heartbeats.record("a", at(1)), None);
         assert!(heartbeats.take_unflushed().is_empty());
     }
 
     #[test]
-    fn admitted_sessions_are_answered_from_memory_and_flushed_once() {
+    fn admitted_sessions_are_answered_and_flushed_once_they_heartbeat() {
         let heartbeats = Heartbeats::default();
         heartbeats.admit("a", RunnerKind::Session, at(1));
+        // The admission's time is the row's own: nothing to write yet.
+        assert!(heartbeats.take_unflushed().is_empty());
         assert_eq!(heartbeats.record("a", at(5)), Some(RunnerKind::Session));
         // An older time arriving late never moves the heartbeat back.
         assert_eq!(heartbeats.record("a", at(3)), Some(RunnerKind::Session));
@@ -189,9 +230,44 @@ mod tests {
     }
 
     #[test]
+    fn admitting_again_keeps_a_newer_unwritten_heartbeat() {
+        let heartbeats = Heartbeats::default();
+        heartbeats.admit("a", RunnerKind::Session, at(1));
+        heartbeats.record("a", at(9));
+        // A reconcile keeping the runner, with an older view of time.
+        heartbeats.admit("a", RunnerKind::Session, at(4));
+        assert_eq!(times(&heartbeats.take_unflushed()), [("a", at(9))]);
+        heartbeats.admit("a", RunnerKind::Singleton, at(12));
+        assert_eq!(heartbeats.record("a", at(10)), Some(RunnerKind::Singleton));
+        assert_eq!(times(&heartbeats.take_unflushed()), [("a", at(12))]);
+    }
+
+    #[test]
+    fn replacing_the_set_admits_exactly_the_running_rows() {
+        let heartbeats = Heartbeats::default();
+        heartbeats.admit("gone", RunnerKind::Session, at(1));
+        heartbeats.replace_all(
+            vec![
+                ("a".to_owned(), RunnerKind::Session),
+                ("shared".to_owned(), RunnerKind::Singleton),
+            ],
+            at(7),
+        );
+        assert_eq!(heartbeats.record("gone", at(8)), None);
+        assert_eq!(heartbeats.record("a", at(8)), Some(RunnerKind::Session));
+        assert_eq!(
+            heartbeats.record("shared", at(8)),
+            Some(RunnerKind::Singleton)
+        );
+        // Loaded at 7: spared by a reaper whose cutoff is not later.
+        assert!(!heartbeats.forget_unless_seen_since("a", at(7)));
+    }
+
+    #[test]
     fn a_failed_flush_is_retried() {
         let heartbeats = Heartbeats::default();
         heartbeats.admit("a", RunnerKind::Singleton, at(1));
+        heartbeats.record("a", at(2));
         let batch = heartbeats.take_unflushed();
         heartbeats.unflushed_again(&batch);
         assert_eq!(heartbeats.take_unflushed(), batch);
@@ -212,27 +288,38 @@ mod tests {
     fn forgetting_always_drops() {
         let heartbeats = Heartbeats::default();
         heartbeats.admit("a", RunnerKind::Session, at(10));
+        heartbeats.record("a", at(11));
         heartbeats.forget("a");
-        assert_eq!(heartbeats.record("a", at(11)), None);
+        assert_eq!(heartbeats.record("a", at(12)), None);
+        assert!(heartbeats.take_unflushed().is_empty());
     }
 
     #[test]
     fn a_flush_forgets_a_gone_session_but_not_its_next_runner() {
         let heartbeats = Heartbeats::default();
         heartbeats.admit("a", RunnerKind::Session, at(1));
+        heartbeats.record("a", at(2));
         let first = heartbeats.take_unflushed();
         // Heartbeats of the same runner since the flush took its time do not
         // save it: its row is gone.
-        heartbeats.record("a", at(2));
+        heartbeats.record("a", at(3));
         heartbeats.forget_gone(&first[0]);
-        assert_eq!(heartbeats.record("a", at(3)), None);
+        assert_eq!(heartbeats.record("a", at(4)), None);
 
-        heartbeats.admit("a", RunnerKind::Session, at(4));
+        heartbeats.admit("a", RunnerKind::Session, at(5));
+        heartbeats.record("a", at(6));
         let stale = heartbeats.take_unflushed();
         heartbeats.forget("a");
         // Removed and provisioned again while the flush was writing.
-        heartbeats.admit("a", RunnerKind::Session, at(5));
+        heartbeats.admit("a", RunnerKind::Session, at(7));
         heartbeats.forget_gone(&stale[0]);
-        assert_eq!(heartbeats.record("a", at(6)), Some(RunnerKind::Session));
+        assert_eq!(heartbeats.record("a", at(8)), Some(RunnerKind::Session));
+
+        // Kept by a reconcile while the flush was writing: admitted again.
+        heartbeats.record("a", at(9));
+        let kept = heartbeats.take_unflushed();
+        heartbeats.admit("a", RunnerKind::Session, at(10));
+        heartbeats.forget_gone(&kept[0]);
+        assert_eq!(heartbeats.record("a", at(11)), Some(RunnerKind::Session));
     }
 }

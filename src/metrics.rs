@@ -37,7 +37,10 @@ pub struct Metrics {
     runners: Family<StateLabel, Gauge>,
     provisions: Family<ResultLabel, Counter>,
     provision_seconds: Histogram,
-    heartbeats: Family<ResultLabel, Counter>,
+    /// The two children of the heartbeat family, taken once: a heartbeat
+    /// then counts without looking its label up.
+    heartbeats_ok: Counter,
+    heartbeats_not_found: Counter,
     heartbeat_writes: Family<ResultLabel, Counter>,
     reaped: Counter,
     reconcile_actions: Family<ActionLabel, Counter>,
@@ -69,6 +72,14 @@ impl Default for Metrics {
         );
         let heartbeats = Family::<ResultLabel, Counter>::default();
         registry.register("heartbeats", "Heartbeats by result", heartbeats.clone());
+        let heartbeats_ok = heartbeats
+            .get_or_create(&ResultLabel { result: "ok" })
+            .clone();
+        let heartbeats_not_found = heartbeats
+            .get_or_create(&ResultLabel {
+                result: "not_found",
+            })
+            .clone();
         let heartbeat_writes = Family::<ResultLabel, Counter>::default();
         registry.register(
             "heartbeat_writes",
@@ -104,7 +115,8 @@ impl Default for Metrics {
             runners,
             provisions,
             provision_seconds,
-            heartbeats,
+            heartbeats_ok,
+            heartbeats_not_found,
             heartbeat_writes,
             reaped,
             reconcile_actions,
@@ -127,8 +139,14 @@ impl Metrics {
         self.provision_seconds.observe(elapsed.as_secs_f64());
     }
 
-    pub fn heartbeat(&self, result: &'static str) {
-        self.heartbeats.get_or_create(&ResultLabel { result }).inc();
+    /// Counts a heartbeat: `ok`, or `not_found` (no running runner).
+    pub fn heartbeat(&self, found: bool) {
+        let counter = if found {
+            &self.heartbeats_ok
+        } else {
+            &self.heartbeats_not_found
+        };
+        counter.inc();
     }
 
     pub fn heartbeat_write(&self, ok: bool) {
@@ -184,7 +202,7 @@ mod tests {
         let metrics = Metrics::default();
         metrics.provision("created");
         metrics.provision_duration(Duration::from_millis(250));
-        metrics.heartbeat("ok");
+        metrics.heartbeat(true);
         metrics.heartbeat_write(false);
         metrics.reaped();
         metrics.reconcile_action("adopted");

@@ -636,7 +636,8 @@ impl Reconciler {
                 for _ in &changes.dropped {
                     self.runners.metrics().reconcile_action("row_dropped");
                 }
-                for (_, entry) in &changes.observed {
+                for (runner, entry) in &changes.observed {
+                    self.runners.track_running(runner.session_id, runner.kind);
                     let kept = entry.action == AuditAction::Kept;
                     if kept {
                         summary.kept += 1;

@@ -190,6 +190,8 @@ impl Runners {
                 && let Some(row) = self.db.claim_warm(Utc::now()).await?
             {
                 self.warm_pool_refill.notify_one();
+                // Its heartbeat clock starts now, in memory as in the row.
+                self.heartbeats.record(&row.session_id, Utc::now());
                 tracing::info!(session_id = %row.session_id, "warm runner claimed");
                 return Ok(Provisioned::Claimed(self.info(&row)));
             }
@@ -317,6 +319,7 @@ impl Runners {
                 .await;
             return Err(error.into());
         }
+        self.track_running(session.as_str(), kind);
         tracing::info!(session_id = %session, container_id = %started.container_id,
             host_port = ?started.host_port, "runner provisioned");
         self.metrics.provision_duration(started_at.elapsed());
@@ -362,13 +365,11 @@ impl Runners {
         error.into()
     }
 
-    pub async fn heartbeat(&self, session: &SessionId) -> Result<Heartbeat, RunnerError> {
-        let kind = match self.heartbeats.record(session.as_str(), Utc::now()) {
-            Some(kind) => Some(kind),
-            None => self.first_heartbeat(session.as_str()).await?,
-        };
-        self.metrics
-            .heartbeat(if kind.is_some() { "ok" } else { "not_found" });
+    /// Answers a heartbeat from memory (see `heartbeats`): never a database
+    /// read, for known and unknown sessions alike.
+    pub fn heartbeat(&self, session: &SessionId) -> Result<Heartbeat, RunnerError> {
+        let kind = self.heartbeats.record(session.as_str(), Utc::now());
+        self.metrics.heartbeat(kind.is_some());
         match kind {
             Some(RunnerKind::Singleton) => Ok(Heartbeat::Singleton),
             Some(RunnerKind::Session) => Ok(Heartbeat::Session),
@@ -377,23 +378,21 @@ impl Runners {
         }
     }
 
-    /// A heartbeat the cache cannot answer. A session without a running
-    /// runner is answered at once; a running one is read again under the
-    /// lock its removal takes (the row's kind decides which), so that a
-    /// runner about to go is never cached.
-    async fn first_heartbeat(&self, session_id: &str) -> Result<Option<RunnerKind>, RunnerError> {
-        let Some(kind) = self.db.running_kind(session_id).await? else {
-            return Ok(None);
-        };
-        let _guard = self
-            .lock_session(session_id, kind == RunnerKind::Singleton)
-            .await;
-        let current = self.db.running_kind(session_id).await?;
-        // Another kind now means another lock: answer, but do not cache.
-        if current == Some(kind) {
-            self.heartbeats.admit(session_id, kind, Utc::now());
-        }
-        Ok(current)
+    /// Admits a session whose row has just been recorded `running` into the
+    /// set that answers heartbeats; the caller holds the session's lock.
+    pub fn track_running(&self, session_id: &str, kind: RunnerKind) {
+        self.heartbeats.admit(session_id, kind, Utc::now());
+    }
+
+    /// Replaces the set that answers heartbeats with the database's running
+    /// rows, and returns how many there are. Called at start, once the
+    /// startup reconcile has recorded what it keeps and before runner
+    /// requests are served.
+    pub async fn load_running(&self) -> Result<usize, RunnerError> {
+        let running = self.db.running_sessions().await?;
+        let count = running.len();
+        self.heartbeats.replace_all(running, Utc::now());
+        Ok(count)
     }
 
     /// Writes the heartbeats received since the last flush (see
@@ -427,7 +426,7 @@ impl Runners {
     }
 
     /// Called before a runner's row stops being `running`, so that its
-    /// heartbeats are asked of the database again.
+    /// heartbeats answer that it has none.
     pub fn forget_heartbeats(&self, session_id: &str) {
         self.heartbeats.forget(session_id);
     }

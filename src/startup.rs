@@ -154,21 +154,27 @@ async fn run_background(runners: Runners, readiness: Readiness, shutdown: Cancel
             }
         }
     };
-    // Refresh the engine's health at once, so requests do not fail fast on
+    // The reconcile just reached the engine: requests must not fail fast on
     // a stale "unreachable" from before it came back.
-    let _ = runners.engine().ping().await;
-    // Known (and logged) before the first provision; on failure the first
-    // provision asks the engine again.
-    if let Err(error) = runners.runner_limit().await {
-        tracing::warn!(%error, "runner limit not known yet");
+    runners.engine().mark_reachable();
+    if !load_running(&runners, &readiness, &shutdown).await {
+        return;
     }
     readiness.ready(summary);
     tracing::info!(%summary, "ready");
-    // A first run often lacks the image: say so now, not at the first
-    // provision. The service stays up; `/readyz` names it until it is built.
-    if let Ok(false) = runners.engine().image_present().await {
-        tracing::warn!("{}", runners.engine().missing_image_hint());
-    }
+    // Asked right after ready, not before: `docker info` is slow on a busy
+    // engine and nothing served needs it yet (a provision meanwhile waits
+    // for the same answer). On failure the first provision asks again.
+    let first_checks = async {
+        if let Err(error) = runners.runner_limit().await {
+            tracing::warn!(%error, "runner limit not known yet");
+        }
+        // A first run often lacks the image: say so now, not at the first
+        // provision. The service stays up; `/readyz` names it until built.
+        if let Ok(false) = runners.engine().image_present().await {
+            tracing::warn!("{}", runners.engine().missing_image_hint());
+        }
+    };
     let repair = async {
         let mut total = summary;
         total += repairs.run(&reconciler).await;
@@ -177,7 +183,7 @@ async fn run_background(runners: Runners, readiness: Readiness, shutdown: Cancel
     };
     let warm_pool = WarmPool::new(runners.clone(), settings.warm_pool_size);
     let reaper = Reaper::new(
-        runners,
+        runners.clone(),
         settings.inactivity_timeout,
         settings.cleanup_interval,
     );
@@ -187,11 +193,43 @@ async fn run_background(runners: Runners, readiness: Readiness, shutdown: Cancel
         events_since,
     );
     tokio::join!(
+        first_checks,
         repair,
         reaper.run_until_stopped(shutdown.clone()),
         warm_pool.run_until_stopped(shutdown.clone()),
         drift.run_until_stopped(shutdown)
     );
+}
+
+/// Loads the running sessions that heartbeats are answered from (see
+/// `heartbeats`), retrying with backoff: serving without them would answer
+/// 404 to every kept runner's heartbeat. `false` if shut down first.
+async fn load_running(
+    runners: &Runners,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match runners.load_running().await {
+            Ok(running) => {
+                tracing::info!(running, "running runners loaded");
+                return true;
+            }
+            Err(error) => {
+                let reason = format!(
+                    "could not load the running runners ({error}); retrying in {backoff:?}"
+                );
+                tracing::warn!("{reason}");
+                readiness.waiting(reason);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_STARTUP_BACKOFF);
+    }
 }
 
 /// Writes the heartbeats held in memory every `interval` (see

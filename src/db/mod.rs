@@ -473,12 +473,11 @@ impl Db {
         transaction.commit().await
     }
 
-    /// The kind of the session's runner if it is running (a heartbeat's
-    /// first look; later ones are answered from memory, see `heartbeats`).
-    pub async fn running_kind(&self, session_id: &str) -> sqlx::Result<Option<RunnerKind>> {
-        sqlx::query_scalar("SELECT kind FROM runners WHERE session_id = ?1 AND state = 'running'")
-            .bind(session_id)
-            .fetch_optional(&self.pool)
+    /// Every session with a running runner and its kind: the set that
+    /// answers heartbeats at start (see `heartbeats`).
+    pub async fn running_sessions(&self) -> sqlx::Result<Vec<(String, RunnerKind)>> {
+        sqlx::query_as("SELECT session_id, kind FROM runners WHERE state = 'running'")
+            .fetch_all(&self.pool)
             .await
     }
 

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Json, Router};
@@ -39,9 +39,11 @@ pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// What the handlers share: the runner service and whether it is ready.
+/// Extractors clone it for every request, so the service sits behind one
+/// `Arc` (a clone of `Runners` itself copies strings of its settings).
 #[derive(Clone, FromRef)]
 struct AppState {
-    runners: Runners,
+    runners: Arc<Runners>,
     readiness: Readiness,
 }
 
@@ -54,18 +56,17 @@ pub fn router(runners: Runners, readiness: Readiness) -> Router {
             ApiError::Timeout
         }))
         .timeout(settings.request_timeout);
-    let state = AppState { runners, readiness };
+    let state = AppState {
+        runners: Arc::new(runners),
+        readiness,
+    };
     let runner_api = Router::new()
         .route(
             "/api/runner/provision",
             rate_limit::limit(post(provision), &settings.admission),
         )
         .route("/api/runner/deprovision", post(deprovision))
-        .route("/api/runner/heartbeat", post(heartbeat))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_ready,
-        ));
+        .route("/api/runner/heartbeat", post(heartbeat));
     Router::new()
         .route("/", get(liveness))
         .route("/healthz", get(healthz))
@@ -81,15 +82,23 @@ pub fn router(runners: Runners, readiness: Readiness) -> Router {
 
 /// Runner requests wait for the startup reconcile: before it, a heartbeat
 /// could answer 404 for a runner about to be adopted (and the browser never
-/// heartbeats again after a 404).
-async fn require_ready(
-    State(readiness): State<Readiness>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match readiness.phase() {
-        Phase::Ready(_) => next.run(request).await,
-        Phase::Starting(reason) => ApiError::NotReady(reason).into_response(),
+/// heartbeats again after a 404). The first argument of every runner
+/// handler, so it answers before any input is read; an extractor rather
+/// than a route middleware, which would box the route and its future for
+/// every request.
+struct Ready;
+
+impl<S: Send + Sync> FromRequestParts<S> for Ready
+where
+    Readiness: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Readiness::from_ref(state).phase() {
+            Phase::Ready(_) => Ok(Self),
+            Phase::Starting(reason) => Err(ApiError::NotReady(reason)),
+        }
     }
 }
 
@@ -102,7 +111,7 @@ async fn healthz() -> Json<serde_json::Value> {
 /// reachable; otherwise 503 saying which is missing.
 async fn readyz(
     State(readiness): State<Readiness>,
-    State(runners): State<Runners>,
+    State(runners): State<Arc<Runners>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if let Phase::Starting(reason) = readiness.phase() {
         return Err(ApiError::NotReady(reason));
@@ -147,7 +156,7 @@ fn cors(origins: &AllowedOrigins) -> CorsLayer {
 }
 
 /// Prometheus text exposition (OpenMetrics).
-async fn metrics(State(runners): State<Runners>) -> Result<Response, ApiError> {
+async fn metrics(State(runners): State<Arc<Runners>>) -> Result<Response, ApiError> {
     let production = runners.settings().is_production();
     let counts = runners
         .db()
@@ -203,7 +212,8 @@ impl MessageResponse {
 }
 
 async fn provision(
-    State(runners): State<Runners>,
+    _: Ready,
+    State(runners): State<Arc<Runners>>,
     SessionHeader(session): SessionHeader,
     OptionalJson(request): OptionalJson<ProvisionRequest>,
 ) -> Result<(StatusCode, Json<ProvisionResponse>), ApiError> {
@@ -244,7 +254,8 @@ async fn provision(
 }
 
 async fn deprovision(
-    State(runners): State<Runners>,
+    _: Ready,
+    State(runners): State<Arc<Runners>>,
     header: SessionHeader,
     OptionalJson(request): OptionalJson<SessionRequest>,
 ) -> Result<Json<MessageResponse>, ApiError> {
@@ -265,12 +276,13 @@ async fn deprovision(
 }
 
 async fn heartbeat(
-    State(runners): State<Runners>,
+    _: Ready,
+    State(runners): State<Arc<Runners>>,
     header: SessionHeader,
     OptionalJson(request): OptionalJson<SessionRequest>,
 ) -> Result<Json<MessageResponse>, ApiError> {
     let session = required_session(request, header, Operation::Heartbeat)?;
-    match runners.heartbeat(&session).await {
+    match runners.heartbeat(&session) {
         Ok(Heartbeat::Session) => Ok(MessageResponse::new(format!(
             "Heartbeat received for session {session}."
         ))),

@@ -1,4 +1,5 @@
-//! Heartbeats answered from memory (`src/heartbeats.rs`): written within the
+//! Heartbeats answered from memory (`src/heartbeats.rs`): for known and
+//! unknown sessions alike without reading the database, written within the
 //! flush interval and at a clean stop, never letting the reaper remove a
 //! runner whose heartbeat was answered 200, and forgotten with the runner.
 
@@ -44,8 +45,6 @@ async fn a_heartbeat_not_yet_written_spares_its_runner() {
     for session in ["heartbeating", "silent"] {
         assert_eq!(app.api.provision(Some(session)).await.status, 201);
     }
-    // The first heartbeat of each reads its row; from then on they are
-    // answered from memory.
     assert_eq!(app.api.heartbeat("heartbeating").await.status, 200);
     assert_eq!(app.api.heartbeat("silent").await.status, 200);
     let cutoff = Utc::now();
@@ -214,4 +213,92 @@ async fn heartbeating_runners_survive_a_busy_reaper() {
     for session in stopping {
         assert_eq!(app.api.heartbeat(session).await.status, 404);
     }
+}
+
+/// The set of running sessions answers every heartbeat: with the database
+/// closed (where any read fails and would answer 500), a runner just
+/// provisioned, never heartbeated before, answers 200, and made-up sessions
+/// answer 404.
+#[tokio::test]
+async fn heartbeats_are_answered_without_reading_the_database() {
+    let app = spawn_app_with(&[NEVER]).await;
+    assert_eq!(app.api.provision(Some("provisioned")).await.status, 201);
+
+    app.runners.db().pool().close().await;
+
+    let known = app.api.heartbeat("provisioned").await;
+    assert_eq!(
+        (known.status, known.message()),
+        (200, "Heartbeat received for session provisioned.")
+    );
+    for made_up in ["made-up-1", "made-up-2", "provisioned-not"] {
+        let unknown = app.api.heartbeat(made_up).await;
+        assert_eq!((unknown.status, unknown.error()), (404, "RUNNER_NOT_FOUND"));
+    }
+}
+
+/// The shared runner of `REUSE_RUNNER_MODE` is in the set too: its id
+/// answers the singleton message, any other id the mismatch, both without
+/// the database.
+#[tokio::test]
+async fn the_shared_runner_is_answered_without_reading_the_database() {
+    let app = spawn_app_with(&[NEVER, "--reuse-runner-mode=true"]).await;
+    let shared = app.api.provision(None).await.session_id().to_owned();
+
+    app.runners.db().pool().close().await;
+
+    assert_eq!(
+        app.api.heartbeat(&shared).await.message(),
+        "Heartbeat received for singleton runner."
+    );
+    let mismatch = app.api.heartbeat("someone-else").await;
+    assert_eq!(
+        (mismatch.status, mismatch.message()),
+        (404, "Singleton runner not found or session ID mismatch.")
+    );
+}
+
+/// After a restart the set is loaded at start: kept runners answer 200
+/// with the database closed, removed ones 404.
+#[tokio::test]
+async fn kept_runners_answer_after_a_restart_without_reading_the_database() {
+    let env = TestEnv::new();
+    let app = env.spawn(&[NEVER]).await;
+    for session in ["kept", "deprovisioned"] {
+        assert_eq!(app.api.provision(Some(session)).await.status, 201);
+    }
+    assert_eq!(app.api.deprovision("deprovisioned").await.status, 200);
+    let env = app.stop().await;
+
+    let app = env.spawn(&[NEVER]).await;
+    assert_eq!(app.reconciled.kept, 1, "{:?}", app.reconciled);
+    app.runners.db().pool().close().await;
+
+    assert_eq!(app.api.heartbeat("kept").await.status, 200);
+    assert_eq!(app.api.heartbeat("deprovisioned").await.status, 404);
+}
+
+/// `Runners::load_running` makes the set exactly the database's running
+/// rows, whatever it held before.
+#[tokio::test]
+async fn loading_the_running_rows_replaces_the_set() {
+    let env = TestEnv::new();
+    let app = env.spawn(&[NEVER]).await;
+    assert_eq!(app.api.provision(Some("leaving")).await.status, 201);
+    let db = env.db().await;
+    sqlx::query(
+        "UPDATE runners SET state = 'removing' WHERE session_id = 'leaving'; \
+         INSERT INTO runners (session_id, kind, state, container_name, created_at, \
+            updated_at, last_heartbeat_at, pooled) \
+         SELECT 'arriving', kind, 'running', 'arriving-container', created_at, updated_at, \
+            last_heartbeat_at, 0 FROM runners WHERE session_id = 'leaving'",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+
+    assert_eq!(app.runners.load_running().await.unwrap(), 1);
+
+    assert_eq!(app.api.heartbeat("leaving").await.status, 404);
+    assert_eq!(app.api.heartbeat("arriving").await.status, 200);
 }
