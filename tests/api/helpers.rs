@@ -33,8 +33,9 @@ use taylored_orchestrator::startup::Application;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The stand-in runner image and one whose command does not exist (for
-/// failures half-way through a provision), built once per machine.
+/// The stand-in runner image and one that cannot start (its user does not
+/// exist: the engine refuses the start, with or without an init process),
+/// for failures half-way through a provision; built once per machine.
 pub struct TestImages {
     pub runner: String,
     pub broken: String,
@@ -70,7 +71,7 @@ fn build_images() -> TestImages {
     let tag = format!("{:016x}", std::hash::Hasher::finish(&hasher));
     let images = TestImages {
         runner: format!("taylored-test-runner:{tag}"),
-        broken: format!("taylored-test-runner:{tag}-broken"),
+        broken: format!("taylored-test-runner:{tag}-broken-user"),
         memory_hog: format!("taylored-test-runner:{tag}-memory-hog"),
         thread_spawner: format!("taylored-test-runner:{tag}-thread-spawner"),
         stubborn: format!("taylored-test-runner:{tag}-stubborn"),
@@ -116,7 +117,7 @@ fn build_images() -> TestImages {
     docker_build(context.path(), &images.runner);
     std::fs::write(
         context.path().join("Dockerfile"),
-        format!("FROM {}\nCMD [\"/no-such-command\"]\n", images.runner),
+        format!("FROM {}\nUSER no-such-user\n", images.runner),
     )
     .unwrap();
     docker_build(context.path(), &images.broken);

@@ -203,12 +203,25 @@ fn default_provision_rate() -> String {
 }
 
 /// The `orchestrator_runner_limit` gauge.
+/// It is worked out right after ready, so it may read 0 (unknown) at first.
 async fn runner_limit_gauge(app: &crate::helpers::TestApp) -> u64 {
-    let text = app.api.metrics().await;
-    text.lines()
-        .find_map(|line| line.strip_prefix("orchestrator_runner_limit "))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no runner limit in:\n{text}"))
+    let started = Instant::now();
+    loop {
+        let text = app.api.metrics().await;
+        let limit: u64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("orchestrator_runner_limit "))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no runner limit in:\n{text}"));
+        if limit != 0 {
+            return limit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the runner limit is still unknown 10 s after ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What the engine reports as its memory (`MemTotal`).

@@ -251,7 +251,7 @@ async fn a_runner_that_fails_to_start_leaves_neither_container_nor_row() {
         reply.body["details"]
             .as_str()
             .unwrap()
-            .contains("no-such-command"),
+            .contains("no-such-user"),
         "{reply:?}"
     );
     assert!(app.env.row("broken").await.is_none());
