@@ -20,10 +20,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/support/images.rs"]
+mod images;
 #[path = "../tests/support/service_command.rs"]
 mod service_command;
 use service_command::service_command;
@@ -164,92 +165,7 @@ fn percentile(samples: &[Duration], q: f64) -> Duration {
 }
 
 // ---------------------------------------------------------------------------
-// Docker: the test runner image, raw containers, and cleanup.
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(command: &mut std::process::Command) -> Result<()> {
-    let output = command.output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "{command:?} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
-}
-
-/// The stand-in runner of the tests in the mode that ignores SIGTERM as
-/// the real (Node.js) runner does, so that no stop is kinder than reality.
-fn runner_image() -> Result<String> {
-    let base = base_runner_image()?;
-    let tag = format!("{base}-stubborn");
-    let exists = std::process::Command::new("docker")
-        .args(["image", "inspect", &tag])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success();
-    if !exists {
-        let context = tempfile::tempdir()?;
-        std::fs::write(
-            context.path().join("Dockerfile"),
-            format!("FROM {base}\nENV TEST_RUNNER_ON_SIGTERM=ignore\n"),
-        )?;
-        run(std::process::Command::new("docker")
-            .args(["build", "--quiet", "--tag", &tag])
-            .arg(context.path())
-            .env("DOCKER_BUILDKIT", "0"))?;
-    }
-    Ok(tag)
-}
-
-/// The stand-in runner image of the tests (same tag, built the same way:
-/// a static binary in a `FROM scratch` image, legacy builder, no registry).
-fn base_runner_image() -> Result<String> {
-    let runner_dir = repo_root().join("tests/runner");
-    let mut hasher = std::hash::DefaultHasher::new();
-    for file in ["Cargo.toml", "src/main.rs"] {
-        std::hash::Hash::hash(&std::fs::read(runner_dir.join(file))?, &mut hasher);
-    }
-    let tag = format!(
-        "taylored-test-runner:{:016x}",
-        std::hash::Hasher::finish(&hasher)
-    );
-    let exists = std::process::Command::new("docker")
-        .args(["image", "inspect", &tag])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success();
-    if exists {
-        return Ok(tag);
-    }
-    let triple = "x86_64-unknown-linux-gnu";
-    let target_dir = repo_root().join("target/test-runner");
-    run(std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "--target", triple])
-        .arg("--manifest-path")
-        .arg(runner_dir.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
-    let context = tempfile::tempdir()?;
-    std::fs::copy(
-        target_dir.join(triple).join("release/test-runner"),
-        context.path().join("runner"),
-    )?;
-    std::fs::write(
-        context.path().join("Dockerfile"),
-        "FROM scratch\nCOPY runner /runner\nEXPOSE 3000\nCMD [\"/runner\"]\n",
-    )?;
-    run(std::process::Command::new("docker")
-        .args(["build", "--quiet", "--tag", &tag])
-        .arg(context.path())
-        .env("DOCKER_BUILDKIT", "0"))?;
-    Ok(tag)
-}
+// Docker: raw containers and cleanup (the runner image: tests/support).
 
 /// The instance ids this run used; every container labelled with one of
 /// them is removed when the guard drops (also on panic).
@@ -1291,7 +1207,9 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let result = runtime.block_on(async {
-        let image = tokio::task::spawn_blocking(runner_image).await??;
+        // Runners that ignore SIGTERM as the real (Node.js) one does, so
+        // that no stop is kinder than in production.
+        let image = tokio::task::spawn_blocking(|| images::build_images().stubborn).await?;
         let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         println!(
             "orchestrator benchmark ({}{}): image {image}, instances {prefix}-*",
