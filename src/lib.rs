@@ -19,5 +19,6 @@ pub mod runners;
 pub mod session;
 pub mod shutdown;
 pub mod startup;
+pub mod supervise;
 pub mod telemetry;
 pub mod warm_pool;

@@ -21,6 +21,7 @@ use crate::reaper::Reaper;
 use crate::reconcile::Reconciler;
 use crate::runners::Runners;
 use crate::shutdown::Ticks;
+use crate::supervise::Supervisor;
 use crate::warm_pool::WarmPool;
 
 /// How often the engine is pinged, so requests fail fast while it is down.
@@ -74,25 +75,36 @@ impl Application {
     /// background tasks. Runners are left running: the next start keeps them.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let settings = Arc::clone(self.runners.settings_arc());
+        let supervisor = Supervisor::new(shutdown.clone(), self.readiness.clone());
         let mut workers = JoinSet::new();
-        workers.spawn(
-            self.runners
-                .engine()
+        let engine = self.runners.engine().clone();
+        let stop = shutdown.clone();
+        workers.spawn(supervisor.clone().run("engine health check", move || {
+            engine
                 .clone()
-                .monitor_until_stopped(ENGINE_HEALTH_INTERVAL, shutdown.clone()),
-        );
+                .monitor_until_stopped(ENGINE_HEALTH_INTERVAL, stop.clone())
+        }));
         workers.spawn(run_background(
             self.runners.clone(),
-            self.readiness.clone(),
+            supervisor.clone(),
             shutdown.clone(),
         ));
         // Heartbeats are written for as long as the server answers them.
         let server_stopped = CancellationToken::new();
-        workers.spawn(flush_heartbeats_until_stopped(
-            self.runners.clone(),
-            settings.heartbeat_flush_interval,
-            server_stopped.clone(),
-        ));
+        let (runners, stopped) = (self.runners.clone(), server_stopped.clone());
+        let flush_interval = settings.heartbeat_flush_interval;
+        workers.spawn(supervisor.clone().run("heartbeat flusher", move || {
+            flush_heartbeats_until_stopped(runners.clone(), flush_interval, stopped.clone())
+        }));
+        // A worker that cannot be kept running stops the service.
+        let gave_up = supervisor.gave_up().clone();
+        let stop = shutdown.clone();
+        workers.spawn(async move {
+            tokio::select! {
+                () = gave_up.cancelled() => stop.cancel(),
+                () = stop.cancelled() => {}
+            }
+        });
         tracing::info!(address = %self.address, "listening");
         let router = crate::http::router(self.runners, self.readiness);
         // Request heads get REQUEST_TIMEOUT_SECONDS too (see `http::serve`).
@@ -123,6 +135,9 @@ impl Application {
             }
         }
         tracing::info!("stopped");
+        if supervisor.gave_up().is_cancelled() {
+            anyhow::bail!("a background worker could not be kept running (see the log)");
+        }
         match failure {
             Some(error) => Err(error).context("background task failed"),
             None => Ok(()),
@@ -133,7 +148,8 @@ impl Application {
 /// Runs the startup reconcile until it succeeds, marks the service ready,
 /// then runs the removals it left, the reaper, the warm pool and the drift
 /// watcher until shutdown.
-async fn run_background(runners: Runners, readiness: Readiness, shutdown: CancellationToken) {
+async fn run_background(runners: Runners, supervisor: Supervisor, shutdown: CancellationToken) {
+    let readiness = supervisor.readiness().clone();
     let settings = Arc::clone(runners.settings_arc());
     let reconciler = Reconciler::new(runners.clone(), settings.orphan_policy);
     let events_since = drift::now_seconds();
@@ -187,18 +203,32 @@ async fn run_background(runners: Runners, readiness: Readiness, shutdown: Cancel
         settings.inactivity_timeout,
         settings.cleanup_interval,
     );
-    let drift = DriftWatcher::new(
-        reconciler.clone(),
-        settings.reconcile_interval,
-        events_since,
-    );
-    tokio::join!(
-        first_checks,
-        repair,
-        reaper.run_until_stopped(shutdown.clone()),
-        warm_pool.run_until_stopped(shutdown.clone()),
-        drift.run_until_stopped(shutdown)
-    );
+    let stop = shutdown.clone();
+    let reaping = supervisor.supervise("reaper", move || {
+        reaper.clone().run_until_stopped(stop.clone())
+    });
+    let stop = shutdown.clone();
+    let warming = async {
+        // With no pool there is nothing to keep running.
+        if settings.warm_pool_size > 0 {
+            supervisor
+                .supervise("warm pool", move || {
+                    warm_pool.clone().run_until_stopped(stop.clone())
+                })
+                .await;
+        }
+    };
+    // A drift watcher started again asks for the events from its
+    // predecessor's start on, so that none is missed in between.
+    let mut since = events_since;
+    let interval = settings.reconcile_interval;
+    let watched = reconciler.clone();
+    let watching = supervisor.supervise("drift watcher", move || {
+        let watcher = DriftWatcher::new(watched.clone(), interval, since);
+        since = drift::now_seconds();
+        watcher.run_until_stopped(shutdown.clone())
+    });
+    tokio::join!(first_checks, repair, reaping, warming, watching);
 }
 
 /// Loads the running sessions that heartbeats are answered from (see

@@ -22,6 +22,7 @@ impl WarmPool {
         Self { runners, size }
     }
 
+    /// Keeps the pool full until shutdown (returns at once without a pool).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
         if self.size == 0 {
             return;

@@ -1,7 +1,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use taylored_orchestrator::reaper::ReapOutcome;
+use taylored_orchestrator::reaper::{ReapOutcome, Reaper};
+use taylored_orchestrator::supervise::Supervisor;
+use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestEnv, spawn_app, spawn_app_with};
 
@@ -96,5 +98,49 @@ async fn one_sweep_stops_its_runners_side_by_side() {
     assert!(
         actions[first_death..].iter().all(|a| *a == "die"),
         "a stop waited for another: {actions:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reaper_that_panicked_is_started_again_and_reaps() {
+    let app = spawn_app().await;
+    assert_eq!(app.api.provision(Some("idle")).await.status, 201);
+    let shutdown = CancellationToken::new();
+    let supervisor = Supervisor::new(shutdown.clone(), app.readiness.clone());
+    // Everything is stale for it; its first run fails before it sweeps.
+    let reaper = Reaper::new(
+        app.runners.clone(),
+        Duration::ZERO,
+        Duration::from_millis(100),
+    );
+    let mut starts = 0;
+    let supervised = tokio::spawn({
+        let supervisor = supervisor.clone();
+        let stop = shutdown.clone();
+        async move {
+            supervisor
+                .supervise("reaper", move || {
+                    starts += 1;
+                    let first = starts == 1;
+                    let (reaper, stop) = (reaper.clone(), stop.clone());
+                    async move {
+                        assert!(!first, "injected failure of the reaper's first run");
+                        reaper.run_until_stopped(stop).await
+                    }
+                })
+                .await
+        }
+    });
+
+    app.env
+        .until_row_dropped("idle", Duration::from_secs(30))
+        .await;
+
+    assert!(!supervisor.gave_up().is_cancelled());
+    shutdown.cancel();
+    supervised.await.unwrap();
+    assert_eq!(
+        app.env.audit_actions_by_actor("idle").await.last().unwrap(),
+        "reaper:reaped"
     );
 }
