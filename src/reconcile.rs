@@ -436,7 +436,7 @@ impl Reconciler {
         let actions = plan(&settled, &visible, self.policy, Purpose::Startup);
         let now_actions = defer_removals(actions, &mut later);
         // Rows whose containers are removed later leave `running` now, in
-        // the same transaction as the rest: heartbeats answer 404 at once.
+        // the same transaction as the rest, so heartbeats answer 404 at once.
         let removing: Vec<&str> = later
             .values()
             .flat_map(|work| &work.actions)
@@ -445,9 +445,7 @@ impl Reconciler {
                 _ => None,
             })
             .collect();
-        for session in &removing {
-            self.runners.forget_heartbeats(session);
-        }
+        // (The heartbeat set is loaded from the rows after this.)
         let summary = self.apply_marking(&now_actions, removing).await;
         let mut batches = Vec::with_capacity(later.len());
         for ((session, singleton), work) in later {

@@ -61,26 +61,26 @@ async fn without_an_init_process_the_stand_in_ignores_sigterm_like_node() {
     assert_eq!(exit_code(&env, since, &container).await, "137");
 }
 
-/// Leaves an orphaned zombie in the runner and returns its PID.
-async fn orphan(endpoint: &str) -> u64 {
-    let body: Value = reqwest::get(format!("{endpoint}/orphan"))
+/// The stand-in runner's JSON answer to `GET <endpoint><path>`.
+async fn runner_json(endpoint: &str, path: &str) -> Value {
+    reqwest::get(format!("{endpoint}{path}"))
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Leaves an orphaned zombie in the runner and returns its PID.
+async fn orphan(endpoint: &str) -> u64 {
+    let body = runner_json(endpoint, "/orphan").await;
     let pid = body["orphan_pid"].as_u64().unwrap_or(0);
     assert!(pid > 1, "the runner did not start an orphan: {body}");
     pid
 }
 
 async fn process_state(endpoint: &str, pid: u64) -> String {
-    let body: Value = reqwest::get(format!("{endpoint}/process/{pid}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = runner_json(endpoint, &format!("/process/{pid}")).await;
     body["state"].as_str().unwrap_or_default().to_owned()
 }
 
