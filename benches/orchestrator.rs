@@ -18,25 +18,22 @@
 //! Every container it starts carries an instance label of its own; a drop
 //! guard removes them all, also on panic.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[path = "../tests/support/images.rs"]
-mod images;
-#[path = "../tests/support/service_command.rs"]
-mod service_command;
-use service_command::service_command;
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::cleanup::{docker, instance_containers, remove_instances, remove_instances_blocking};
+use support::service::{ServiceProcess, service_command};
+use support::wait::poll_until;
 
 use bollard::Docker;
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-};
+use bollard::query_parameters::CreateContainerOptionsBuilder;
 use chrono::Utc;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use taylored_orchestrator::config::{INSTANCE_LABEL, Settings};
+use taylored_orchestrator::config::Settings;
 use taylored_orchestrator::db::{Db, QueryPlan, timestamp};
 use taylored_orchestrator::docker::{Engine, RunnerSpec};
 use taylored_orchestrator::readiness::Readiness;
@@ -44,10 +41,7 @@ use taylored_orchestrator::reaper::Reaper;
 use taylored_orchestrator::reconcile::Summary;
 use taylored_orchestrator::runners::Runners;
 use taylored_orchestrator::session::SessionId;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 type Result<T> = anyhow::Result<T>;
@@ -165,7 +159,7 @@ fn percentile(samples: &[Duration], q: f64) -> Duration {
 }
 
 // ---------------------------------------------------------------------------
-// Docker: raw containers and cleanup (the runner image: tests/support).
+// Docker: raw containers (the runner image and cleanup: tests/support).
 
 /// The instance ids this run used; every container labelled with one of
 /// them is removed when the guard drops (also on panic).
@@ -185,49 +179,14 @@ struct CleanupGuard(Instances);
 impl Drop for CleanupGuard {
     fn drop(&mut self) {
         let instances = self.0.0.lock().map(|ids| ids.clone()).unwrap_or_default();
-        // Drop may run inside (or after the panic of) a runtime: clean up
-        // from a thread with its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let mut removed = 0;
-                for instance in &instances {
-                    removed += remove_instance_containers(instance).await;
-                }
-                eprintln!("cleanup: removed {removed} leftover containers");
-            });
-        });
-        let _ = cleanup.join();
+        let removed = remove_instances_blocking(instances);
+        eprintln!("cleanup: removed {removed} leftover containers");
     }
 }
 
-fn docker() -> Docker {
-    Docker::connect_with_defaults().expect("Docker client (check DOCKER_HOST)")
-}
-
-/// Force-removes every container of `instance`, 8 at a time; returns how many.
+/// Force-removes every container of `instance`; returns how many.
 async fn remove_instance_containers(instance: &str) -> usize {
-    let docker = docker();
-    let ids = container_ids(&docker, instance).await;
-    let count = ids.len();
-    futures_util::stream::iter(ids)
-        .map(|id| {
-            let docker = docker.clone();
-            async move {
-                let remove = RemoveContainerOptionsBuilder::new()
-                    .force(true)
-                    .v(true)
-                    .build();
-                let _ = docker.remove_container(&id, Some(remove)).await;
-            }
-        })
-        .buffer_unordered(8)
-        .collect::<Vec<()>>()
-        .await;
-    count
+    remove_instances(&[instance.to_owned()]).await
 }
 
 /// An engine client configured as the service's (default limits), under an
@@ -266,17 +225,10 @@ async fn raw_start(docker: &Docker, engine: &Engine, session: &str) -> Result<()
 // The service as a child process.
 
 struct Service {
-    child: Child,
-    pid: u32,
+    process: ServiceProcess,
     base: String,
-    /// From spawn to the "ready" log line (startup reconcile done).
-    spawn_to_ready: Duration,
     /// The "ready" line's reconcile summary.
     summary: String,
-    /// When the process was spawned.
-    started: Instant,
-    /// Later log lines that the benchmark waits for.
-    events: mpsc::UnboundedReceiver<(&'static str, String)>,
     client: reqwest::Client,
     /// Its `ORCHESTRATOR_ID`, which labels its runners.
     instance: String,
@@ -291,69 +243,24 @@ struct ServiceConfig<'a> {
 }
 
 async fn spawn_service(config: &ServiceConfig<'_>) -> Result<Service> {
-    let mut command = Command::from(service_command(
+    let mut command = service_command(
         &config.db_path.display().to_string(),
         config.instance,
         config.image,
-    ));
+    );
     command
         .env("CLEANUP_INTERVAL_SECONDS", "3600")
-        .env("INACTIVITY_TIMEOUT_SECONDS", "3600")
-        .kill_on_drop(true);
+        .env("INACTIVITY_TIMEOUT_SECONDS", "3600");
     for (key, value) in config.extra_env {
         command.env(key, value);
     }
-    let started = Instant::now();
-    let mut child = command.spawn()?;
-    let pid = child.id().unwrap_or_default();
-    let stderr = child.stderr.take().unwrap();
-    let (events, mut received) = mpsc::unbounded_channel();
-    // Drains the log for the life of the process (a full pipe would block
-    // it) and reports the bound port and readiness.
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            match event["message"].as_str() {
-                Some("listening") => {
-                    let address = event["address"].as_str().unwrap_or_default();
-                    let port = address.rsplit(':').next().unwrap_or_default().to_owned();
-                    let _ = events.send(("port", port));
-                }
-                Some("ready") => {
-                    let summary = event["summary"].as_str().unwrap_or_default().to_owned();
-                    let _ = events.send(("ready", summary));
-                }
-                Some("startup repairs finished") => {
-                    let summary = event["summary"].as_str().unwrap_or_default().to_owned();
-                    let _ = events.send(("repaired", summary));
-                }
-                _ => {}
-            }
-        }
-    });
-    let mut port = None;
-    let summary = loop {
-        let event = tokio::time::timeout(Duration::from_secs(600), received.recv()).await;
-        match event {
-            Ok(Some(("port", value))) => port = Some(value),
-            Ok(Some(("ready", summary))) => break summary,
-            Ok(Some(_)) => {}
-            _ => anyhow::bail!("the service did not become ready (exited or 600 s passed)"),
-        }
-    };
-    let spawn_to_ready = started.elapsed();
-    let port = port.ok_or_else(|| anyhow::anyhow!("no listening line before ready"))?;
+    let process = ServiceProcess::spawn(command, Duration::from_secs(600))
+        .await
+        .map_err(anyhow::Error::msg)?;
     Ok(Service {
-        child,
-        pid,
-        base: format!("http://127.0.0.1:{port}"),
-        spawn_to_ready,
-        summary,
-        started,
-        events: received,
+        base: format!("http://127.0.0.1:{}", process.port),
+        summary: process.logs.field("ready", "summary").unwrap_or_default(),
+        process,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()?,
@@ -363,33 +270,34 @@ async fn spawn_service(config: &ServiceConfig<'_>) -> Result<Service> {
 }
 
 impl Service {
+    /// From spawn to the "ready" log line (startup reconcile done).
+    fn spawn_to_ready(&self) -> Duration {
+        self.process.spawn_to_ready
+    }
+
     /// SIGTERM, as `docker stop` sends it; runners keep running.
-    async fn stop(mut self) -> Result<()> {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM)?;
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await??;
+    async fn stop(self) -> Result<()> {
+        let status = self.process.terminate(Duration::from_secs(60)).await;
+        let status = status.map_err(anyhow::Error::msg)?;
         anyhow::ensure!(status.success(), "the service exited with {status}");
         Ok(())
     }
 
     /// SIGKILL, as a crash or an OOM kill of the service would.
-    async fn kill_9(mut self) -> Result<()> {
-        self.child.kill().await?;
-        Ok(())
+    fn kill_9(self) {
+        self.process.kill_9();
     }
 
     /// Waits for the end of the startup repairs; returns when it came
     /// (since spawn) and the whole reconcile's summary.
-    async fn wait_repaired(&mut self) -> Result<(Duration, String)> {
-        loop {
-            let event = tokio::time::timeout(Duration::from_secs(600), self.events.recv()).await;
-            match event {
-                Ok(Some(("repaired", summary))) => return Ok((self.started.elapsed(), summary)),
-                Ok(Some(_)) => {}
-                _ => anyhow::bail!("the startup repairs did not finish (exited or 600 s passed)"),
-            }
-        }
+    async fn wait_repaired(&self) -> Result<(Duration, String)> {
+        let logs = &self.process.logs;
+        let line = logs
+            .wait_for("startup repairs finished", Duration::from_secs(600))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let summary = line["summary"].as_str().unwrap_or_default().to_owned();
+        Ok((self.process.started.elapsed(), summary))
     }
 
     /// Stops the service and removes its runners.
@@ -417,8 +325,8 @@ impl Service {
 
     /// `(VmHWM, VmRSS)` of the process in KiB.
     fn memory_kib(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
+            .unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -715,22 +623,16 @@ async fn warm_pool(cx: &mut Context) -> Result<()> {
         .await?;
     let reader = Db::connect_read_only(&service.db_path.display().to_string()).await?;
     let wait_full = async || -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        let full = poll_until(Duration::from_secs(120), "the warm pool filled", || async {
             let warm: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM runners WHERE pooled = 1 AND state = 'running'",
             )
             .fetch_one(reader.pool())
-            .await?;
-            if warm as usize >= pool {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the warm pool did not fill in 120 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            .await
+            .unwrap_or(0);
+            (warm as usize >= pool).then_some(())
+        });
+        full.await.map_err(anyhow::Error::msg)
     };
     let mut times = Vec::new();
     for _ in 0..samples {
@@ -785,7 +687,7 @@ async fn restart(cx: &mut Context) -> Result<()> {
     // restart on it with no runners.
     spawn_service(&config).await?.stop().await?;
     let empty = spawn_service(&config).await?;
-    let baseline = empty.spawn_to_ready;
+    let baseline = empty.spawn_to_ready();
     println!("  0 runners: ready {:.0} ms after spawn", ms(baseline));
     crash_mid_burst(cx, baseline).await?;
     let mut service = empty;
@@ -804,7 +706,7 @@ async fn restart(cx: &mut Context) -> Result<()> {
         }
         service.stop().await?;
         service = spawn_service(&config).await?;
-        let took = service.spawn_to_ready;
+        let took = service.spawn_to_ready();
         println!(
             "  {size} runners: ready {:.0} ms after spawn (reconcile: {})",
             ms(took),
@@ -876,24 +778,27 @@ async fn crash_mid_burst(cx: &mut Context, empty_restart: Duration) -> Result<()
         }
     });
     // Killed once half of the burst's containers exist.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while container_ids(&cx.docker, &instance).await.len() < burst.div_ceil(2) {
-        anyhow::ensure!(Instant::now() < deadline, "the burst made no containers");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    service.kill_9().await?;
+    let half = poll_until(
+        Duration::from_secs(120),
+        "half the burst's containers",
+        || async {
+            (container_ids(&cx.docker, &instance).await.len() >= burst.div_ceil(2)).then_some(())
+        },
+    );
+    half.await.map_err(anyhow::Error::msg)?;
+    service.kill_9();
     let _ = in_flight.await;
     let found = container_ids(&cx.docker, &instance).await.len();
 
-    let mut service = spawn_service(&config).await?;
-    let ready = service.spawn_to_ready;
+    let service = spawn_service(&config).await?;
+    let ready = service.spawn_to_ready();
     // Every session is answered at once: 200 (kept) or 404 (gone).
     let answers = futures_util::future::join_all(sessions.iter().map(|session| {
         let request = service
             .client
             .post(format!("{}/api/runner/heartbeat", service.base))
             .json(&serde_json::json!({ "sessionId": session }));
-        let started = service.started;
+        let started = service.process.started;
         async move {
             let status = request
                 .send()
@@ -948,19 +853,8 @@ async fn crash_mid_burst(cx: &mut Context, empty_restart: Duration) -> Result<()
 
 /// The ids of `instance`'s containers, running or not.
 async fn container_ids(docker: &Docker, instance: &str) -> Vec<String> {
-    let label = format!("{INSTANCE_LABEL}={instance}");
-    let filters = HashMap::from([("label", vec![label.as_str()])]);
-    let options = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    docker
-        .list_containers(Some(options))
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|container| container.id)
-        .collect()
+    let containers = instance_containers(docker, instance).await;
+    containers.into_iter().filter_map(|c| c.id).collect()
 }
 
 /// Fills a stopped instance's database with `fresh` rows (fake container
@@ -1209,7 +1103,8 @@ fn main() {
     let result = runtime.block_on(async {
         // Runners that ignore SIGTERM as the real (Node.js) one does, so
         // that no stop is kinder than in production.
-        let image = tokio::task::spawn_blocking(|| images::build_images().stubborn).await?;
+        let image =
+            tokio::task::spawn_blocking(|| support::images::build_images().stubborn).await?;
         let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         println!(
             "orchestrator benchmark ({}{}): image {image}, instances {prefix}-*",

@@ -774,16 +774,13 @@ async fn reconcile_actions(env: &TestEnv, since: i64) -> (BTreeMap<String, usize
     (counts, last)
 }
 
-/// `spawn_binary` blocks until the service listens; keep the runtime's other
-/// workers free meanwhile.
-fn start(env: &Arc<TestEnv>) -> BinaryApp {
-    tokio::task::block_in_place(|| {
-        env.spawn_binary(&[
-            // Nothing may be reaped during the run: only kills change state.
-            ("INACTIVITY_TIMEOUT_SECONDS", "3600"),
-            ("CLEANUP_INTERVAL_SECONDS", "3600"),
-        ])
-    })
+async fn start(env: &Arc<TestEnv>) -> BinaryApp {
+    env.spawn_binary(&[
+        // Nothing may be reaped during the run: only kills change state.
+        ("INACTIVITY_TIMEOUT_SECONDS", "3600"),
+        ("CLEANUP_INTERVAL_SECONDS", "3600"),
+    ])
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -806,7 +803,7 @@ async fn kill_9_under_load_keeps_db_and_docker_consistent() {
     let mut repairs: BTreeMap<String, usize> = BTreeMap::new();
     let mut audit_seen = 0;
 
-    let mut orchestrator = start(&env);
+    let mut orchestrator = start(&env).await;
     for kill_point in 1..=config.kill_points {
         let burst = Burst::choose(&mut rng);
         let max_delay = match burst {
@@ -835,6 +832,8 @@ async fn kill_9_under_load_keeps_db_and_docker_consistent() {
             .collect();
         // The burst starts when every client is ready; the kill follows.
         ready.wait().await;
+        // The kill point's random moment inside the burst: what the soak
+        // varies, not a wait for the service.
         tokio::time::sleep(delay).await;
         stop.store(true, Ordering::SeqCst);
         orchestrator.kill_9();
@@ -848,8 +847,10 @@ async fn kill_9_under_load_keeps_db_and_docker_consistent() {
         }
         totals.add(tally);
 
+        // CRASH_RESTART_DELAY_MS (0 by default): a deliberate pause, to tell
+        // a race with the killed process's engine requests from other faults.
         tokio::time::sleep(Duration::from_millis(config.restart_delay_ms)).await;
-        orchestrator = start(&env);
+        orchestrator = start(&env).await;
         let restart = Restart {
             label: format!(
                 "after kill point {kill_point} ({burst:?} burst, {} ms)",
@@ -909,7 +910,7 @@ async fn kill_9_under_load_keeps_db_and_docker_consistent() {
             "final cleanup: {left} containers and {rows} rows left after deprovisioning every session"
         ));
     }
-    let exit = tokio::task::block_in_place(|| orchestrator.terminate());
+    let exit = orchestrator.terminate().await;
     if !exit.success() {
         violations.push(format!("final SIGTERM: exit status {exit:?}"));
     }

@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::future::join_all;
 use taylored_orchestrator::config::OrphanPolicy;
+use taylored_orchestrator::db::RunnerState;
+use taylored_orchestrator::readiness::Phase;
 use taylored_orchestrator::reconcile::Reconciler;
-use tokio::net::{TcpListener, UnixStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::helpers::{TestEnv, assert_runner_answers, eventually};
@@ -91,10 +95,14 @@ async fn the_timer_reconcile_catches_what_events_miss() {
 }
 
 /// A TCP front for the engine's socket that a test can cut and restore, so
-/// the service sees the engine vanish and come back for real.
+/// the service sees the engine vanish and come back for real, or hold, so
+/// that the service's requests wait at the engine for as long as the test
+/// needs them in flight.
 struct EngineProxy {
     port: u16,
     connections: Option<JoinSet<()>>,
+    /// While true, nothing the service sends reaches the engine.
+    held: watch::Sender<bool>,
 }
 
 impl EngineProxy {
@@ -104,30 +112,46 @@ impl EngineProxy {
         let mut proxy = Self {
             port,
             connections: None,
+            held: watch::Sender::new(false),
         };
         proxy.serve(listener);
         proxy
     }
 
+    fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
     fn docker_host(&self) -> String {
-        format!("--docker-host=tcp://127.0.0.1:{}", self.port)
+        format!("--docker-host={}", self.url())
     }
 
     fn serve(&mut self, listener: TcpListener) {
         let mut connections = JoinSet::new();
         let socket = engine_socket();
+        let held = self.held.clone();
         connections.spawn(async move {
             let mut tunnels = JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
-                let socket = socket.clone();
+            while let Ok((client, _)) = listener.accept().await {
+                let (socket, held) = (socket.clone(), held.subscribe());
                 tunnels.spawn(async move {
-                    if let Ok(mut engine) = UnixStream::connect(&socket).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                    if let Ok(engine) = UnixStream::connect(&socket).await {
+                        tunnel(client, engine, held).await;
                     }
                 });
             }
         });
         self.connections = Some(connections);
+    }
+
+    /// Holds every request to the engine (answers already on their way
+    /// still arrive) until [`EngineProxy::release`].
+    fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    fn release(&self) {
+        self.held.send_replace(false);
     }
 
     /// Closes the listener and every open connection.
@@ -139,6 +163,27 @@ impl EngineProxy {
     async fn restore(&mut self) {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
         self.serve(listener);
+    }
+}
+
+/// Copies both ways; what the client sends waits while `held` is true.
+async fn tunnel(client: TcpStream, engine: UnixStream, mut held: watch::Receiver<bool>) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut engine_read, mut engine_write) = engine.into_split();
+    let requests = async {
+        let mut buffer = vec![0; 64 * 1024];
+        while let Ok(read @ 1..) = client_read.read(&mut buffer).await {
+            if held.wait_for(|held| !held).await.is_err()
+                || engine_write.write_all(&buffer[..read]).await.is_err()
+            {
+                break;
+            }
+        }
+    };
+    let answers = tokio::io::copy(&mut engine_read, &mut client_write);
+    tokio::select! {
+        () = requests => {}
+        _ = answers => {}
     }
 }
 
@@ -230,7 +275,15 @@ async fn engine_down_at_start_delays_readiness_until_it_returns() {
 
     proxy.cut();
     let app = env.start(&[&proxy.docker_host()]).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Not ready because an attempt failed, not because none was made yet.
+    eventually(
+        Duration::from_secs(10),
+        "a failed attempt of the startup reconcile",
+        || async {
+            matches!(app.readiness.phase(), Phase::Starting(reason) if reason.contains("failed"))
+        },
+    )
+    .await;
 
     let ready = app.api.get("/readyz").await;
     assert_eq!(
@@ -332,7 +385,7 @@ async fn a_mismatched_or_newer_schema_is_refused() {
 #[tokio::test]
 async fn a_second_service_on_the_same_database_refuses_to_start() {
     let env = TestEnv::new();
-    let first = env.spawn_binary(&[]);
+    let first = env.spawn_binary(&[]).await;
     refuses_to_start(
         env.db_path.to_str().unwrap(),
         "another orchestrator is already using the database",
@@ -341,11 +394,17 @@ async fn a_second_service_on_the_same_database_refuses_to_start() {
     assert_eq!(first.api.provision(Some("still-fine")).await.status, 201);
 }
 
+/// SIGTERM while provisions are with the engine: the engine is held, so
+/// they are in flight when the signal arrives (their rows claimed, their
+/// starts unanswered), and released only after it. The service finishes
+/// them all, exits 0, and leaves the next start nothing to repair.
 #[tokio::test]
-async fn sigterm_under_load_finishes_or_undoes_every_provision() {
+async fn sigterm_under_load_finishes_every_provision_in_flight() {
+    let proxy = EngineProxy::start().await;
     let env = TestEnv::new();
-    let orchestrator = env.spawn_binary(&[]);
+    let orchestrator = env.spawn_binary(&[("DOCKER_HOST", &proxy.url())]).await;
     let api = orchestrator.api.clone();
+    proxy.hold();
     let load = tokio::spawn(async move {
         join_all((0..12).map(|i| {
             let api = api.clone();
@@ -353,39 +412,63 @@ async fn sigterm_under_load_finishes_or_undoes_every_provision() {
         }))
         .await
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The engine takes 8 starts at once; the other 4 wait their turn.
+    let starting = |event: &serde_json::Value| event["message"] == "starting runner";
+    eventually(
+        Duration::from_secs(30),
+        "8 starts sent to the engine",
+        || {
+            let sent = orchestrator
+                .logs
+                .lines()
+                .iter()
+                .filter(|e| starting(e))
+                .count();
+            std::future::ready(sent == 8)
+        },
+    )
+    .await;
+
+    orchestrator.send_sigterm();
+    let in_flight = env.db().await.all().await.unwrap();
+    assert_eq!(in_flight.len(), 8, "{in_flight:?}");
+    assert!(
+        in_flight
+            .iter()
+            .all(|row| row.state == RunnerState::Provisioning),
+        "a provision ended before SIGTERM: {in_flight:?}"
+    );
+    assert!(
+        !load.is_finished(),
+        "a provision was answered before SIGTERM"
+    );
+    proxy.release();
 
     let started = Instant::now();
-    let status = orchestrator.terminate();
-    eprintln!("exited {:?} after SIGTERM under load", started.elapsed());
+    let status = orchestrator.wait_exit().await;
+    eprintln!(
+        "exited {:?} after the engine was released",
+        started.elapsed()
+    );
     assert!(status.success(), "{status:?}");
     let replies = load.await.unwrap();
+    for (i, reply) in &replies {
+        assert_eq!(reply.status, 201, "inflight-{i}: {reply:?}");
+    }
 
-    let orchestrator = env.spawn_binary(&[]);
-    let logs = orchestrator.logs.lock().unwrap().clone();
-    let summary = logs
-        .iter()
-        .find(|event| event["message"] == "startup reconcile finished")
-        .expect("summary line")["summary"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let orchestrator = env.spawn_binary(&[]).await;
+    let summary = orchestrator.log_field("startup reconcile finished", "summary");
     eprintln!("next start: {summary}");
     assert!(
-        summary.contains("containers_removed=0 rows_dropped=0 failed=0"),
+        summary.contains("kept=12 ")
+            && summary.contains("containers_removed=0 rows_dropped=0 failed=0"),
         "{summary}"
     );
-    let rows = env.db().await.all().await.unwrap();
-    assert_eq!(rows.len(), env.running_container_ids().await.len());
-    for (i, reply) in replies {
+    assert_eq!(env.running_container_ids().await.len(), 12);
+    for (i, _) in replies {
         let session = format!("inflight-{i}");
-        if reply.status == 201 {
-            assert_eq!(
-                orchestrator.api.heartbeat(&session).await.status,
-                200,
-                "{session}"
-            );
-        }
+        let heartbeat = orchestrator.api.heartbeat(&session).await;
+        assert_eq!(heartbeat.status, 200, "{session}");
     }
 }
 
@@ -393,7 +476,7 @@ async fn sigterm_under_load_finishes_or_undoes_every_provision() {
 async fn a_first_run_without_the_runner_image_says_what_is_missing() {
     let image = format!("taylored-test-missing:{}", uuid::Uuid::new_v4().simple());
     let env = TestEnv::with_image(&image);
-    let orchestrator = env.spawn_binary(&[]);
+    let orchestrator = env.spawn_binary(&[]).await;
 
     let ready = orchestrator.api.get("/readyz").await;
     assert_eq!(ready.status, 503, "{ready:?}");
@@ -401,20 +484,21 @@ async fn a_first_run_without_the_runner_image_says_what_is_missing() {
         ready.message().contains(&image) && ready.message().contains("build"),
         "{ready:?}"
     );
-    eventually(
-        Duration::from_secs(10),
-        "a log line naming the image",
-        || {
-            let logged = orchestrator.logs.lock().unwrap().iter().any(|event| {
-                event["level"] == "WARN"
-                    && event["message"]
-                        .as_str()
-                        .is_some_and(|text| text.contains(&image))
-            });
-            std::future::ready(logged)
-        },
-    )
-    .await;
+    let names_image = |event: &serde_json::Value| {
+        event["level"] == "WARN"
+            && event["message"]
+                .as_str()
+                .is_some_and(|text| text.contains(&image))
+    };
+    orchestrator
+        .logs
+        .wait_for_line(
+            Duration::from_secs(10),
+            "a warning naming the image",
+            names_image,
+        )
+        .await
+        .unwrap();
     // The service stays up and says the same to a provision.
     assert_eq!(orchestrator.api.get("/").await.status, 200);
     let refused = orchestrator.api.provision(Some("first")).await;

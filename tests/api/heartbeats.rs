@@ -12,7 +12,7 @@ use taylored_orchestrator::docker::Stop;
 use taylored_orchestrator::runners::{Removal, RemovalOutcome};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TestEnv, eventually, spawn_app_with};
+use crate::helpers::{TestEnv, clock_past, eventually, spawn_app_with};
 
 /// Long enough that nothing is flushed during a test unless it says so.
 const NEVER: &str = "--heartbeat-flush-interval=60000";
@@ -23,7 +23,7 @@ async fn heartbeats_are_held_in_memory_and_written_by_a_clean_stop() {
     let app = env.spawn(&[NEVER]).await;
     let session = app.api.provision(None).await.session_id().to_owned();
     let provisioned = env.row(&session).await.unwrap().last_heartbeat_at;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    clock_past(&provisioned).await;
 
     for _ in 0..3 {
         assert_eq!(app.api.heartbeat(&session).await.status, 200);
@@ -48,7 +48,7 @@ async fn a_heartbeat_not_yet_written_spares_its_runner() {
     assert_eq!(app.api.heartbeat("heartbeating").await.status, 200);
     assert_eq!(app.api.heartbeat("silent").await.status, 200);
     let cutoff = Utc::now();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    clock_past(&taylored_orchestrator::db::timestamp(cutoff)).await;
     assert_eq!(app.api.heartbeat("heartbeating").await.status, 200);
 
     // As the reaper removes a runner its query found idle: both rows are
@@ -79,7 +79,7 @@ async fn heartbeats_are_written_within_the_flush_interval() {
     let app = spawn_app_with(&["--heartbeat-flush-interval=50"]).await;
     let session = app.api.provision(None).await.session_id().to_owned();
     let before = app.env.row(&session).await.unwrap().last_heartbeat_at;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    clock_past(&before).await;
 
     assert_eq!(app.api.heartbeat(&session).await.status, 200);
 
@@ -168,6 +168,8 @@ async fn heartbeating_runners_survive_a_busy_reaper() {
             while !stop.is_cancelled() {
                 let status = api.heartbeat(&session).await.status;
                 assert_eq!(status, 200, "{session} lost its runner while heartbeating");
+                // A browser's pace, compressed: the load under test, not a
+                // wait for anything.
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }
         }
@@ -189,6 +191,8 @@ async fn heartbeating_runners_survive_a_busy_reaper() {
                 "the silent runners were not reaped: {reaped} of {}",
                 stopping.len()
             );
+            // The sweeps' pace (the race under test), not a wait: the
+            // loop ends on the silent runners being reaped.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         stop_steady.cancel();

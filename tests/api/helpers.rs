@@ -5,27 +5,22 @@
 //! runners it started; cleanup runs on drop, also when the test panics.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::Child;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-#[path = "../support/service_command.rs"]
-mod service_command;
-#[path = "../support/images.rs"]
-mod test_images;
-use service_command::service_command;
-pub use test_images::TestImages;
-use test_images::build_images;
+#[path = "../support/mod.rs"]
+mod support;
+pub use support::cleanup::docker;
+use support::cleanup::{instance_containers, remove_instances_blocking};
+use support::images::{TestImages, build_images};
+pub use support::service::Logs;
+use support::service::{ServiceProcess, service_command};
+use support::wait::poll_until;
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig, PortBinding};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder,
-};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, InspectContainerOptions};
 use serde_json::Value;
 use taylored_orchestrator::config::{INSTANCE_LABEL, SESSION_LABEL, Settings};
 use taylored_orchestrator::db::{Db, RunnerRow};
@@ -41,10 +36,6 @@ use tokio_util::sync::CancellationToken;
 pub fn images() -> &'static TestImages {
     static IMAGES: OnceLock<TestImages> = OnceLock::new();
     IMAGES.get_or_init(build_images)
-}
-
-pub fn docker() -> Docker {
-    Docker::connect_with_defaults().expect("Docker client (check DOCKER_HOST)")
 }
 
 /// One test's world: an instance id, a database file, and cleanup of every
@@ -110,13 +101,7 @@ impl TestEnv {
 
     /// This instance's containers, running or not.
     pub async fn containers(&self) -> Vec<ContainerSummary> {
-        let label = format!("{INSTANCE_LABEL}={}", self.instance);
-        let filters = HashMap::from([("label", vec![label.as_str()])]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        self.docker.list_containers(Some(options)).await.unwrap()
+        instance_containers(&self.docker, &self.instance).await
     }
 
     pub async fn running_container_ids(&self) -> Vec<String> {
@@ -289,52 +274,21 @@ impl TestEnv {
         }
     }
 
-    /// Starts the real binary on this environment's database.
-    pub fn spawn_binary(self: &Arc<Self>, extra_env: &[(&str, &str)]) -> BinaryApp {
+    /// Starts the real binary on this environment's database and waits
+    /// until it is ready.
+    pub async fn spawn_binary(self: &Arc<Self>, extra_env: &[(&str, &str)]) -> BinaryApp {
         let settings = self.settings(&[]);
         let mut command = service_command(&settings.database_url, &self.instance, &self.image);
         for (key, value) in extra_env {
             command.env(key, value);
         }
-        let mut child = command.spawn().expect("spawn orchestrator binary");
-        let (port_tx, port_rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let kept_logs = logs.clone();
-        // Drains the log for the whole life of the process (a full pipe
-        // would block it), keeps it for the test, and reports the bound port
-        // and readiness.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                let port = (event["message"] == "listening").then(|| {
-                    let address = event["address"].as_str().unwrap_or_default();
-                    address.rsplit(':').next().unwrap().parse::<u16>().unwrap()
-                });
-                let ready = event["message"] == "ready";
-                // Kept before it is reported, so the test finds the line.
-                kept_logs.lock().unwrap().push(event);
-                if let Some(port) = port {
-                    let _ = port_tx.send(port);
-                }
-                if ready {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        let port = port_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the orchestrator binary did not start listening within 60 s");
-        ready_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the orchestrator binary did not become ready within 60 s");
+        let process = ServiceProcess::spawn(command, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
         BinaryApp {
-            api: Api::new(port),
-            child,
-            logs,
+            api: Api::new(process.port),
+            logs: process.logs.clone(),
+            process,
             _env: self.clone(),
         }
     }
@@ -354,63 +308,7 @@ impl Drop for TestEnv {
             finished.push(self.instance.clone());
             finished.clone()
         };
-        let instance = self.instance.clone();
-        // Drop cannot await, and may run inside a runtime: clean up from a
-        // thread with its own.
-        let cleanup = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(remove_instance_containers(&instance, &finished));
-        });
-        let _ = cleanup.join();
-    }
-}
-
-/// Removes every container of the `finished` instances, then `instance`'s
-/// runner networks.
-async fn remove_instance_containers(instance: &str, finished: &[String]) {
-    let docker = docker();
-    let options = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&HashMap::from([("label", vec![INSTANCE_LABEL])]))
-        .build();
-    for container in docker
-        .list_containers(Some(options))
-        .await
-        .unwrap_or_default()
-    {
-        let owner = container
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(INSTANCE_LABEL));
-        let (Some(id), Some(owner)) = (container.id, owner) else {
-            continue;
-        };
-        if !finished.contains(owner) {
-            continue;
-        }
-        let remove = RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .v(true)
-            .build();
-        let _ = docker.remove_container(&id, Some(remove)).await;
-    }
-    let label = format!("{INSTANCE_LABEL}={instance}");
-    let filters = HashMap::from([("label", vec![label.as_str()])]);
-    // Runner networks the service created for this instance.
-    let options = bollard::query_parameters::ListNetworksOptionsBuilder::new()
-        .filters(&filters)
-        .build();
-    for network in docker
-        .list_networks(Some(options))
-        .await
-        .unwrap_or_default()
-    {
-        if let Some(id) = network.id {
-            let _ = docker.remove_network(&id).await;
-        }
+        remove_instances_blocking(finished);
     }
 }
 
@@ -476,8 +374,8 @@ impl Drop for TestApp {
 pub struct BinaryApp {
     pub api: Api,
     /// Every JSON log line the process wrote so far.
-    pub logs: Arc<Mutex<Vec<Value>>>,
-    child: Child,
+    pub logs: Logs,
+    process: ServiceProcess,
     _env: Arc<TestEnv>,
 }
 
@@ -485,42 +383,40 @@ impl BinaryApp {
     /// Waits until the removals the startup reconcile left for after
     /// readiness are done, and returns what it did in all.
     pub async fn wait_repaired(&self) -> String {
-        let mut summary = None;
-        eventually(Duration::from_secs(60), "startup repairs finished", || {
-            summary = self.logs.lock().unwrap().iter().find_map(|event| {
-                (event["message"] == "startup repairs finished")
-                    .then(|| event["summary"].as_str().unwrap_or_default().to_owned())
-            });
-            std::future::ready(summary.is_some())
-        })
-        .await;
-        summary.unwrap_or_default()
+        let line = self
+            .logs
+            .wait_for("startup repairs finished", Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        line["summary"].as_str().unwrap_or_default().to_owned()
     }
 
-    pub fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    /// A field of the first log line with `message`, as text.
+    pub fn log_field(&self, message: &str, field: &str) -> String {
+        self.logs
+            .field(message, field)
+            .unwrap_or_else(|| panic!("no `{message}` log line with `{field}`"))
+    }
+
+    pub fn kill_9(self) {
+        self.process.kill_9();
+    }
+
+    /// Sends SIGTERM without waiting for the exit.
+    pub fn send_sigterm(&self) {
+        self.process.send_sigterm();
+    }
+
+    /// Waits for the exit (after [`BinaryApp::send_sigterm`]).
+    pub async fn wait_exit(self) -> std::process::ExitStatus {
+        let exited = self.process.wait_exit(Duration::from_secs(10)).await;
+        exited.unwrap_or_else(|error| panic!("{error} of SIGTERM"))
     }
 
     /// Sends SIGTERM and returns the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
-        for _ in 0..200 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the orchestrator did not exit within 10 s of SIGTERM");
-    }
-}
-
-impl Drop for BinaryApp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub async fn terminate(self) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.wait_exit().await
     }
 }
 
@@ -686,35 +582,51 @@ pub async fn runner_answers(endpoint: &str) -> Result<(), String> {
 /// A just-started container may take a moment to listen (the engine's port
 /// forwarder accepts before it does), as clients' reconnects allow for.
 pub async fn assert_runner_answers(endpoint: &str) {
-    let mut last_error = None;
-    for _ in 0..50 {
-        match reqwest::get(endpoint).await {
-            Ok(response) => {
-                assert_eq!(response.status(), 200);
-                let body: Value = response.json().await.unwrap();
-                assert_eq!(body["runner"], "ok");
-                return;
-            }
-            Err(error) => last_error = Some(error),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("runner at {endpoint} does not answer within 5 s: {last_error:?}");
+    let what = format!("the runner at {endpoint} answering");
+    let body: Value = wait_for(Duration::from_secs(5), &what, || async {
+        let response = reqwest::get(endpoint).await.ok()?;
+        assert_eq!(response.status(), 200);
+        Some(response.json().await.unwrap())
+    })
+    .await;
+    assert_eq!(body["runner"], "ok");
 }
 
-/// Polls `check` every 50 ms until it holds or `limit` passes; returns how
-/// long it took.
+/// Polls `check` until it gives a value; panics naming `what` if `limit`
+/// passes first. The one way a test waits for the service or the engine.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll_until(limit, what, check)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// Waits until the clock, as the database writes it (milliseconds), is past
+/// `stamp`: a time written now is later than one written then.
+pub async fn clock_past(stamp: &str) {
+    let what = format!("the clock passing {stamp}");
+    eventually(Duration::from_secs(1), &what, || {
+        std::future::ready(
+            taylored_orchestrator::db::timestamp(chrono::Utc::now()).as_str() > stamp,
+        )
+    })
+    .await;
+}
+
+/// [`wait_for`] a condition; returns how long it took.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let started = std::time::Instant::now();
-    while started.elapsed() < limit {
-        if check().await {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not happen within {limit:?}");
+    wait_for(limit, what, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
+    started.elapsed()
 }

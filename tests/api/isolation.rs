@@ -9,7 +9,9 @@ use serde_json::Value;
 use taylored_orchestrator::capacity::derived_limit;
 use taylored_orchestrator::config::Settings;
 
-use crate::helpers::{TestEnv, assert_runner_answers, eventually, images, spawn_app_with};
+use crate::helpers::{
+    TestEnv, assert_runner_answers, eventually, images, spawn_app_with, wait_for,
+};
 
 #[tokio::test]
 async fn every_limit_is_set_on_the_container() {
@@ -99,18 +101,18 @@ async fn a_runner_that_spawns_without_end_stays_contained() {
     let reply = app.api.provision(Some("spawner")).await;
     assert_eq!(reply.status, 201, "{reply:?}");
 
-    let mut report = Value::Null;
-    for _ in 0..50 {
-        if let Ok(response) = reqwest::get(reply.endpoint()).await {
-            report = response.json().await.unwrap_or_default();
-            if report["threads_started"].as_u64().unwrap_or(0) > 0 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let report: Value = wait_for(
+        Duration::from_secs(5),
+        "the runner reporting threads",
+        || async {
+            let response = reqwest::get(reply.endpoint()).await.ok()?;
+            let report: Value = response.json().await.ok()?;
+            (report["threads_started"].as_u64().unwrap_or(0) > 0).then_some(report)
+        },
+    )
+    .await;
     let started = report["threads_started"].as_u64().unwrap_or(0);
-    assert!(started > 0 && started < 64, "threads started: {report}");
+    assert!(started < 64, "threads started: {report}");
     // Still alive, still tracked, and the service unharmed.
     assert_eq!(app.api.heartbeat("spawner").await.status, 200);
     assert_eq!(app.api.provision(Some("bystander")).await.status, 201);
@@ -205,23 +207,17 @@ fn default_provision_rate() -> String {
 /// The `orchestrator_runner_limit` gauge.
 /// It is worked out right after ready, so it may read 0 (unknown) at first.
 async fn runner_limit_gauge(app: &crate::helpers::TestApp) -> u64 {
-    let started = Instant::now();
-    loop {
+    let what = "the runner limit known (10 s after ready)";
+    wait_for(Duration::from_secs(10), what, || async {
         let text = app.api.metrics().await;
         let limit: u64 = text
             .lines()
             .find_map(|line| line.strip_prefix("orchestrator_runner_limit "))
             .and_then(|value| value.parse().ok())
             .unwrap_or_else(|| panic!("no runner limit in:\n{text}"));
-        if limit != 0 {
-            return limit;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the runner limit is still unknown 10 s after ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (limit != 0).then_some(limit)
+    })
+    .await
 }
 
 /// What the engine reports as its memory (`MemTotal`).
@@ -345,15 +341,15 @@ async fn runners_older_than_the_maximum_age_are_reaped_however_active() {
     let app = spawn_app_with(&["--max-runner-age=2", "--cleanup-interval=1"]).await;
     assert_eq!(app.api.provision(Some("ancient")).await.status, 201);
 
-    let started = std::time::Instant::now();
-    while app.env.row("ancient").await.is_some() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "not reaped by age"
-        );
-        assert!([200, 404].contains(&app.api.heartbeat("ancient").await.status));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the runner reaped by age",
+        || async {
+            assert!([200, 404].contains(&app.api.heartbeat("ancient").await.status));
+            app.env.row("ancient").await.is_none()
+        },
+    )
+    .await;
 
     assert!(app.env.containers().await.is_empty());
     let trail = app.runners.db().audit_trail("ancient").await.unwrap();

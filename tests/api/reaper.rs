@@ -5,19 +5,26 @@ use taylored_orchestrator::reaper::{ReapOutcome, Reaper};
 use taylored_orchestrator::supervise::Supervisor;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TestEnv, spawn_app, spawn_app_with};
+use crate::helpers::{TestEnv, eventually, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn idle_runners_are_reaped_and_heartbeating_ones_kept() {
     let app = spawn_app_with(&["--inactivity-timeout=2", "--cleanup-interval=1"]).await;
-    let idle = app.api.provision(Some("idle")).await;
+    // `alive` first: a sweep whose cutoff is past `idle`'s start is past
+    // `alive`'s too, so only its heartbeats can keep it.
     let alive = app.api.provision(Some("alive")).await;
+    let idle = app.api.provision(Some("idle")).await;
     assert_eq!((idle.status, alive.status), (201, 201));
 
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(app.api.heartbeat("alive").await.status, 200);
-    }
+    eventually(
+        Duration::from_secs(30),
+        "the idle runner reaped",
+        || async {
+            assert_eq!(app.api.heartbeat("alive").await.status, 200);
+            app.env.row("idle").await.is_none()
+        },
+    )
+    .await;
 
     assert!(
         app.env.row("idle").await.is_none(),

@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 use std::process::Command;
 
-use crate::helpers::{BinaryApp, TestEnv, assert_runner_answers};
+use crate::helpers::{TestEnv, assert_runner_answers};
 
 #[tokio::test]
 async fn kill_9_and_restart_loses_and_adds_nothing() {
     let env = TestEnv::stubborn();
-    let orchestrator = env.spawn_binary(&[]);
+    let orchestrator = env.spawn_binary(&[]).await;
     let mut endpoints = HashMap::new();
     for session in ["one", "two", "three"] {
         let reply = orchestrator.api.provision(Some(session)).await;
@@ -19,7 +19,7 @@ async fn kill_9_and_restart_loses_and_adds_nothing() {
     assert_eq!(containers_before.len(), 3);
 
     orchestrator.kill_9();
-    let orchestrator = env.spawn_binary(&[]);
+    let orchestrator = env.spawn_binary(&[]).await;
 
     for (session, endpoint) in &endpoints {
         assert_eq!(
@@ -40,15 +40,15 @@ async fn kill_9_and_restart_loses_and_adds_nothing() {
 #[tokio::test]
 async fn sigterm_exits_0_and_leaves_runners_for_the_next_start() {
     let env = TestEnv::stubborn();
-    let orchestrator = env.spawn_binary(&[]);
+    let orchestrator = env.spawn_binary(&[]).await;
     let reply = orchestrator.api.provision(Some("survivor")).await;
     assert_eq!(reply.status, 201);
 
-    let status = orchestrator.terminate();
+    let status = orchestrator.terminate().await;
 
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(env.running_container_ids().await.len(), 1);
-    let orchestrator = env.spawn_binary(&[]);
+    let orchestrator = env.spawn_binary(&[]).await;
     assert_eq!(orchestrator.api.heartbeat("survivor").await.status, 200);
     let again = orchestrator.api.provision(Some("survivor")).await;
     assert_eq!((again.status, again.endpoint()), (200, reply.endpoint()));
@@ -57,7 +57,7 @@ async fn sigterm_exits_0_and_leaves_runners_for_the_next_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_is_ready_before_dead_containers_are_removed_and_kills_them() {
     let env = TestEnv::stubborn();
-    let orchestrator = env.spawn_binary(&[]);
+    let orchestrator = env.spawn_binary(&[]).await;
     let kept = orchestrator.api.provision(Some("survivor")).await;
     assert_eq!(kept.status, 201);
     orchestrator.kill_9();
@@ -75,18 +75,18 @@ async fn a_restart_is_ready_before_dead_containers_are_removed_and_kills_them() 
     }
 
     // A graceful stop would wait 60 s per running container.
-    let orchestrator = tokio::task::block_in_place(|| {
-        env.spawn_binary(&[
+    let orchestrator = env
+        .spawn_binary(&[
             ("ORPHAN_POLICY", "remove"),
             ("RUNNER_INIT", "false"),
             ("RUNNER_STOP_TIMEOUT_SECONDS", "60"),
         ])
-    });
+        .await;
 
     // Ready before any removal: every session answers at once.
-    let ready = log_field(&orchestrator, "ready", "summary");
+    let ready = orchestrator.log_field("ready", "summary");
     assert!(ready.contains("containers_removed=0"), "{ready}");
-    let left = log_field(&orchestrator, "startup reconcile finished", "removals_left");
+    let left = orchestrator.log_field("startup reconcile finished", "removals_left");
     assert_eq!(left, "12");
     assert_eq!(orchestrator.api.heartbeat("survivor").await.status, 200);
     for (session, _) in &dead {
@@ -115,19 +115,6 @@ async fn a_restart_is_ready_before_dead_containers_are_removed_and_kills_them() 
     sessions.sort();
     assert_eq!(sessions, ["dead-0", "survivor"]);
     assert_eq!(env.running_container_ids().await.len(), 2);
-}
-
-/// A field of the first log line with `message`, as text.
-fn log_field(app: &BinaryApp, message: &str, field: &str) -> String {
-    let logs = app.logs.lock().unwrap();
-    let event = logs
-        .iter()
-        .find(|event| event["message"] == message)
-        .unwrap_or_else(|| panic!("no `{message}` log line"));
-    match &event[field] {
-        serde_json::Value::String(text) => text.clone(),
-        other => other.to_string(),
-    }
 }
 
 #[test]

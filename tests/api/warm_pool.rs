@@ -6,17 +6,16 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::future::join_all;
 
-use crate::helpers::{TestApp, TestEnv, assert_runner_answers};
+use taylored_orchestrator::warm_pool::WarmPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TestApp, TestEnv, assert_runner_answers, eventually};
 
 async fn wait_for_pool(app: &TestApp, size: i64) {
-    let started = Instant::now();
-    while app.runners.db().count_pooled().await.unwrap() < size || warm_running(app).await < size {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the pool did not fill"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), "the pool filled", || async {
+        app.runners.db().count_pooled().await.unwrap() >= size && warm_running(app).await >= size
+    })
+    .await;
 }
 
 async fn warm_running(app: &TestApp) -> i64 {
@@ -123,7 +122,10 @@ async fn warm_runners_are_not_reaped_survive_a_restart_and_count_against_the_lim
         .await;
     assert_eq!(app.reconciled.kept, 2);
     assert_eq!(app.runners.db().count_pooled().await.unwrap(), 2);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A pass of the pool, as its worker makes at start, finds it full.
+    let pool = WarmPool::new(app.runners.clone(), 2);
+    let started = pool.try_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(started, 0, "the kept runners did not fill the pool");
     assert_eq!(
         env.running_container_ids().await,
         before,

@@ -1,8 +1,5 @@
 //! The stand-in runner images, built once per machine from `tests/runner`
-//! (no registry needed); included by the API tests and the benchmark
-//! (`#[path]`), since they build as separate crates. Each uses some of the
-//! images, hence the `dead_code` allowance.
-#![allow(dead_code)]
+//! (no registry needed).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
