@@ -27,9 +27,10 @@ use extract::{OptionalJson, SessionHeader, parse_optional};
 pub use linger::LINGER_IDLE;
 pub use serve::serve;
 
+use crate::backend::NetworkMode;
 use crate::config::AllowedOrigins;
 use crate::readiness::{Phase, Readiness};
-use crate::runners::{Heartbeat, Provisioned, RunnerError, Runners, validate_network_mode};
+use crate::runners::{Heartbeat, Provisioned, RunnerError, Runners};
 use crate::session::SessionId;
 
 /// The largest request body accepted; the API's bodies are a few dozen bytes.
@@ -121,14 +122,14 @@ async fn readyz(
             "the database does not take writes: {error}"
         )));
     }
-    if let Err(error) = runners.engine().ping().await {
+    if let Err(error) = runners.health().ping().await {
         return Err(ApiError::NotReady(format!(
             "the Docker Engine is unreachable: {error}"
         )));
     }
-    match runners.engine().image_present().await {
+    match runners.backend().image_present().await {
         Ok(true) => {}
-        Ok(false) => return Err(ApiError::NotReady(runners.engine().missing_image_hint())),
+        Ok(false) => return Err(ApiError::NotReady(runners.backend().missing_image_hint())),
         Err(error) => {
             return Err(ApiError::NotReady(format!(
                 "cannot ask the Docker Engine for the runner image: {error}"
@@ -217,15 +218,14 @@ async fn provision(
     SessionHeader(session): SessionHeader,
     OptionalJson(request): OptionalJson<ProvisionRequest>,
 ) -> Result<(StatusCode, Json<ProvisionResponse>), ApiError> {
-    let network_mode = request.network_mode.filter(|mode| !mode.is_empty());
-    if let Some(mode) = &network_mode {
-        validate_network_mode(mode).map_err(ApiError::InvalidNetworkMode)?;
-    }
+    let network_mode = match request.network_mode.filter(|mode| !mode.is_empty()) {
+        Some(mode) => mode.parse().map_err(ApiError::InvalidNetworkMode)?,
+        None => NetworkMode::Default,
+    };
     let production = runners.settings().is_production();
-    let outcome =
-        run_to_completion(async move { runners.provision(session, network_mode.as_deref()).await })
-            .await
-            .map_err(|error| ApiError::from_runner_error(error, production))?;
+    let outcome = run_to_completion(async move { runners.provision(session, &network_mode).await })
+        .await
+        .map_err(|error| ApiError::from_runner_error(error, production))?;
     let (status, message, runner) = match outcome {
         Provisioned::Created(runner) | Provisioned::Claimed(runner) => (
             StatusCode::CREATED,
