@@ -676,8 +676,65 @@ impl Reconciler {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::StreamExt;
+
     use super::*;
     use crate::backend::NetworkMode;
+    use crate::runners::Provisioned;
+    use crate::session::SessionId;
+    use crate::test_support::Harness;
+
+    #[tokio::test]
+    async fn a_runner_killed_behind_the_services_back_is_repaired_from_its_event() {
+        let harness = Harness::new(&[]).await;
+        let reconciler = Reconciler::new(harness.runners.clone(), OrphanPolicy::Adopt);
+        let session = SessionId::parse("s-1").unwrap();
+        let provisioned = harness
+            .runners
+            .provision(Some(session.clone()), &NetworkMode::Default)
+            .await
+            .unwrap();
+        assert!(matches!(provisioned, Provisioned::Created(_)));
+        let mut events = harness.backend.events(0);
+        let id = harness.backend.runners()[0].id.clone();
+        assert!(harness.backend.kill(&id));
+
+        let event = events.next().await.unwrap().unwrap();
+        assert_eq!(event.runner_id, id);
+        let summary = reconciler.on_event(&event).await.unwrap();
+        assert_eq!((summary.containers_removed, summary.rows_dropped), (1, 1));
+        assert!(harness.backend.runners().is_empty());
+        assert!(harness.runners.db().find("s-1").await.unwrap().is_none());
+        let trail = harness.runners.db().audit_trail("s-1").await.unwrap();
+        assert!(
+            trail
+                .iter()
+                .any(|record| record.reason == "container die (exit code 137)")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_startup_reconcile_adopts_a_running_orphan() {
+        let harness = Harness::new(&[]).await;
+        let orphan = harness
+            .backend
+            .start(&crate::backend::RunnerSpec {
+                session_id: "orphan",
+                name: "runner-orphan",
+                network_mode: &NetworkMode::Default,
+                kind: RunnerKind::Singleton,
+                pooled: false,
+            })
+            .await
+            .unwrap();
+        let reconciler = Reconciler::new(harness.runners.clone(), OrphanPolicy::Adopt);
+        let (summary, repairs) = reconciler.run_startup().await.unwrap();
+        assert_eq!((summary.adopted, repairs.removals()), (1, 0));
+        let row = harness.runners.db().find("orphan").await.unwrap().unwrap();
+        assert_eq!(row.kind, RunnerKind::Singleton);
+        assert_eq!(row.container_id, Some(orphan.id));
+        assert_eq!(row.host_port, orphan.host_port);
+    }
 
     fn row(session: &str, state: RunnerState, container: Option<&str>) -> RunnerRow {
         RunnerRow {

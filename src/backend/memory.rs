@@ -459,3 +459,143 @@ impl RunnerBackend for MemoryBackend {
         self.call(|calls| &mut calls.ensure_network)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::session::RunnerKind;
+
+    fn spec<'a>(session_id: &'a str, name: &'a str) -> RunnerSpec<'a> {
+        RunnerSpec {
+            session_id,
+            name,
+            network_mode: &NetworkMode::Default,
+            kind: RunnerKind::Session,
+            pooled: false,
+        }
+    }
+
+    async fn descriptions(events: &mut RunnerEvents, count: usize) -> Vec<String> {
+        events
+            .take(count)
+            .map(|event| event.unwrap().description)
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_taken_name_is_a_leftover_that_is_removed_first() {
+        let backend = MemoryBackend::new();
+        let first = backend.start(&spec("s", "runner-s")).await.unwrap();
+        let mut events = backend.events(0);
+        let second = backend.start(&spec("s", "runner-s")).await.unwrap();
+        assert_ne!(first.id, second.id);
+        assert_ne!(first.host_port, second.host_port);
+        let runners = backend.runners();
+        assert_eq!(runners.len(), 1);
+        assert_eq!(runners[0].id, second.id);
+        assert_eq!(
+            descriptions(&mut events, 2).await,
+            ["die (exit code 137)", "destroy"]
+        );
+    }
+
+    #[tokio::test]
+    async fn stopped_runners_are_listed_and_unknown_ones_count_as_removed() {
+        let backend = MemoryBackend::new();
+        let started = backend.start(&spec("s", "runner-s")).await.unwrap();
+        assert!(backend.kill("runner-s"));
+        let listed = backend.list_session("s").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(!listed[0].running);
+        assert!(!backend.is_running(&started.id).await.unwrap());
+        assert!(!backend.is_running("unknown").await.unwrap());
+        backend.remove("unknown", Stop::Graceful).await.unwrap();
+        backend.remove(&started.id, Stop::Kill).await.unwrap();
+        assert!(backend.list().await.unwrap().is_empty());
+        assert_eq!(backend.calls().remove, 2);
+    }
+
+    #[tokio::test]
+    async fn events_replay_from_since_and_end_when_the_engine_goes() {
+        let backend = MemoryBackend::new();
+        backend.start(&spec("a", "runner-a")).await.unwrap();
+        backend.start(&spec("b", "runner-b")).await.unwrap();
+        assert!(backend.destroy("runner-a"));
+        let mut replayed = backend.events(0);
+        assert_eq!(
+            descriptions(&mut replayed, 2).await,
+            ["die (exit code 137)", "destroy"]
+        );
+        let future = Utc::now().timestamp() + 3600;
+        let mut live = backend.events(future);
+        assert!(backend.kill("runner-b"));
+        let event = live.next().await.unwrap().unwrap();
+        assert_eq!(
+            (event.session_id.as_str(), event.kind),
+            ("b", RunnerKind::Session)
+        );
+
+        backend.set_reachable(false);
+        assert!(live.next().await.unwrap().unwrap_err().is_unavailable());
+        assert!(live.next().await.is_none());
+        assert!(backend.ping().await.is_err());
+        let mut refused = backend.events(0);
+        assert!(refused.next().await.unwrap().is_err());
+        backend.set_reachable(true);
+        backend.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn starts_fail_as_told() {
+        let backend = MemoryBackend::new();
+        backend.fail_next_starts([StartFailure::ImageMissing, StartFailure::Unavailable]);
+        let image = backend.start(&spec("s", "runner-s")).await.unwrap_err();
+        assert!(matches!(image, EngineError::ImageNotFound(_)));
+        let unavailable = backend.start(&spec("s", "runner-s")).await.unwrap_err();
+        assert!(unavailable.is_unavailable());
+        assert!(backend.runners().is_empty());
+        let mode = NetworkMode::Named("elsewhere".into());
+        let named = RunnerSpec {
+            network_mode: &mode,
+            ..spec("s", "runner-s")
+        };
+        let network = backend.start(&named).await.unwrap_err();
+        assert!(matches!(network, EngineError::NetworkNotFound(name) if name == "elsewhere"));
+        backend.add_network("elsewhere");
+        backend.start(&named).await.unwrap();
+        backend.set_image_present(false);
+        assert!(!backend.image_present().await.unwrap());
+        assert!(backend.start(&spec("t", "runner-t")).await.is_err());
+        assert_eq!(backend.calls().start, 5);
+    }
+
+    #[tokio::test]
+    async fn held_starts_have_their_runner_created_until_released() {
+        let backend = Arc::new(MemoryBackend::new());
+        backend.hold_starts();
+        let starting = tokio::spawn({
+            let backend = Arc::clone(&backend);
+            async move { backend.start(&spec("s", "runner-s")).await }
+        });
+        backend.wait_for_held_starts(1).await;
+        let created = backend.runners();
+        assert_eq!((created.len(), created[0].running), (1, false));
+        backend.release_starts();
+        let started = starting.await.unwrap().unwrap();
+        assert!(backend.is_running(&started.id).await.unwrap());
+
+        // A runner removed while its start is held fails the start.
+        backend.hold_starts();
+        let starting = tokio::spawn({
+            let backend = Arc::clone(&backend);
+            async move { backend.start(&spec("t", "runner-t")).await }
+        });
+        backend.wait_for_held_starts(1).await;
+        assert!(backend.destroy("runner-t"));
+        backend.release_starts();
+        assert!(starting.await.unwrap().is_err());
+    }
+}

@@ -320,3 +320,90 @@ async fn run_to_completion<T: Send + 'static>(
         Err(join_error) => Err(RunnerError::Panicked(join_error.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::reconcile::Summary;
+    use crate::test_support::Harness;
+
+    /// One request through the whole router, as from a client on loopback.
+    async fn send(
+        router: &Router,
+        method: &str,
+        path: &str,
+        session: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(SESSION_HEADER, session)
+            .extension(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))))
+            .body(Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn provision_heartbeat_deprovision_through_the_router() {
+        let harness = Harness::new(&[]).await;
+        let readiness = Readiness::default();
+        readiness.ready(Summary::default());
+        let router = router(harness.runners.clone(), readiness);
+
+        let (status, body) = send(&router, "POST", "/api/runner/provision", "s-1").await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["sessionId"], "s-1");
+        let port = harness.backend.runners()[0].host_port.unwrap();
+        assert_eq!(body["endpoint"], format!("http://localhost:{port}"));
+        let (status, _) = send(&router, "POST", "/api/runner/heartbeat", "s-1").await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = send(&router, "POST", "/api/runner/deprovision", "s-1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(harness.backend.runners().is_empty());
+        let (status, body) = send(&router, "POST", "/api/runner/heartbeat", "s-1").await;
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::NOT_FOUND, &"RUNNER_NOT_FOUND".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn readyz_names_a_missing_image_and_an_unreachable_engine() {
+        let harness = Harness::new(&[]).await;
+        let readiness = Readiness::default();
+        readiness.ready(Summary::default());
+        let router = router(harness.runners.clone(), readiness);
+        let (status, _) = send(&router, "GET", "/readyz", "s").await;
+        assert_eq!(status, StatusCode::OK);
+
+        harness.backend.set_image_present(false);
+        let (status, body) = send(&router, "GET", "/readyz", "s").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body["message"].as_str().unwrap().contains("runner-image"),
+            "{body}"
+        );
+
+        harness.backend.set_reachable(false);
+        let (status, body) = send(&router, "GET", "/readyz", "s").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body["message"].as_str().unwrap().contains("unreachable"),
+            "{body}"
+        );
+        assert!(!harness.runners.health().is_reachable());
+    }
+}
