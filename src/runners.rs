@@ -581,16 +581,20 @@ mod tests {
         SessionId::parse(id).unwrap()
     }
 
+    /// Provisions session `s-1` on the default network.
+    async fn provision(runners: &Runners) -> Result<Provisioned, RunnerError> {
+        runners
+            .provision(Some(session("s-1")), &NetworkMode::Default)
+            .await
+    }
+
     #[tokio::test]
     async fn provision_heartbeat_deprovision_over_the_memory_backend() {
         let harness = Harness::new(&[]).await;
         let (runners, backend) = (&harness.runners, &harness.backend);
         let mut events = backend.events(0);
 
-        let provisioned = runners
-            .provision(Some(session("s-1")), &NetworkMode::Default)
-            .await
-            .unwrap();
+        let provisioned = provision(runners).await.unwrap();
         let Provisioned::Created(info) = provisioned else {
             panic!("expected a new runner, got {provisioned:?}")
         };
@@ -611,10 +615,7 @@ mod tests {
             runners.heartbeat(&session("unknown")),
             Err(RunnerError::NotFound)
         ));
-        let again = runners
-            .provision(Some(session("s-1")), &NetworkMode::Default)
-            .await
-            .unwrap();
+        let again = provision(runners).await.unwrap();
         assert_eq!(again, Provisioned::Existing(info));
         assert_eq!(backend.calls().start, 1);
 
@@ -655,9 +656,7 @@ mod tests {
         let harness = Harness::new(&[]).await;
         let (runners, backend) = (&harness.runners, &harness.backend);
         backend.fail_next_starts([memory::StartFailure::ImageMissing]);
-        let failed = runners
-            .provision(Some(session("s-1")), &NetworkMode::Default)
-            .await;
+        let failed = provision(runners).await;
         assert!(matches!(
             failed,
             Err(RunnerError::Engine(EngineError::ImageNotFound(_)))
@@ -665,9 +664,7 @@ mod tests {
         assert!(runners.db().find("s-1").await.unwrap().is_none());
 
         backend.fail_next_starts([memory::StartFailure::Unavailable]);
-        let failed = runners
-            .provision(Some(session("s-1")), &NetworkMode::Default)
-            .await;
+        let failed = provision(runners).await;
         assert!(matches!(
             failed,
             Err(RunnerError::Engine(EngineError::Unavailable(_)))
@@ -675,17 +672,9 @@ mod tests {
         assert!(!runners.health().is_reachable());
         // Refused without asking the engine until a health check reaches it.
         let before = backend.calls().start;
-        assert!(
-            runners
-                .provision(Some(session("s-1")), &NetworkMode::Default)
-                .await
-                .is_err()
-        );
+        assert!(provision(runners).await.is_err());
         assert_eq!(backend.calls().start, before);
         runners.health().ping().await.unwrap();
-        runners
-            .provision(Some(session("s-1")), &NetworkMode::Default)
-            .await
-            .unwrap();
+        provision(runners).await.unwrap();
     }
 }

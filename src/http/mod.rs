@@ -356,12 +356,17 @@ mod tests {
         (status, serde_json::from_slice(&body).unwrap_or_default())
     }
 
+    /// The router of a service whose startup reconcile is done.
+    fn ready_router(harness: &Harness) -> Router {
+        let readiness = Readiness::default();
+        readiness.ready(Summary::default());
+        router(harness.runners.clone(), readiness)
+    }
+
     #[tokio::test]
     async fn provision_heartbeat_deprovision_through_the_router() {
         let harness = Harness::new(&[]).await;
-        let readiness = Readiness::default();
-        readiness.ready(Summary::default());
-        let router = router(harness.runners.clone(), readiness);
+        let router = ready_router(&harness);
 
         let (status, body) = send(&router, "POST", "/api/runner/provision", "s-1").await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -383,9 +388,7 @@ mod tests {
     #[tokio::test]
     async fn readyz_names_a_missing_image_and_an_unreachable_engine() {
         let harness = Harness::new(&[]).await;
-        let readiness = Readiness::default();
-        readiness.ready(Summary::default());
-        let router = router(harness.runners.clone(), readiness);
+        let router = ready_router(&harness);
         let (status, _) = send(&router, "GET", "/readyz", "s").await;
         assert_eq!(status, StatusCode::OK);
 
