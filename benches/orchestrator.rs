@@ -33,14 +33,15 @@ use bollard::query_parameters::CreateContainerOptionsBuilder;
 use chrono::Utc;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use taylored_orchestrator::backend::docker::DockerBackend;
+use taylored_orchestrator::backend::{NetworkMode, RunnerSpec};
 use taylored_orchestrator::config::Settings;
 use taylored_orchestrator::db::{Db, QueryPlan, timestamp};
-use taylored_orchestrator::docker::{Engine, RunnerSpec};
 use taylored_orchestrator::readiness::Readiness;
 use taylored_orchestrator::reaper::Reaper;
 use taylored_orchestrator::reconcile::Summary;
 use taylored_orchestrator::runners::Runners;
-use taylored_orchestrator::session::SessionId;
+use taylored_orchestrator::session::{RunnerKind, SessionId};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -191,27 +192,27 @@ async fn remove_instance_containers(instance: &str) -> usize {
 
 /// An engine client configured as the service's (default limits), under an
 /// instance label of its own so that the service never sees its containers.
-fn raw_engine(image: &str, instance: &str) -> Result<Engine> {
+fn raw_engine(image: &str, instance: &str) -> Result<DockerBackend> {
     let settings = Settings::from_env_and_args([
         "orchestrator".to_owned(),
         format!("--orchestrator-id={instance}"),
         format!("--docker-image-name={image}"),
         "--runner-bind-address=127.0.0.1".to_owned(),
     ])?;
-    Ok(Engine::connect(&settings)?)
+    Ok(DockerBackend::connect(&settings)?)
 }
 
 /// The engine's own work for a provision: create, start, and inspect of the
-/// very container body the service sends (`Engine::container_body`), with
+/// very container body the service sends (`DockerBackend::container_body`), with
 /// bollard and nothing else.
-async fn raw_start(docker: &Docker, engine: &Engine, session: &str) -> Result<()> {
+async fn raw_start(docker: &Docker, engine: &DockerBackend, session: &str) -> Result<()> {
     let session = SessionId::parse(session)?;
     let name = session.container_name(engine.instance());
     let body = engine.container_body(&RunnerSpec {
         session_id: session.as_str(),
-        container_name: &name,
-        network_mode: None,
-        singleton: false,
+        name: &name,
+        network_mode: &NetworkMode::Default,
+        kind: RunnerKind::Session,
         pooled: false,
     });
     let options = CreateContainerOptionsBuilder::new().name(&name).build();
@@ -922,8 +923,8 @@ async fn in_process_runners(cx: &Context, url: &str, instance: &str) -> Result<R
         "--runner-stop-timeout-seconds=1".to_owned(),
     ])?;
     let db = Db::connect(url).await?;
-    let engine = Engine::connect(&settings)?;
-    Ok(Runners::new(db, engine, Arc::new(settings)))
+    let backend = taylored_orchestrator::backend::from_settings(&settings)?;
+    Ok(Runners::new(db, backend, Arc::new(settings)))
 }
 
 /// Heartbeats of `BENCH_HB_SESSIONS` distinct running sessions against the

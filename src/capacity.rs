@@ -5,8 +5,8 @@
 
 use tokio::sync::OnceCell;
 
+use crate::backend::{EngineError, RunnerBackend};
 use crate::config::{Admission, MaxRunners, RunnerLimits};
-use crate::docker::{Engine, EngineError};
 use crate::metrics::Metrics;
 
 /// How many runners share one `RUNNER_MEMORY` of the host's memory under
@@ -47,7 +47,11 @@ impl RunnerLimit {
 
     /// The limit (0: none), asking the engine the first time under `auto`;
     /// logged and shown in the `orchestrator_runner_limit` gauge once known.
-    pub async fn get(&self, engine: &Engine, metrics: &Metrics) -> Result<u32, EngineError> {
+    pub async fn get(
+        &self,
+        backend: &dyn RunnerBackend,
+        metrics: &Metrics,
+    ) -> Result<u32, EngineError> {
         self.effective
             .get_or_try_init(|| async {
                 let limit = match self.setting {
@@ -56,7 +60,7 @@ impl RunnerLimit {
                         limit
                     }
                     MaxRunners::Auto => {
-                        let engine_memory = engine.memory_total().await?;
+                        let engine_memory = backend.memory_total().await?;
                         let limit = derived_limit(engine_memory, self.runner_memory);
                         tracing::info!(
                             limit,

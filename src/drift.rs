@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::RunnerEvent;
+use crate::backend::RunnerEvent;
 use crate::reconcile::Reconciler;
 use crate::runners::REMOVAL_CONCURRENCY;
 
@@ -44,7 +44,7 @@ impl DriftWatcher {
         let mut in_flight = FuturesUnordered::new();
         loop {
             let connected_at = tokio::time::Instant::now();
-            let mut events = Box::pin(self.reconciler.runners().engine().runner_events(self.since));
+            let mut events = self.reconciler.runners().backend().events(self.since);
             let ended = loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 
-use crate::db::RunnerKind;
+use crate::session::RunnerKind;
 
 #[derive(Debug, Clone, Copy)]
 struct Seen {

@@ -1,10 +1,10 @@
 //! The Taylored Snippets runner orchestrator: provisions one Docker runner per
 //! browser session, keeps its record in SQLite, and survives restarts.
 
+pub mod backend;
 pub mod capacity;
 pub mod config;
 pub mod db;
-pub mod docker;
 pub mod drift;
 pub mod healthcheck;
 pub mod heartbeats;
@@ -21,4 +21,6 @@ pub mod shutdown;
 pub mod startup;
 pub mod supervise;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 pub mod warm_pool;

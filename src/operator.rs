@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 
 use anyhow::Context;
 
+use crate::backend;
 use crate::config::{RunnersCommand, Settings};
 use crate::db::{AuditRecord, Db, RunnerRow};
-use crate::docker::Engine;
 use crate::reconcile::{Action, Purpose, plan};
 
 pub async fn runners(command: RunnersCommand, settings: &Settings) -> anyhow::Result<()> {
@@ -42,9 +42,9 @@ pub async fn runners(command: RunnersCommand, settings: &Settings) -> anyhow::Re
 /// Plans a startup reconcile against the live engine and prints it.
 pub async fn reconcile_dry_run(settings: &Settings) -> anyhow::Result<()> {
     let db = Db::connect_read_only(&settings.database_url).await?;
-    let engine = Engine::connect(settings).context("invalid DOCKER_HOST")?;
+    let backend = backend::from_settings(settings).context("invalid DOCKER_HOST")?;
     let rows = db.all().await?;
-    let containers = engine.list_runners().await?;
+    let containers = backend.list().await?;
     let actions = plan(&rows, &containers, settings.orphan_policy, Purpose::Startup);
     println!("{}", describe_plan(rows.len(), containers.len(), &actions));
     Ok(())

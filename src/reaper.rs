@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::Stop;
 use crate::db::{Actor, AuditAction, RunnerState, timestamp};
-use crate::docker::Stop;
 use crate::runners::{REMOVAL_CONCURRENCY, Removal, RemovalOutcome, Runners};
 use crate::shutdown::Ticks;
 

@@ -14,21 +14,21 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, stream};
 
+use crate::backend::{ObservedRunner, RunnerBackend, RunnerEvent, Stop};
 use crate::config::OrphanPolicy;
 use crate::db::{
-    Actor, AuditAction, AuditEntry, Db, ObservedRunner, RowChanges, RunnerKind, RunnerRow,
-    RunnerState,
+    Actor, AuditAction, AuditEntry, Db, FoundRunner, RowChanges, RunnerRow, RunnerState,
 };
-use crate::docker::{Engine, ObservedContainer, RunnerEvent, Stop};
 use crate::locks::SessionGuard;
 use crate::runners::{REMOVAL_CONCURRENCY, Runners, lock_key};
+use crate::session::RunnerKind;
 
 /// One step towards agreement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Remove a container that nothing should run.
     RemoveContainer {
-        container: ObservedContainer,
+        container: ObservedRunner,
         reason: &'static str,
     },
     /// Delete a row whose runner is gone (after its containers are removed).
@@ -39,11 +39,11 @@ pub enum Action {
     /// Keep a row and its running container; refresh its port and grace.
     Keep {
         row: RunnerRow,
-        container: ObservedContainer,
+        container: ObservedRunner,
         reason: &'static str,
     },
     /// Take a running container without a row into the database.
-    Adopt { container: ObservedContainer },
+    Adopt { container: ObservedRunner },
 }
 
 /// Why a reconcile runs; it decides whether agreeing rows are touched.
@@ -59,11 +59,11 @@ pub enum Purpose {
 /// Container removals come first, then row drops, keeps and adoptions.
 pub fn plan(
     rows: &[RunnerRow],
-    containers: &[ObservedContainer],
+    containers: &[ObservedRunner],
     policy: OrphanPolicy,
     purpose: Purpose,
 ) -> Vec<Action> {
-    let mut by_session: BTreeMap<&str, Vec<&ObservedContainer>> = BTreeMap::new();
+    let mut by_session: BTreeMap<&str, Vec<&ObservedRunner>> = BTreeMap::new();
     for container in containers {
         by_session
             .entry(&container.session_id)
@@ -130,12 +130,12 @@ pub fn plan(
     for (_, candidates) in by_session {
         let adopted = match policy {
             OrphanPolicy::Adopt => newest_running(&candidates)
-                .filter(|container| !(container.singleton && singleton_taken)),
+                .filter(|container| !(container.kind == RunnerKind::Singleton && singleton_taken)),
             OrphanPolicy::Remove => None,
         };
         for container in candidates {
             if Some(container) == adopted {
-                singleton_taken |= container.singleton;
+                singleton_taken |= container.kind == RunnerKind::Singleton;
                 adoptions.push(Action::Adopt {
                     container: container.clone(),
                 });
@@ -199,7 +199,7 @@ struct Deferred {
 /// and the container removals left for later, grouped by session lock.
 fn defer_removals(
     actions: Vec<Action>,
-    later: &mut BTreeMap<(String, bool), Deferred>,
+    later: &mut BTreeMap<(String, RunnerKind), Deferred>,
 ) -> Vec<Action> {
     let removing: HashSet<String> = actions
         .iter()
@@ -208,14 +208,14 @@ fn defer_removals(
         .collect();
     let mut now = Vec::new();
     for action in actions {
-        let (session, singleton) = action.session();
+        let (session, kind) = action.session();
         let deferred = removing.contains(session)
             && matches!(
                 action,
                 Action::RemoveContainer { .. } | Action::DropRow { .. }
             );
         if deferred {
-            let key = (lock_key(session, singleton).to_owned(), singleton);
+            let key = (lock_key(session, kind).to_owned(), kind);
             later.entry(key).or_default().actions.push(action);
         } else {
             now.push(action);
@@ -272,7 +272,7 @@ impl Repairs {
 }
 
 /// A running row that names this container and its port needs nothing.
-fn agrees(row: &RunnerRow, container: &ObservedContainer) -> bool {
+fn agrees(row: &RunnerRow, container: &ObservedRunner) -> bool {
     row.state == RunnerState::Running
         && row.container_id.as_deref() == Some(container.id.as_str())
         && row.host_port == container.host_port
@@ -282,8 +282,8 @@ fn agrees(row: &RunnerRow, container: &ObservedContainer) -> bool {
 /// labelled with its session (a row is never kept on a stopped container).
 fn tracked_or_newest_running<'a>(
     row: &RunnerRow,
-    candidates: &[&'a ObservedContainer],
-) -> Option<&'a ObservedContainer> {
+    candidates: &[&'a ObservedRunner],
+) -> Option<&'a ObservedRunner> {
     candidates
         .iter()
         .copied()
@@ -295,7 +295,7 @@ fn tracked_or_newest_running<'a>(
         .or_else(|| newest_running(candidates))
 }
 
-fn newest_running<'a>(candidates: &[&'a ObservedContainer]) -> Option<&'a ObservedContainer> {
+fn newest_running<'a>(candidates: &[&'a ObservedRunner]) -> Option<&'a ObservedRunner> {
     candidates
         .iter()
         .copied()
@@ -304,21 +304,21 @@ fn newest_running<'a>(candidates: &[&'a ObservedContainer]) -> Option<&'a Observ
 }
 
 /// A running container to record, with its audit line.
-fn observed<'a>(
-    container: &'a ObservedContainer,
+fn found<'a>(
+    container: &'a ObservedRunner,
     kind: RunnerKind,
     pooled: bool,
     action: AuditAction,
     reason: &'a str,
-) -> (ObservedRunner<'a>, AuditEntry<'a>) {
-    let runner = ObservedRunner {
+) -> (FoundRunner<'a>, AuditEntry<'a>) {
+    let runner = FoundRunner {
         pooled,
         session_id: &container.session_id,
         kind,
         container_name: &container.name,
         container_id: &container.id,
         host_port: container.host_port,
-        network_mode: container.network_mode.as_deref(),
+        network_mode: &container.network_mode,
     };
     let entry = AuditEntry {
         session_id: &container.session_id,
@@ -331,15 +331,13 @@ fn observed<'a>(
 }
 
 impl Action {
-    /// The session an action is about, and whether it is the shared runner.
-    fn session(&self) -> (&str, bool) {
+    /// The session an action is about, and its kind of runner.
+    fn session(&self) -> (&str, RunnerKind) {
         match self {
             Action::RemoveContainer { container, .. } | Action::Adopt { container } => {
-                (&container.session_id, container.singleton)
+                (&container.session_id, container.kind)
             }
-            Action::DropRow { row, .. } | Action::Keep { row, .. } => {
-                (&row.session_id, row.kind == RunnerKind::Singleton)
-            }
+            Action::DropRow { row, .. } | Action::Keep { row, .. } => (&row.session_id, row.kind),
         }
     }
 }
@@ -395,8 +393,8 @@ impl Reconciler {
         self.runners.db()
     }
 
-    fn engine(&self) -> &Engine {
-        self.runners.engine()
+    fn backend(&self) -> &dyn RunnerBackend {
+        &**self.runners.backend()
     }
 
     /// The reconcile at start: nothing else touches runners yet. Rows are
@@ -405,19 +403,18 @@ impl Reconciler {
     /// and handed back as [`Repairs`] to run after the service is ready, so
     /// that a restart never waits for the engine to kill containers.
     pub async fn run_startup(&self) -> anyhow::Result<(Summary, Repairs)> {
-        self.engine().ensure_runner_network().await?;
+        self.backend().ensure_network().await?;
         let rows = self.db().all().await?;
-        let containers = self.engine().list_runners().await?;
+        let containers = self.backend().list().await?;
         let now = Utc::now();
-        let mut later: BTreeMap<(String, bool), Deferred> = BTreeMap::new();
+        let mut later: BTreeMap<(String, RunnerKind), Deferred> = BTreeMap::new();
         let mut settled = Vec::with_capacity(rows.len());
         // An unsettled session's containers are looked at later, with its row.
         let mut unsettled: HashSet<&str> = HashSet::new();
         for row in &rows {
             match settle_wait(row, now) {
                 Some(wait) => {
-                    let singleton = row.kind == RunnerKind::Singleton;
-                    let key = (lock_key(&row.session_id, singleton).to_owned(), singleton);
+                    let key = (lock_key(&row.session_id, row.kind).to_owned(), row.kind);
                     later
                         .entry(key)
                         .or_default()
@@ -428,7 +425,7 @@ impl Reconciler {
                 None => settled.push(row.clone()),
             }
         }
-        let visible: Vec<ObservedContainer> = containers
+        let visible: Vec<ObservedRunner> = containers
             .iter()
             .filter(|container| !unsettled.contains(container.session_id.as_str()))
             .cloned()
@@ -448,8 +445,8 @@ impl Reconciler {
         // (The heartbeat set is loaded from the rows after this.)
         let summary = self.apply_marking(&now_actions, removing).await;
         let mut batches = Vec::with_capacity(later.len());
-        for ((session, singleton), work) in later {
-            let guard = self.runners.lock_session(&session, singleton).await;
+        for ((session, kind), work) in later {
+            let guard = self.runners.lock_session(&session, kind).await;
             batches.push(Batch { guard, work });
         }
         let repairs = Repairs { batches };
@@ -463,7 +460,7 @@ impl Reconciler {
     /// its provision if its container runs, undoes it otherwise. The caller
     /// holds the session's lock.
     async fn settle(&self, row: RunnerRow) -> Summary {
-        match self.engine().list_session_runners(&row.session_id).await {
+        match self.backend().list_session(&row.session_id).await {
             Ok(containers) => {
                 let rows = [row];
                 self.apply(plan(&rows, &containers, self.policy, Purpose::Startup))
@@ -485,16 +482,19 @@ impl Reconciler {
     /// it since the first look).
     pub async fn run_drift(&self) -> anyhow::Result<Summary> {
         let rows = self.db().all().await?;
-        let containers = self.engine().list_runners().await?;
-        let mut sessions: BTreeMap<String, bool> = BTreeMap::new();
+        let containers = self.backend().list().await?;
+        // A session that any action finds shared is repaired under the shared
+        // runner's lock (`Singleton` orders after `Session`).
+        let mut sessions: BTreeMap<String, RunnerKind> = BTreeMap::new();
         for action in plan(&rows, &containers, self.policy, Purpose::Drift) {
-            let (session, singleton) = action.session();
-            *sessions.entry(session.to_owned()).or_default() |= singleton;
+            let (session, kind) = action.session();
+            let entry = sessions.entry(session.to_owned()).or_insert(kind);
+            *entry = (*entry).max(kind);
         }
         let results: Vec<_> = stream::iter(sessions)
-            .map(|(session, singleton)| async move {
-                self.reconcile_session(&session, singleton, None).await
-            })
+            .map(
+                |(session, kind)| async move { self.reconcile_session(&session, kind, None).await },
+            )
             .buffer_unordered(REMOVAL_CONCURRENCY)
             .collect()
             .await;
@@ -511,28 +511,28 @@ impl Reconciler {
     /// Repairs one session after the engine reported its runner stopped or
     /// gone, recording the event in the audit log first.
     pub async fn on_event(&self, event: &RunnerEvent) -> anyhow::Result<Summary> {
-        tracing::info!(session_id = %event.session_id, container_id = %event.container_id,
+        tracing::info!(session_id = %event.session_id, container_id = %event.runner_id,
             event = %event.description, "runner container event");
-        self.reconcile_session(&event.session_id, event.singleton, Some(event))
+        self.reconcile_session(&event.session_id, event.kind, Some(event))
             .await
     }
 
     async fn reconcile_session(
         &self,
         session: &str,
-        singleton: bool,
+        kind: RunnerKind,
         event: Option<&RunnerEvent>,
     ) -> anyhow::Result<Summary> {
-        let _guard = self.runners.lock_session(session, singleton).await;
+        let _guard = self.runners.lock_session(session, kind).await;
         let row = self.db().find(session).await?;
         if let (Some(row), Some(event)) = (&row, event) {
             // Only events about the tracked container concern the row; the
             // others are echoes of removals the service itself made.
-            if row.container_id.as_deref() == Some(event.container_id.as_str()) {
+            if row.container_id.as_deref() == Some(event.runner_id.as_str()) {
                 let reason = format!("container {}", event.description);
                 let entry = AuditEntry {
                     session_id: session,
-                    container_id: Some(&event.container_id),
+                    container_id: Some(&event.runner_id),
                     actor: Actor::Reconciler,
                     action: AuditAction::EngineEvent,
                     reason: &reason,
@@ -540,12 +540,12 @@ impl Reconciler {
                 self.db().audit(&entry, Utc::now()).await?;
             }
         }
-        let mut containers = self.engine().list_session_runners(session).await?;
+        let mut containers = self.backend().list_session(session).await?;
         if let Some(event) = event {
             // The engine's container list may still say "running" just after
             // a `die` event; asking for the container itself does not.
-            for container in containers.iter_mut().filter(|c| c.id == event.container_id) {
-                container.running = self.engine().is_running(&container.id).await?;
+            for container in containers.iter_mut().filter(|c| c.id == event.runner_id) {
+                container.running = self.backend().is_running(&container.id).await?;
             }
         }
         let rows: Vec<RunnerRow> = row.into_iter().collect();
@@ -605,7 +605,7 @@ impl Reconciler {
                     row,
                     container,
                     reason,
-                } => changes.observed.push(observed(
+                } => changes.observed.push(found(
                     container,
                     row.kind,
                     row.pooled,
@@ -613,14 +613,9 @@ impl Reconciler {
                     reason,
                 )),
                 Action::Adopt { container } => {
-                    let kind = if container.singleton {
-                        RunnerKind::Singleton
-                    } else {
-                        RunnerKind::Session
-                    };
-                    changes.observed.push(observed(
+                    changes.observed.push(found(
                         container,
-                        kind,
+                        container.kind,
                         container.pooled,
                         AuditAction::Adopted,
                         "running runner without a row",
@@ -660,12 +655,12 @@ impl Reconciler {
 
     async fn remove_container(
         &self,
-        container: &ObservedContainer,
+        container: &ObservedRunner,
         reason: &str,
     ) -> anyhow::Result<()> {
         // Nobody uses a container the reconciler removes (it is stopped,
         // a duplicate or an orphan): no grace period.
-        self.engine().remove(&container.id, Stop::Kill).await?;
+        self.backend().remove(&container.id, Stop::Kill).await?;
         tracing::info!(session_id = %container.session_id, container_id = %container.id, reason, "removed runner container");
         let entry = AuditEntry {
             session_id: &container.session_id,
@@ -681,7 +676,65 @@ impl Reconciler {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::StreamExt;
+
     use super::*;
+    use crate::backend::NetworkMode;
+    use crate::runners::Provisioned;
+    use crate::session::SessionId;
+    use crate::test_support::Harness;
+
+    #[tokio::test]
+    async fn a_runner_killed_behind_the_services_back_is_repaired_from_its_event() {
+        let harness = Harness::new(&[]).await;
+        let reconciler = Reconciler::new(harness.runners.clone(), OrphanPolicy::Adopt);
+        let session = SessionId::parse("s-1").unwrap();
+        let provisioned = harness
+            .runners
+            .provision(Some(session.clone()), &NetworkMode::Default)
+            .await
+            .unwrap();
+        assert!(matches!(provisioned, Provisioned::Created(_)));
+        let mut events = harness.backend.events(0);
+        let id = harness.backend.runners()[0].id.clone();
+        assert!(harness.backend.kill(&id));
+
+        let event = events.next().await.unwrap().unwrap();
+        assert_eq!(event.runner_id, id);
+        let summary = reconciler.on_event(&event).await.unwrap();
+        assert_eq!((summary.containers_removed, summary.rows_dropped), (1, 1));
+        assert!(harness.backend.runners().is_empty());
+        assert!(harness.runners.db().find("s-1").await.unwrap().is_none());
+        let trail = harness.runners.db().audit_trail("s-1").await.unwrap();
+        assert!(
+            trail
+                .iter()
+                .any(|record| record.reason == "container die (exit code 137)")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_startup_reconcile_adopts_a_running_orphan() {
+        let harness = Harness::new(&[]).await;
+        let orphan = harness
+            .backend
+            .start(&crate::backend::RunnerSpec {
+                session_id: "orphan",
+                name: "runner-orphan",
+                network_mode: &NetworkMode::Default,
+                kind: RunnerKind::Singleton,
+                pooled: false,
+            })
+            .await
+            .unwrap();
+        let reconciler = Reconciler::new(harness.runners.clone(), OrphanPolicy::Adopt);
+        let (summary, repairs) = reconciler.run_startup().await.unwrap();
+        assert_eq!((summary.adopted, repairs.removals()), (1, 0));
+        let row = harness.runners.db().find("orphan").await.unwrap().unwrap();
+        assert_eq!(row.kind, RunnerKind::Singleton);
+        assert_eq!(row.container_id, Some(orphan.id));
+        assert_eq!(row.host_port, orphan.host_port);
+    }
 
     fn row(session: &str, state: RunnerState, container: Option<&str>) -> RunnerRow {
         RunnerRow {
@@ -691,7 +744,7 @@ mod tests {
             container_name: format!("name-{session}"),
             container_id: container.map(Into::into),
             host_port: Some(40000),
-            network_mode: None,
+            network_mode: NetworkMode::Default,
             created_at: "2026-01-01T00:00:00.000Z".into(),
             updated_at: "2026-01-01T00:00:00.000Z".into(),
             last_heartbeat_at: "2026-01-01T00:00:00.000Z".into(),
@@ -699,16 +752,16 @@ mod tests {
         }
     }
 
-    fn container(id: &str, session: &str, running: bool, created: i64) -> ObservedContainer {
-        ObservedContainer {
+    fn container(id: &str, session: &str, running: bool, created: i64) -> ObservedRunner {
+        ObservedRunner {
             id: id.into(),
             name: format!("other-{id}"),
             session_id: session.into(),
             running,
-            singleton: false,
+            kind: RunnerKind::Session,
             pooled: false,
             host_port: running.then_some(41000),
-            network_mode: None,
+            network_mode: NetworkMode::Default,
             created,
         }
     }
@@ -885,9 +938,9 @@ mod tests {
         let mut tracked = row("s1", RunnerState::Running, Some("c1"));
         tracked.kind = RunnerKind::Singleton;
         let mut kept = container("c1", "s1", true, 1);
-        kept.singleton = true;
+        kept.kind = RunnerKind::Singleton;
         let mut second = container("c2", "s2", true, 2);
-        second.singleton = true;
+        second.kind = RunnerKind::Singleton;
         let actions = plan(
             &[tracked],
             &[kept, second],

@@ -12,18 +12,17 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::backend::health::EngineHealth;
+use crate::backend::{EngineError, NetworkMode, RunnerBackend, RunnerSpec, Stop};
 use crate::capacity::RunnerLimit;
 use crate::config::Settings;
-use crate::db::{
-    Actor, AuditAction, AuditEntry, Claim, Db, NewRunner, RunnerKind, RunnerRow, RunnerState,
-};
-use crate::docker::{Engine, EngineError, ISOLATED_NETWORK, RunnerSpec, Stop};
-use tokio::sync::Notify;
+use crate::db::{Actor, AuditAction, AuditEntry, Claim, Db, NewRunner, RunnerRow, RunnerState};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 use crate::heartbeats::Heartbeats;
 use crate::locks::{SessionGuard, SessionLocks};
 use crate::metrics::Metrics;
-use crate::session::SessionId;
+use crate::session::{RunnerKind, SessionId};
 
 /// The endpoint text for a runner without a published port (as the first
 /// orchestrator answered).
@@ -36,6 +35,12 @@ pub const REMOVAL_CONCURRENCY: usize = 8;
 
 /// The lock key of the shared runner; no session id can contain a NUL.
 const SINGLETON_LOCK: &str = "\0singleton";
+
+/// Most runner starts sent to the engine at once; further provisions wait
+/// their turn here. The engine gains little from more in parallel on a small
+/// host, and 100 at once (a class) made each of its calls slow enough to
+/// reach the engine's request timeout on a busy 2-core machine.
+const STARTS_AT_ONCE: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -96,7 +101,10 @@ pub enum RemovalOutcome {
 #[derive(Debug, Clone)]
 pub struct Runners {
     db: Db,
-    engine: Engine,
+    backend: Arc<dyn RunnerBackend>,
+    health: EngineHealth,
+    /// Bounds the starts in flight (see `STARTS_AT_ONCE`).
+    starts: Arc<Semaphore>,
     locks: SessionLocks,
     heartbeats: Heartbeats,
     /// Serialises heartbeat flushes (see `flush_heartbeats`).
@@ -108,10 +116,12 @@ pub struct Runners {
 }
 
 impl Runners {
-    pub fn new(db: Db, engine: Engine, settings: Arc<Settings>) -> Self {
+    pub fn new(db: Db, backend: Arc<dyn RunnerBackend>, settings: Arc<Settings>) -> Self {
         Self {
             db,
-            engine,
+            health: EngineHealth::new(Arc::clone(&backend)),
+            backend,
+            starts: Arc::new(Semaphore::new(STARTS_AT_ONCE)),
             locks: SessionLocks::default(),
             heartbeats: Heartbeats::default(),
             flushing: Arc::default(),
@@ -126,8 +136,12 @@ impl Runners {
         &self.db
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    pub fn backend(&self) -> &Arc<dyn RunnerBackend> {
+        &self.backend
+    }
+
+    pub fn health(&self) -> &EngineHealth {
+        &self.health
     }
 
     pub fn settings(&self) -> &Settings {
@@ -147,7 +161,7 @@ impl Runners {
     pub async fn provision(
         &self,
         requested: Option<SessionId>,
-        network_mode: Option<&str>,
+        network_mode: &NetworkMode,
     ) -> Result<Provisioned, RunnerError> {
         let result = self.provision_uncounted(requested, network_mode).await;
         self.metrics.provision(match &result {
@@ -165,9 +179,9 @@ impl Runners {
     async fn provision_uncounted(
         &self,
         requested: Option<SessionId>,
-        network_mode: Option<&str>,
+        network_mode: &NetworkMode,
     ) -> Result<Provisioned, RunnerError> {
-        if !self.engine.is_reachable() {
+        if !self.health.is_reachable() {
             return Err(EngineError::Unavailable(
                 "the last health check could not reach it".to_owned(),
             )
@@ -184,7 +198,7 @@ impl Runners {
         } else {
             // Warm runners sit on the default network: a request for
             // another takes the cold path.
-            let poolable = requested.is_none() && network_mode.is_none();
+            let poolable = requested.is_none() && *network_mode == NetworkMode::Default;
             if poolable
                 && self.settings.warm_pool_size > 0
                 && let Some(row) = self.db.claim_warm(Utc::now()).await?
@@ -209,7 +223,7 @@ impl Runners {
     pub async fn start_warm(&self) -> Result<(), RunnerError> {
         let session = SessionId::generate();
         let _guard = self.locks.lock(session.as_str()).await;
-        self.create(&session, RunnerKind::Session, None, true)
+        self.create(&session, RunnerKind::Session, &NetworkMode::Default, true)
             .await
             .map(drop)
     }
@@ -217,7 +231,7 @@ impl Runners {
     /// The runner limit in force (0: none; see `capacity`), asking the engine
     /// the first time.
     pub async fn runner_limit(&self) -> Result<u32, RunnerError> {
-        let limit = self.runner_limit.get(&self.engine, &self.metrics).await;
+        let limit = self.runner_limit.get(&*self.backend, &self.metrics).await;
         limit.map_err(|error| self.engine_failed(error))
     }
 
@@ -254,14 +268,14 @@ impl Runners {
         &self,
         session: &SessionId,
         kind: RunnerKind,
-        network_mode: Option<&str>,
+        network_mode: &NetworkMode,
         pooled: bool,
     ) -> Result<Provisioned, RunnerError> {
         let container_name = session.container_name(&self.settings.orchestrator_id);
         // The row is claimed only once it is this start's turn, so that its
         // `updated_at` tells when its create went to the engine: a restart
         // waits for the engine to settle only for rows that young.
-        let _turn = self.engine.turn_to_start().await;
+        let _turn = self.turn_to_start().await;
         let limit = self.runner_limit().await?;
         let claim = self
             .db
@@ -287,12 +301,12 @@ impl Runners {
         let started_at = std::time::Instant::now();
         let spec = RunnerSpec {
             session_id: session.as_str(),
-            container_name: &container_name,
+            name: &container_name,
             network_mode,
-            singleton: kind == RunnerKind::Singleton,
+            kind,
             pooled,
         };
-        let started = match self.engine.start_runner(&spec).await {
+        let started = match self.backend.start(&spec).await {
             Ok(started) => started,
             Err(error) => {
                 self.abandon(session, &container_name, &error.to_string())
@@ -304,7 +318,7 @@ impl Runners {
             .db
             .mark_running(
                 session.as_str(),
-                &started.container_id,
+                &started.id,
                 started.host_port,
                 if pooled {
                     "warm pool refill"
@@ -320,13 +334,22 @@ impl Runners {
             return Err(error.into());
         }
         self.track_running(session.as_str(), kind);
-        tracing::info!(session_id = %session, container_id = %started.container_id,
+        tracing::info!(session_id = %session, container_id = %started.id,
             host_port = ?started.host_port, "runner provisioned");
         self.metrics.provision_duration(started_at.elapsed());
         Ok(Provisioned::Created(RunnerInfo {
             session_id: session.to_string(),
             endpoint: self.endpoint(started.host_port),
         }))
+    }
+
+    /// Waits for a turn to start a runner (see `STARTS_AT_ONCE`); the start
+    /// is made while the permit is held.
+    async fn turn_to_start(&self) -> SemaphorePermit<'_> {
+        self.starts
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     /// Undoes a provision that failed half-way: removes whatever container
@@ -339,7 +362,7 @@ impl Runners {
                 .mark_removing(session.as_str(), None, Utc::now())
                 .await?;
             // The container never served anyone: no grace period.
-            self.engine.remove(container_name, Stop::Kill).await?;
+            self.backend.remove(container_name, Stop::Kill).await?;
             let entry = AuditEntry {
                 session_id: session.as_str(),
                 container_id: None,
@@ -360,7 +383,7 @@ impl Runners {
     fn engine_failed(&self, error: EngineError) -> RunnerError {
         self.metrics.engine_error(error.is_unavailable());
         if error.is_unavailable() {
-            self.engine.mark_unreachable();
+            self.health.mark_unreachable();
         }
         error.into()
     }
@@ -456,8 +479,8 @@ impl Runners {
 
     /// Serialises work on one session (or on the shared runner) with every
     /// request, sweep and reconcile touching it.
-    pub async fn lock_session(&self, session_id: &str, singleton: bool) -> SessionGuard {
-        self.locks.lock(lock_key(session_id, singleton)).await
+    pub async fn lock_session(&self, session_id: &str, kind: RunnerKind) -> SessionGuard {
+        self.locks.lock(lock_key(session_id, kind)).await
     }
 
     /// Removes a runner on behalf of the reaper, taking the session's lock so
@@ -468,9 +491,7 @@ impl Runners {
         row: &RunnerRow,
         removal: Removal<'_>,
     ) -> Result<RemovalOutcome, RunnerError> {
-        let _guard = self
-            .lock_session(&row.session_id, row.kind == RunnerKind::Singleton)
-            .await;
+        let _guard = self.lock_session(&row.session_id, row.kind).await;
         match self.db.find(&row.session_id).await? {
             Some(current) => self.remove_locked(&current, removal).await,
             None => Ok(RemovalOutcome::Skipped),
@@ -504,7 +525,7 @@ impl Runners {
         }
         let container = row.container_id.as_deref().unwrap_or(&row.container_name);
         // On failure the row stays `removing`; the reaper retries it.
-        self.engine
+        self.backend
             .remove(container, removal.stop)
             .await
             .map_err(|error| self.engine_failed(error))?;
@@ -541,54 +562,119 @@ impl Runners {
 }
 
 /// The key of the lock that serialises work on a session's runner.
-pub(crate) fn lock_key(session_id: &str, singleton: bool) -> &str {
-    if singleton {
-        SINGLETON_LOCK
-    } else {
-        session_id
-    }
-}
-
-/// Network modes a browser may ask for. `host` and `container:<id>` would
-/// hand untrusted code the host's or another container's network, so only
-/// `none` and plain network names are accepted.
-pub fn validate_network_mode(mode: &str) -> Result<(), &'static str> {
-    if mode == ISOLATED_NETWORK {
-        return Ok(());
-    }
-    if mode == "host" || mode.contains(':') {
-        return Err("This network mode is not allowed for runners.");
-    }
-    let mut chars = mode.chars();
-    let valid = mode.len() <= 128
-        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if valid {
-        Ok(())
-    } else {
-        Err("networkMode must be \"none\" or a Docker network name.")
+pub(crate) fn lock_key(session_id: &str, kind: RunnerKind) -> &str {
+    match kind {
+        RunnerKind::Singleton => SINGLETON_LOCK,
+        RunnerKind::Session => session_id,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use futures_util::StreamExt;
 
-    #[test]
-    fn network_modes() {
-        assert!(validate_network_mode("none").is_ok());
-        assert!(validate_network_mode("bridge").is_ok());
-        assert!(validate_network_mode("taylored_runners-1.net").is_ok());
-        for bad in [
-            "host",
-            "container:abc",
-            "",
-            "-x",
-            "a b",
-            "../x",
-            &"n".repeat(129),
-        ] {
-            assert!(validate_network_mode(bad).is_err(), "{bad:?}");
-        }
+    use super::*;
+    use crate::backend::memory;
+    use crate::test_support::Harness;
+
+    fn session(id: &str) -> SessionId {
+        SessionId::parse(id).unwrap()
+    }
+
+    /// Provisions session `s-1` on the default network.
+    async fn provision(runners: &Runners) -> Result<Provisioned, RunnerError> {
+        runners
+            .provision(Some(session("s-1")), &NetworkMode::Default)
+            .await
+    }
+
+    #[tokio::test]
+    async fn provision_heartbeat_deprovision_over_the_memory_backend() {
+        let harness = Harness::new(&[]).await;
+        let (runners, backend) = (&harness.runners, &harness.backend);
+        let mut events = backend.events(0);
+
+        let provisioned = provision(runners).await.unwrap();
+        let Provisioned::Created(info) = provisioned else {
+            panic!("expected a new runner, got {provisioned:?}")
+        };
+        let started = backend.runners();
+        assert_eq!(started.len(), 1);
+        assert!(started[0].running);
+        let port = started[0].host_port.unwrap();
+        assert_eq!(info.endpoint, format!("http://localhost:{port}"));
+        let row = runners.db().find("s-1").await.unwrap().unwrap();
+        assert_eq!(row.state, RunnerState::Running);
+        assert_eq!(row.container_id.as_deref(), Some(started[0].id.as_str()));
+
+        assert_eq!(
+            runners.heartbeat(&session("s-1")).unwrap(),
+            Heartbeat::Session
+        );
+        assert!(matches!(
+            runners.heartbeat(&session("unknown")),
+            Err(RunnerError::NotFound)
+        ));
+        let again = provision(runners).await.unwrap();
+        assert_eq!(again, Provisioned::Existing(info));
+        assert_eq!(backend.calls().start, 1);
+
+        runners.deprovision(&session("s-1")).await.unwrap();
+        assert!(backend.runners().is_empty());
+        assert!(runners.db().find("s-1").await.unwrap().is_none());
+        assert!(matches!(
+            runners.heartbeat(&session("s-1")),
+            Err(RunnerError::NotFound)
+        ));
+        let seen: Vec<String> = events
+            .by_ref()
+            .take(2)
+            .map(|event| event.unwrap().description)
+            .collect()
+            .await;
+        assert_eq!(seen, ["die (exit code 143)", "destroy"]);
+    }
+
+    #[tokio::test]
+    async fn an_isolated_runner_has_no_endpoint() {
+        let harness = Harness::new(&[]).await;
+        let provisioned = harness
+            .runners
+            .provision(Some(session("s-1")), &NetworkMode::Isolated)
+            .await
+            .unwrap();
+        let Provisioned::Created(info) = provisioned else {
+            panic!("expected a new runner, got {provisioned:?}")
+        };
+        assert_eq!(info.endpoint, NO_ENDPOINT);
+        let row = harness.runners.db().find("s-1").await.unwrap().unwrap();
+        assert_eq!(row.network_mode, NetworkMode::Isolated);
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_leaves_no_row_and_an_unavailable_engine_fails_fast() {
+        let harness = Harness::new(&[]).await;
+        let (runners, backend) = (&harness.runners, &harness.backend);
+        backend.fail_next_starts([memory::StartFailure::ImageMissing]);
+        let failed = provision(runners).await;
+        assert!(matches!(
+            failed,
+            Err(RunnerError::Engine(EngineError::ImageNotFound(_)))
+        ));
+        assert!(runners.db().find("s-1").await.unwrap().is_none());
+
+        backend.fail_next_starts([memory::StartFailure::Unavailable]);
+        let failed = provision(runners).await;
+        assert!(matches!(
+            failed,
+            Err(RunnerError::Engine(EngineError::Unavailable(_)))
+        ));
+        assert!(!runners.health().is_reachable());
+        // Refused without asking the engine until a health check reaches it.
+        let before = backend.calls().start;
+        assert!(provision(runners).await.is_err());
+        assert_eq!(backend.calls().start, before);
+        runners.health().ping().await.unwrap();
+        provision(runners).await.unwrap();
     }
 }

@@ -1,5 +1,6 @@
-//! Session ids: checked once at the edge so that nothing unvalidated reaches
-//! Docker labels, container names or the database.
+//! Session ids, and the kind of runner a session gets. Ids are checked once
+//! at the edge so that nothing unvalidated reaches Docker labels, container
+//! names or the database.
 
 use std::fmt;
 
@@ -7,6 +8,19 @@ use sha2::{Digest, Sha256};
 
 /// The longest session id accepted; a UUID is 36 characters.
 pub const MAX_SESSION_ID_LEN: usize = 128;
+
+/// Whom a runner serves.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, sqlx::Type, serde::Serialize,
+)]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum RunnerKind {
+    /// One runner per browser session.
+    Session,
+    /// The one shared runner of `REUSE_RUNNER_MODE`.
+    Singleton,
+}
 
 /// A session id of 1 to 128 visible ASCII characters (`!` to `~`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -12,9 +12,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::{self, RunnerBackend};
 use crate::config::Settings;
 use crate::db::Db;
-use crate::docker::Engine;
 use crate::drift::{self, DriftWatcher};
 use crate::readiness::Readiness;
 use crate::reaper::Reaper;
@@ -37,9 +37,18 @@ pub struct Application {
 }
 
 impl Application {
+    /// The service on the backend its settings name.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let backend = backend::from_settings(&settings).context("invalid DOCKER_HOST")?;
+        Self::build_with_backend(settings, backend).await
+    }
+
+    /// The service on a given backend (the in-memory one in tests).
+    pub async fn build_with_backend(
+        settings: Settings,
+        backend: Arc<dyn RunnerBackend>,
+    ) -> anyhow::Result<Self> {
         let db = Db::connect(&settings.database_url).await?;
-        let engine = Engine::connect(&settings).context("invalid DOCKER_HOST")?;
         let listener = TcpListener::bind((settings.listen_address, settings.port))
             .await
             .with_context(|| {
@@ -52,7 +61,7 @@ impl Application {
         Ok(Self {
             listener,
             address,
-            runners: Runners::new(db, engine, Arc::new(settings)),
+            runners: Runners::new(db, backend, Arc::new(settings)),
             readiness: Readiness::default(),
         })
     }
@@ -77,10 +86,10 @@ impl Application {
         let settings = Arc::clone(self.runners.settings_arc());
         let supervisor = Supervisor::new(shutdown.clone(), self.readiness.clone());
         let mut workers = JoinSet::new();
-        let engine = self.runners.engine().clone();
+        let health = self.runners.health().clone();
         let stop = shutdown.clone();
         workers.spawn(supervisor.clone().run("engine health check", move || {
-            engine
+            health
                 .clone()
                 .monitor_until_stopped(ENGINE_HEALTH_INTERVAL, stop.clone())
         }));
@@ -172,7 +181,7 @@ async fn run_background(runners: Runners, supervisor: Supervisor, shutdown: Canc
     };
     // The reconcile just reached the engine: requests must not fail fast on
     // a stale "unreachable" from before it came back.
-    runners.engine().mark_reachable();
+    runners.health().mark_reachable();
     if !load_running(&runners, &readiness, &shutdown).await {
         return;
     }
@@ -187,8 +196,8 @@ async fn run_background(runners: Runners, supervisor: Supervisor, shutdown: Canc
         }
         // A first run often lacks the image: say so now, not at the first
         // provision. The service stays up; `/readyz` names it until built.
-        if let Ok(false) = runners.engine().image_present().await {
-            tracing::warn!("{}", runners.engine().missing_image_hint());
+        if let Ok(false) = runners.backend().image_present().await {
+            tracing::warn!("{}", runners.backend().missing_image_hint());
         }
     };
     let repair = async {

@@ -19,7 +19,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
 
-use crate::session::SessionId;
+use crate::backend::NetworkMode;
+use crate::session::{RunnerKind, SessionId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
 #[sqlx(type_name = "TEXT", rename_all = "lowercase")]
@@ -30,16 +31,6 @@ pub enum RunnerState {
     Removing,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum RunnerKind {
-    /// One runner per browser session.
-    Session,
-    /// The one shared runner of `REUSE_RUNNER_MODE`.
-    Singleton,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, FromRow, serde::Serialize)]
 pub struct RunnerRow {
     pub session_id: String,
@@ -48,7 +39,8 @@ pub struct RunnerRow {
     pub container_name: String,
     pub container_id: Option<String>,
     pub host_port: Option<u16>,
-    pub network_mode: Option<String>,
+    #[sqlx(try_from = "Option<String>")]
+    pub network_mode: NetworkMode,
     pub created_at: String,
     pub updated_at: String,
     pub last_heartbeat_at: String,
@@ -142,20 +134,20 @@ pub struct NewRunner<'a> {
     pub session_id: &'a SessionId,
     pub kind: RunnerKind,
     pub container_name: &'a str,
-    pub network_mode: Option<&'a str>,
+    pub network_mode: &'a NetworkMode,
     /// Started for the warm pool rather than for a client.
     pub pooled: bool,
 }
 
-/// A running container to record at start (kept or adopted).
+/// A running runner a reconcile found, to record (kept or adopted).
 #[derive(Debug, Clone)]
-pub struct ObservedRunner<'a> {
+pub struct FoundRunner<'a> {
     pub session_id: &'a str,
     pub kind: RunnerKind,
     pub container_name: &'a str,
     pub container_id: &'a str,
     pub host_port: Option<u16>,
-    pub network_mode: Option<&'a str>,
+    pub network_mode: &'a NetworkMode,
     pub pooled: bool,
 }
 
@@ -168,7 +160,7 @@ pub struct RowChanges<'a> {
     /// Rows taken out of `running` until their containers are removed.
     pub removing: Vec<&'a str>,
     /// Running containers: their rows updated (kept) or inserted (adopted).
-    pub observed: Vec<(ObservedRunner<'a>, AuditEntry<'a>)>,
+    pub observed: Vec<(FoundRunner<'a>, AuditEntry<'a>)>,
 }
 
 impl RowChanges<'_> {
@@ -383,7 +375,7 @@ impl Db {
         .bind(runner.session_id.as_str())
         .bind(runner.kind)
         .bind(runner.container_name)
-        .bind(runner.network_mode)
+        .bind(runner.network_mode.as_stored())
         .bind(&now)
         .bind(limit)
         .bind(runner.pooled)
@@ -585,7 +577,7 @@ impl Db {
                 "container_name": runner.container_name,
                 "container_id": runner.container_id,
                 "host_port": runner.host_port,
-                "network_mode": runner.network_mode,
+                "network_mode": runner.network_mode.as_stored(),
                 "pooled": runner.pooled,
             })
         }));

@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::docker::EngineError;
+use crate::backend::EngineError;
 use crate::runners::RunnerError;
 use crate::session::InvalidSessionId;
 

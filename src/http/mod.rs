@@ -27,9 +27,10 @@ use extract::{OptionalJson, SessionHeader, parse_optional};
 pub use linger::LINGER_IDLE;
 pub use serve::serve;
 
+use crate::backend::NetworkMode;
 use crate::config::AllowedOrigins;
 use crate::readiness::{Phase, Readiness};
-use crate::runners::{Heartbeat, Provisioned, RunnerError, Runners, validate_network_mode};
+use crate::runners::{Heartbeat, Provisioned, RunnerError, Runners};
 use crate::session::SessionId;
 
 /// The largest request body accepted; the API's bodies are a few dozen bytes.
@@ -121,14 +122,14 @@ async fn readyz(
             "the database does not take writes: {error}"
         )));
     }
-    if let Err(error) = runners.engine().ping().await {
+    if let Err(error) = runners.health().ping().await {
         return Err(ApiError::NotReady(format!(
             "the Docker Engine is unreachable: {error}"
         )));
     }
-    match runners.engine().image_present().await {
+    match runners.backend().image_present().await {
         Ok(true) => {}
-        Ok(false) => return Err(ApiError::NotReady(runners.engine().missing_image_hint())),
+        Ok(false) => return Err(ApiError::NotReady(runners.backend().missing_image_hint())),
         Err(error) => {
             return Err(ApiError::NotReady(format!(
                 "cannot ask the Docker Engine for the runner image: {error}"
@@ -217,15 +218,14 @@ async fn provision(
     SessionHeader(session): SessionHeader,
     OptionalJson(request): OptionalJson<ProvisionRequest>,
 ) -> Result<(StatusCode, Json<ProvisionResponse>), ApiError> {
-    let network_mode = request.network_mode.filter(|mode| !mode.is_empty());
-    if let Some(mode) = &network_mode {
-        validate_network_mode(mode).map_err(ApiError::InvalidNetworkMode)?;
-    }
+    let network_mode = match request.network_mode.filter(|mode| !mode.is_empty()) {
+        Some(mode) => mode.parse().map_err(ApiError::InvalidNetworkMode)?,
+        None => NetworkMode::Default,
+    };
     let production = runners.settings().is_production();
-    let outcome =
-        run_to_completion(async move { runners.provision(session, network_mode.as_deref()).await })
-            .await
-            .map_err(|error| ApiError::from_runner_error(error, production))?;
+    let outcome = run_to_completion(async move { runners.provision(session, &network_mode).await })
+        .await
+        .map_err(|error| ApiError::from_runner_error(error, production))?;
     let (status, message, runner) = match outcome {
         Provisioned::Created(runner) | Provisioned::Claimed(runner) => (
             StatusCode::CREATED,
@@ -318,5 +318,95 @@ async fn run_to_completion<T: Send + 'static>(
     match tokio::spawn(operation).await {
         Ok(result) => result,
         Err(join_error) => Err(RunnerError::Panicked(join_error.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::reconcile::Summary;
+    use crate::test_support::Harness;
+
+    /// One request through the whole router, as from a client on loopback.
+    async fn send(
+        router: &Router,
+        method: &str,
+        path: &str,
+        session: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(SESSION_HEADER, session)
+            .extension(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))))
+            .body(Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// The router of a service whose startup reconcile is done.
+    fn ready_router(harness: &Harness) -> Router {
+        let readiness = Readiness::default();
+        readiness.ready(Summary::default());
+        router(harness.runners.clone(), readiness)
+    }
+
+    #[tokio::test]
+    async fn provision_heartbeat_deprovision_through_the_router() {
+        let harness = Harness::new(&[]).await;
+        let router = ready_router(&harness);
+
+        let (status, body) = send(&router, "POST", "/api/runner/provision", "s-1").await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["sessionId"], "s-1");
+        let port = harness.backend.runners()[0].host_port.unwrap();
+        assert_eq!(body["endpoint"], format!("http://localhost:{port}"));
+        let (status, _) = send(&router, "POST", "/api/runner/heartbeat", "s-1").await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = send(&router, "POST", "/api/runner/deprovision", "s-1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(harness.backend.runners().is_empty());
+        let (status, body) = send(&router, "POST", "/api/runner/heartbeat", "s-1").await;
+        assert_eq!(
+            (status, &body["error"]),
+            (StatusCode::NOT_FOUND, &"RUNNER_NOT_FOUND".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn readyz_names_a_missing_image_and_an_unreachable_engine() {
+        let harness = Harness::new(&[]).await;
+        let router = ready_router(&harness);
+        let (status, _) = send(&router, "GET", "/readyz", "s").await;
+        assert_eq!(status, StatusCode::OK);
+
+        harness.backend.set_image_present(false);
+        let (status, body) = send(&router, "GET", "/readyz", "s").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body["message"].as_str().unwrap().contains("runner-image"),
+            "{body}"
+        );
+
+        harness.backend.set_reachable(false);
+        let (status, body) = send(&router, "GET", "/readyz", "s").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body["message"].as_str().unwrap().contains("unreachable"),
+            "{body}"
+        );
+        assert!(!harness.runners.health().is_reachable());
     }
 }

@@ -226,7 +226,7 @@ async fn engine_outage_while_serving_fails_fast_keeps_heartbeats_and_converges()
     eventually(
         Duration::from_secs(5),
         "the health check noticing",
-        || async { !app.runners.engine().is_reachable() },
+        || async { !app.runners.health().is_reachable() },
     )
     .await;
     let started = Instant::now();

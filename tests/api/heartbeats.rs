@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::future::join_all;
+use taylored_orchestrator::backend::Stop;
 use taylored_orchestrator::db::{Actor, AuditAction};
-use taylored_orchestrator::docker::Stop;
 use taylored_orchestrator::runners::{Removal, RemovalOutcome};
 use tokio_util::sync::CancellationToken;
 

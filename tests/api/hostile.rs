@@ -14,8 +14,8 @@ use futures_util::future::join_all;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
+use taylored_orchestrator::backend::NetworkMode;
 use taylored_orchestrator::http::LINGER_IDLE;
-use taylored_orchestrator::runners::validate_network_mode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -1021,7 +1021,7 @@ fn would_provision(body: &[u8]) -> bool {
     serde_json::from_slice::<Provision>(body).is_ok_and(|request| {
         request
             .network_mode
-            .is_none_or(|mode| mode.is_empty() || validate_network_mode(&mode).is_ok())
+            .is_none_or(|mode| mode.is_empty() || mode.parse::<NetworkMode>().is_ok())
     })
 }
 

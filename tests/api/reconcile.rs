@@ -2,8 +2,9 @@
 //! checked after it starts again on the same database.
 
 use chrono::Utc;
-use taylored_orchestrator::db::{Claim, NewRunner, RunnerKind, RunnerState, timestamp};
-use taylored_orchestrator::session::SessionId;
+use taylored_orchestrator::backend::NetworkMode;
+use taylored_orchestrator::db::{Claim, NewRunner, RunnerState, timestamp};
+use taylored_orchestrator::session::{RunnerKind, SessionId};
 
 use crate::helpers::{TestEnv, assert_runner_answers};
 
@@ -206,7 +207,7 @@ async fn claim(db: &taylored_orchestrator::db::Db, session: &SessionId, name: &s
                 session_id: session,
                 kind: RunnerKind::Session,
                 container_name: name,
-                network_mode: None,
+                network_mode: &NetworkMode::Default,
                 pooled: false,
             },
             0,

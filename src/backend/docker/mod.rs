@@ -1,0 +1,227 @@
+//! [`RunnerBackend`] on one Docker Engine: a runner is a container. The
+//! container's make-up is in [`spec`], listing and removal in `containers`,
+//! the event stream in `events`.
+
+mod containers;
+mod error;
+mod events;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, NetworkCreateRequest};
+use bollard::query_parameters::CreateContainerOptionsBuilder;
+
+use self::error::{classify_start_error, status_of};
+use self::spec::{ContainerSpec, RUNNER_PORT_KEY};
+use super::{
+    EngineError, ObservedRunner, RunnerBackend, RunnerEvents, RunnerSpec, StartedRunner, Stop,
+};
+use crate::config::{INSTANCE_LABEL, Settings};
+
+/// Seconds any single engine request may take (on top of a stop's grace).
+const ENGINE_TIMEOUT_SECONDS: u64 = 20;
+/// How long `docker info` may take when asked for the host's memory.
+const INFO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A handle on the engine, bound to this instance's image and labels.
+#[derive(Debug, Clone)]
+pub struct DockerBackend {
+    docker: Docker,
+    spec: ContainerSpec,
+    stop_timeout_seconds: u32,
+}
+
+impl DockerBackend {
+    /// Connects lazily: no request is made until the first call.
+    pub fn connect(settings: &Settings) -> Result<Self, EngineError> {
+        let docker = match &settings.docker_host {
+            Some(host) => Docker::connect_with_host(host)?,
+            None => Docker::connect_with_defaults()?,
+        };
+        // The grace of a stop must fit in one request's time.
+        let timeout = ENGINE_TIMEOUT_SECONDS + u64::from(settings.runner_stop_timeout_seconds);
+        Ok(Self {
+            docker: docker.with_timeout(Duration::from_secs(timeout)),
+            spec: ContainerSpec::new(settings),
+            stop_timeout_seconds: settings.runner_stop_timeout_seconds,
+        })
+    }
+
+    /// `ORCHESTRATOR_ID`: the instance label value of this service's runners.
+    pub fn instance(&self) -> &str {
+        &self.spec.instance
+    }
+
+    /// The create request for a runner (public for the benchmark's baseline,
+    /// which sends the very same body to the engine without the service).
+    pub fn container_body(&self, runner: &RunnerSpec<'_>) -> ContainerCreateBody {
+        self.spec.body(runner)
+    }
+
+    /// A name conflict is a leftover of an earlier attempt that the caller's
+    /// claim now owns: it is removed and the create retried once.
+    async fn create(&self, runner: &RunnerSpec<'_>) -> Result<String, EngineError> {
+        let options = CreateContainerOptionsBuilder::new()
+            .name(runner.name)
+            .build();
+        let body = self.spec.body(runner);
+        let classify = |error| classify_start_error(error, &self.spec.image, runner.network_mode);
+        match self
+            .docker
+            .create_container(Some(options.clone()), body.clone())
+            .await
+        {
+            Ok(created) => return Ok(created.id),
+            Err(error) if status_of(&error) == Some(409) => {
+                tracing::warn!(
+                    container = runner.name,
+                    "removing a leftover container with this session's name"
+                );
+                self.remove(runner.name, Stop::Kill).await?;
+            }
+            Err(error) => return Err(classify(error)),
+        }
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map(|created| created.id)
+            .map_err(classify)
+    }
+
+    /// Starts a created container and reads the host port the engine
+    /// assigned at start (it is only visible now).
+    async fn start_and_read_port(
+        &self,
+        container_id: &str,
+        runner: &RunnerSpec<'_>,
+    ) -> Result<Option<u16>, BollardError> {
+        self.docker.start_container(container_id, None).await?;
+        if runner.network_mode.is_isolated() {
+            return Ok(None);
+        }
+        let inspected = self.docker.inspect_container(container_id, None).await?;
+        let bindings = inspected
+            .network_settings
+            .and_then(|settings| settings.ports)
+            .and_then(|mut ports| ports.remove(RUNNER_PORT_KEY).flatten())
+            .unwrap_or_default();
+        Ok(self.spec.pick_host_port(bindings.iter().map(|binding| {
+            (
+                binding.host_ip.as_deref(),
+                binding
+                    .host_port
+                    .as_deref()
+                    .and_then(|port| port.parse().ok()),
+            )
+        })))
+    }
+}
+
+#[async_trait]
+impl RunnerBackend for DockerBackend {
+    async fn start(&self, runner: &RunnerSpec<'_>) -> Result<StartedRunner, EngineError> {
+        let id = self.create(runner).await?;
+        let host_port = self
+            .start_and_read_port(&id, runner)
+            .await
+            .map_err(|error| classify_start_error(error, &self.spec.image, runner.network_mode))?;
+        if host_port.is_none() && !runner.network_mode.is_isolated() {
+            return Err(EngineError::PortNotPublished(id));
+        }
+        tracing::info!(container = runner.name, container_id = %id, ?host_port, "runner container started");
+        Ok(StartedRunner { id, host_port })
+    }
+
+    async fn is_running(&self, runner: &str) -> Result<bool, EngineError> {
+        self.inspect_running(runner).await
+    }
+
+    async fn list(&self) -> Result<Vec<ObservedRunner>, EngineError> {
+        self.list_labelled(None).await
+    }
+
+    async fn list_session(&self, session_id: &str) -> Result<Vec<ObservedRunner>, EngineError> {
+        self.list_labelled(Some(session_id)).await
+    }
+
+    async fn remove(&self, runner: &str, stop: Stop) -> Result<(), EngineError> {
+        self.remove_container(runner, stop).await
+    }
+
+    fn events(&self, since: i64) -> RunnerEvents {
+        self.runner_events(since)
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        self.docker.ping().await?;
+        Ok(())
+    }
+
+    async fn image_present(&self) -> Result<bool, EngineError> {
+        match self.docker.inspect_image(&self.spec.image).await {
+            Ok(_) => Ok(true),
+            Err(error) if status_of(&error) == Some(404) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn missing_image_hint(&self) -> String {
+        format!(
+            "the runner image {image} is not on the Docker Engine; build it \
+             (`docker compose build runner-builder`, or `docker build -t {image} <runner directory>`) \
+             or set DOCKER_IMAGE_NAME",
+            image = self.spec.image
+        )
+    }
+
+    /// `docker info`'s `MemTotal`.
+    async fn memory_total(&self) -> Result<u64, EngineError> {
+        let info = tokio::time::timeout(INFO_TIMEOUT, self.docker.info())
+            .await
+            .map_err(|_| EngineError::Unavailable("no answer to `info` within 2 s".to_owned()))??;
+        info.mem_total
+            .and_then(|bytes| u64::try_from(bytes).ok())
+            .filter(|&bytes| bytes > 0)
+            .ok_or_else(|| EngineError::Unavailable("the engine reports no MemTotal".to_owned()))
+    }
+
+    /// With traffic between its containers off, so one runner cannot reach
+    /// another.
+    async fn ensure_network(&self) -> Result<(), EngineError> {
+        let Some(name) = &self.spec.limits.runner_network else {
+            return Ok(());
+        };
+        match self.docker.inspect_network(name, None).await {
+            Ok(_) => return Ok(()),
+            Err(error) if status_of(&error) == Some(404) => {}
+            Err(error) => return Err(error.into()),
+        }
+        let request = NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".to_owned()),
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.enable_icc".to_owned(),
+                "false".to_owned(),
+            )])),
+            labels: Some(HashMap::from([(
+                INSTANCE_LABEL.to_owned(),
+                self.spec.instance.clone(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => {
+                tracing::info!(network = %name, "created the runner network (inter-container traffic off)");
+                Ok(())
+            }
+            // Created meanwhile by another instance.
+            Err(error) if status_of(&error) == Some(409) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
