@@ -168,6 +168,19 @@ pub struct Settings {
     #[command(flatten)]
     pub admission: Admission,
 
+    /// What runs runners: `docker` (one Docker Engine, a container each) or
+    /// `swarm` (a Docker Swarm manager in `DOCKER_HOST`, a service each).
+    #[arg(
+        long,
+        env = "RUNNER_BACKEND",
+        default_value = "docker",
+        value_name = "RUNNER_BACKEND"
+    )]
+    pub runner_backend: BackendKind,
+
+    #[command(flatten)]
+    pub swarm: SwarmSettings,
+
     /// Host address that runner ports are published on.
     #[arg(
         long,
@@ -329,6 +342,46 @@ pub struct Admission {
     pub max_runner_age: Option<Duration>,
 }
 
+/// Settings that only `RUNNER_BACKEND=swarm` reads.
+#[derive(Debug, Clone, Args)]
+pub struct SwarmSettings {
+    /// Placement constraints for runner services, comma-separated (e.g.
+    /// `node.labels.runners==true`), to pin runners to labelled nodes.
+    #[arg(long, env = "RUNNER_PLACEMENT", default_value = "", value_name = "RUNNER_PLACEMENT",
+          value_parser = parse_placement)]
+    pub runner_placement: Placement,
+
+    /// Host ports runners are published on (in host mode, on their node),
+    /// `FIRST-LAST`. The service picks them, so that no two runners share
+    /// one and IPv4 and IPv6 agree (moby#42442).
+    #[arg(long, env = "RUNNER_PORT_RANGE", default_value = "30000-32767",
+          value_name = "RUNNER_PORT_RANGE", value_parser = parse_port_range)]
+    pub runner_port_range: PortRange,
+
+    /// Seconds a runner's task may take to run before its provision fails
+    /// (image missing on the node, no node fits).
+    #[arg(long, env = "RUNNER_START_TIMEOUT_SECONDS", default_value = "30",
+          value_name = "RUNNER_START_TIMEOUT_SECONDS", value_parser = parse_positive_seconds)]
+    pub runner_start_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    Docker,
+    Swarm,
+}
+
+/// `RUNNER_PLACEMENT`: Swarm placement constraints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement(pub Vec<String>);
+
+/// `RUNNER_PORT_RANGE`: an inclusive range of host ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
 /// `MAX_CONCURRENT_RUNNERS`: derived from the engine, or set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaxRunners {
@@ -387,6 +440,37 @@ fn parse_bytes(value: &str) -> Result<i64, String> {
         return Err("must be at least 6m (the engine's minimum)".to_owned());
     }
     Ok(bytes)
+}
+
+/// Constraints as Swarm writes them: `node.labels.KEY==VALUE`,
+/// `node.hostname!=NAME`, ...; each needs an operator.
+fn parse_placement(value: &str) -> Result<Placement, String> {
+    let constraints: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|constraint| !constraint.is_empty())
+        .map(str::to_owned)
+        .collect();
+    match constraints
+        .iter()
+        .find(|constraint| !constraint.contains("==") && !constraint.contains("!="))
+    {
+        Some(bad) => Err(format!(
+            "`{bad}` is not a constraint (`KEY==VALUE` or `KEY!=VALUE`)"
+        )),
+        None => Ok(Placement(constraints)),
+    }
+}
+
+fn parse_port_range(value: &str) -> Result<PortRange, String> {
+    let invalid = || format!("expected FIRST-LAST host ports (e.g. 30000-32767), got `{value}`");
+    let (first, last) = value.trim().split_once('-').ok_or_else(invalid)?;
+    let first: u16 = first.trim().parse().map_err(|_| invalid())?;
+    let last: u16 = last.trim().parse().map_err(|_| invalid())?;
+    if first == 0 || first > last {
+        return Err(invalid());
+    }
+    Ok(PortRange { first, last })
 }
 
 fn parse_max_runners(value: &str) -> Result<MaxRunners, String> {

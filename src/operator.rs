@@ -42,7 +42,8 @@ pub async fn runners(command: RunnersCommand, settings: &Settings) -> anyhow::Re
 /// Plans a startup reconcile against the live engine and prints it.
 pub async fn reconcile_dry_run(settings: &Settings) -> anyhow::Result<()> {
     let db = Db::connect_read_only(&settings.database_url).await?;
-    let backend = backend::from_settings(settings).context("invalid DOCKER_HOST")?;
+    let backend = backend::from_settings(settings)
+        .context("cannot set up the runner backend (DOCKER_HOST, RUNNER_BACKEND)")?;
     let rows = db.all().await?;
     let containers = backend.list().await?;
     let actions = plan(&rows, &containers, settings.orphan_policy, Purpose::Startup);

@@ -763,6 +763,7 @@ mod tests {
             host_port: running.then_some(41000),
             network_mode: NetworkMode::Default,
             created,
+            node: None,
         }
     }
 

@@ -39,7 +39,8 @@ pub struct Application {
 impl Application {
     /// The service on the backend its settings name.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let backend = backend::from_settings(&settings).context("invalid DOCKER_HOST")?;
+        let backend = backend::from_settings(&settings)
+            .context("cannot set up the runner backend (DOCKER_HOST, RUNNER_BACKEND)")?;
         Self::build_with_backend(settings, backend).await
     }
 

@@ -14,6 +14,10 @@ pub enum EngineError {
     /// The engine could not be reached or did not answer in time.
     #[error("Docker Engine unavailable: {0}")]
     Unavailable(String),
+    /// The backend cannot do what was asked (e.g. a network mode Swarm
+    /// services cannot have); the text says why.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// The engine answered, and refused the request.
     #[error("Docker Engine error: {0}")]
     Refused(String),

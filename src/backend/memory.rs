@@ -297,6 +297,7 @@ impl MemoryBackend {
                 host_port: None,
                 network_mode: spec.network_mode.clone(),
                 created: i64::try_from(sequence).unwrap_or(i64::MAX),
+                node: None,
             },
         );
         Ok(id)
@@ -365,6 +366,7 @@ impl RunnerBackend for MemoryBackend {
         Ok(StartedRunner {
             id,
             host_port: port,
+            node: None,
         })
     }
 

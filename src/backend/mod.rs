@@ -13,6 +13,7 @@ mod error;
 pub mod health;
 pub mod memory;
 mod network_mode;
+pub mod swarm;
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
-use crate::config::Settings;
+use crate::config::{BackendKind, Settings};
 use crate::session::RunnerKind;
 
 pub use error::EngineError;
@@ -60,6 +61,21 @@ pub struct StartedRunner {
     pub id: String,
     /// The host port clients reach it on; `None` when it has no network.
     pub host_port: Option<u16>,
+    /// The node it runs on, for a backend that spreads runners over nodes;
+    /// `None`: the one engine's host (`RUNNERS_HOST`).
+    pub node: Option<RunnerNode>,
+}
+
+/// The node of a runner on a backend with several (Swarm).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerNode {
+    /// The node's hostname, as operators know it.
+    pub name: String,
+    /// Where clients reach the node's published ports: its
+    /// `taylored.runners-host` label, else its address.
+    pub host: String,
+    /// Whether the node is `ready`; a runner on a node that is not is lost.
+    pub ready: bool,
 }
 
 /// A runner of this instance as the engine reports it, running or not.
@@ -76,6 +92,8 @@ pub struct ObservedRunner {
     pub network_mode: NetworkMode,
     /// Seconds since the epoch; orders duplicates.
     pub created: i64,
+    /// See [`StartedRunner::node`].
+    pub node: Option<RunnerNode>,
 }
 
 /// A runner of this instance that stopped or vanished, as the engine's
@@ -145,5 +163,15 @@ pub trait RunnerBackend: Send + Sync + fmt::Debug {
 /// The backend the settings ask for. Connects lazily: no request is made
 /// until the first call.
 pub fn from_settings(settings: &Settings) -> Result<Arc<dyn RunnerBackend>, EngineError> {
-    Ok(Arc::new(docker::DockerBackend::connect(settings)?))
+    let refused = swarm::spec::unsupported_settings(settings);
+    if !refused.is_empty() {
+        return Err(EngineError::Refused(format!(
+            "RUNNER_BACKEND=swarm cannot apply {}",
+            refused.join("; ")
+        )));
+    }
+    Ok(match settings.runner_backend {
+        BackendKind::Docker => Arc::new(docker::DockerBackend::connect(settings)?),
+        BackendKind::Swarm => Arc::new(swarm::SwarmBackend::connect(settings)?),
+    })
 }

@@ -112,6 +112,7 @@ impl DockerBackend {
                             .filter(|mode| !matches!(mode.as_str(), "default" | "bridge")),
                     ),
                     created: summary.created.unwrap_or_default(),
+                    node: None,
                 })
             })
             .collect())

@@ -22,7 +22,7 @@ impl From<BollardError> for EngineError {
 }
 
 /// The HTTP status of an engine error response, if it is one.
-pub(super) fn status_of(error: &BollardError) -> Option<u16> {
+pub(in crate::backend) fn status_of(error: &BollardError) -> Option<u16> {
     match error {
         BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,

@@ -3,7 +3,7 @@
 //! the event stream in `events`.
 
 mod containers;
-mod error;
+pub(super) mod error;
 mod events;
 pub mod spec;
 
@@ -39,14 +39,8 @@ pub struct DockerBackend {
 impl DockerBackend {
     /// Connects lazily: no request is made until the first call.
     pub fn connect(settings: &Settings) -> Result<Self, EngineError> {
-        let docker = match &settings.docker_host {
-            Some(host) => Docker::connect_with_host(host)?,
-            None => Docker::connect_with_defaults()?,
-        };
-        // The grace of a stop must fit in one request's time.
-        let timeout = ENGINE_TIMEOUT_SECONDS + u64::from(settings.runner_stop_timeout_seconds);
         Ok(Self {
-            docker: docker.with_timeout(Duration::from_secs(timeout)),
+            docker: client(settings)?,
             spec: ContainerSpec::new(settings),
             stop_timeout_seconds: settings.runner_stop_timeout_seconds,
         })
@@ -122,6 +116,17 @@ impl DockerBackend {
     }
 }
 
+/// A client for `DOCKER_HOST` (or Docker's defaults), connected lazily.
+pub(super) fn client(settings: &Settings) -> Result<Docker, EngineError> {
+    let docker = match &settings.docker_host {
+        Some(host) => Docker::connect_with_host(host)?,
+        None => Docker::connect_with_defaults()?,
+    };
+    // The grace of a stop must fit in one request's time.
+    let timeout = ENGINE_TIMEOUT_SECONDS + u64::from(settings.runner_stop_timeout_seconds);
+    Ok(docker.with_timeout(Duration::from_secs(timeout)))
+}
+
 #[async_trait]
 impl RunnerBackend for DockerBackend {
     async fn start(&self, runner: &RunnerSpec<'_>) -> Result<StartedRunner, EngineError> {
@@ -134,7 +139,11 @@ impl RunnerBackend for DockerBackend {
             return Err(EngineError::PortNotPublished(id));
         }
         tracing::info!(container = runner.name, container_id = %id, ?host_port, "runner container started");
-        Ok(StartedRunner { id, host_port })
+        Ok(StartedRunner {
+            id,
+            host_port,
+            node: None,
+        })
     }
 
     async fn is_running(&self, runner: &str) -> Result<bool, EngineError> {
