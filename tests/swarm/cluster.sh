@@ -4,7 +4,8 @@
 # namespaces joined by a bridge that lives in a namespace of its own too (a
 # bridge in the host's namespace is filtered by the host's iptables). The
 # host reaches the nodes through one more veth, so that tests and the
-# orchestrator under test reach runners at their node's address.
+# orchestrator under test reach runners at their node's address, and a
+# client namespace stands for a browser's machine elsewhere.
 #
 #   tests/swarm/cluster.sh up NAME NODES [IMAGE...]   start NODES engines, form a swarm,
 #                                                     load each IMAGE on every node
@@ -97,6 +98,15 @@ up() {
     ip netns exec "$bridge_ns" ip link set "${name}b" master br0 up
     ip addr add "$host_address/24" dev "${name}h"
     ip link set "${name}h" up
+    # A client elsewhere on the network (a browser's machine).
+    ip netns add "$name-cl"
+    ip link add "${name}c" type veth peer name "${name}q"
+    ip link set "${name}c" netns "$name-cl"
+    ip link set "${name}q" netns "$bridge_ns"
+    ip netns exec "$bridge_ns" ip link set "${name}q" master br0 up
+    ip netns exec "$name-cl" ip link set lo up
+    ip netns exec "$name-cl" ip addr add "$prefix.5/24" dev "${name}c"
+    ip netns exec "$name-cl" ip link set "${name}c" up
     for node in $(seq 1 "$nodes"); do
         start_node "$node"
     done
@@ -154,6 +164,7 @@ down() {
         rmdir "/sys/fs/cgroup/"*"/$name-n$node" 2>/dev/null || true
     done
     ip link del "${name}h" 2>/dev/null || true
+    ip netns del "$name-cl" 2>/dev/null || true
     ip netns del "$bridge_ns" 2>/dev/null || true
     rm -rf "$state"
     log "down"
@@ -166,6 +177,7 @@ print_env() {
     echo "SWARM_MANAGER=unix://$(node_socket 1)"
     echo "SWARM_NODES=$nodes"
     echo "SWARM_HOST_ADDRESS=$host_address"
+    echo "SWARM_CLIENT_NETNS=$name-cl"
     for node in $(seq 1 "$nodes"); do
         echo "SWARM_NODE_${node}_SOCKET=unix://$(node_socket "$node")"
         echo "SWARM_NODE_${node}_ADDRESS=$(node_address "$node")"

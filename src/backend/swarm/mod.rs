@@ -146,7 +146,11 @@ impl SwarmBackend {
                         | TaskState::ORPHANED
                         | TaskState::REMOVE),
                     ) => {
-                        let node = task.node_id.clone().unwrap_or_default();
+                        let node_id = task.node_id.clone().unwrap_or_default();
+                        let node = match self.nodes().await?.remove(&node_id) {
+                            Some(node) => node.name,
+                            None => node_id,
+                        };
                         if said.contains("No such image") {
                             return Err(EngineError::ImageNotFound(format!(
                                 "{} (on swarm node {node})",

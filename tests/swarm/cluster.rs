@@ -1,0 +1,143 @@
+//! The swarm this tier runs against, made and removed by `cluster.sh`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::support::images::TestImages;
+
+/// One engine of the swarm.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Its hostname, as the swarm names it.
+    pub hostname: String,
+    /// `unix://…`, its engine's socket.
+    pub socket: String,
+    /// Its address on the test network (where its runners are reached).
+    pub address: String,
+    pub netns: String,
+    /// Its engine's process.
+    pub pid: i32,
+}
+
+/// A swarm on this machine; taken down when dropped.
+pub struct Cluster {
+    name: String,
+    pub nodes: Vec<Node>,
+    /// The namespace clients connect from.
+    pub client_netns: String,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/swarm/cluster.sh")
+}
+
+/// What the tier needs from this machine, said plainly when it is missing.
+pub fn check_prerequisites() -> Result<(), String> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| format!("id -u: {e}"))?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Err("it needs root (network namespaces and Docker Engines of its own)".to_owned());
+    }
+    for tool in [
+        "ip",
+        "nsenter",
+        "unshare",
+        "dockerd",
+        "docker",
+        "fuse-overlayfs",
+        "curl",
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !found {
+            return Err(format!("`{tool}` is not installed"));
+        }
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Brings up `nodes` engines as a swarm with the runner image on every
+    /// node, and the stubborn image on the first node only (for a node that
+    /// lacks the image).
+    pub fn up(name: &str, nodes: usize, images: &TestImages) -> Result<Self, String> {
+        let output = Command::new(script())
+            .args(["up", name, &nodes.to_string(), &images.runner])
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|error| format!("run cluster.sh: {error}"))?;
+        // From here on, whatever was made is taken down on drop.
+        let mut cluster = Self {
+            name: name.to_owned(),
+            nodes: Vec::new(),
+            client_netns: String::new(),
+        };
+        if !output.status.success() {
+            return Err(format!("cluster.sh up failed ({})", output.status));
+        }
+        let facts: HashMap<String, String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect();
+        let fact = |key: &str| {
+            facts
+                .get(key)
+                .cloned()
+                .ok_or_else(|| format!("cluster.sh did not say {key}"))
+        };
+        cluster.client_netns = fact("SWARM_CLIENT_NETNS")?;
+        for k in 1..=nodes {
+            cluster.nodes.push(Node {
+                hostname: format!("{name}-n{k}"),
+                socket: fact(&format!("SWARM_NODE_{k}_SOCKET"))?,
+                address: fact(&format!("SWARM_NODE_{k}_ADDRESS"))?,
+                netns: fact(&format!("SWARM_NODE_{k}_NETNS"))?,
+                pid: fact(&format!("SWARM_NODE_{k}_PID"))?
+                    .parse()
+                    .map_err(|_| "a node's engine pid is not a number".to_owned())?,
+            });
+        }
+        cluster.load(&images.stubborn, &cluster.nodes[0].clone())?;
+        Ok(cluster)
+    }
+
+    /// The manager's socket (the first node).
+    pub fn manager(&self) -> &Node {
+        &self.nodes[0]
+    }
+
+    fn load(&self, image: &str, node: &Node) -> Result<(), String> {
+        let status = Command::new("sh")
+            .args([
+                "-c",
+                &format!("docker save {image} | docker -H {} load -q", node.socket),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|error| error.to_string())?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("could not load {image} on {}", node.hostname))
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let status = Command::new(script())
+            .args(["down", &self.name])
+            .stdout(Stdio::null())
+            .status();
+        if !status.is_ok_and(|status| status.success()) {
+            eprintln!("cluster.sh down {} failed; run it by hand", self.name);
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The swarm tier (`cargo test --test swarm`): the service binary with
+//! `RUNNER_BACKEND=swarm` against a real Docker Swarm of three engines, each
+//! in a network namespace of its own on this machine (`cluster.sh`), and
+//! clients in a namespace of their own. It brings the swarm up, runs every
+//! test against it one after another, and takes it down, also when a test
+//! fails or panics. Needs root (namespaces, engines), as CI runs.
+//!
+//! A plain `main` (`harness = false`): the tests share one swarm, which
+//! libtest has no place to set up and tear down once.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cases;
+mod cluster;
+mod harness;
+
+use std::panic::AssertUnwindSafe;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use futures_util::FutureExt;
+
+use cluster::Cluster;
+use harness::Swarm;
+
+/// The tests, in order: the lost node comes last, since it kills a node.
+const TESTS: &[(&str, harness::Test)] = &[
+    ("runners_spread_over_nodes_and_answer_clients", |s| {
+        Box::pin(cases::runners_spread_over_nodes_and_answer_clients(s))
+    }),
+    (
+        "concurrent_provisions_of_one_session_make_one_service",
+        |s| Box::pin(cases::concurrent_provisions_of_one_session_make_one_service(s)),
+    ),
+    ("deprovision_removes_the_service", |s| {
+        Box::pin(cases::deprovision_removes_the_service(s))
+    }),
+    ("a_kill_9_and_restart_keeps_every_runner", |s| {
+        Box::pin(cases::a_kill_9_and_restart_keeps_every_runner(s))
+    }),
+    ("the_reaper_removes_idle_services", |s| {
+        Box::pin(cases::the_reaper_removes_idle_services(s))
+    }),
+    (
+        "an_image_missing_on_the_node_fails_the_provision_cleanly",
+        |s| Box::pin(cases::an_image_missing_on_the_node_fails_the_provision_cleanly(s)),
+    ),
+    (
+        "no_node_that_fits_fails_the_provision_within_the_deadline",
+        |s| Box::pin(cases::no_node_that_fits_fails_the_provision_within_the_deadline(s)),
+    ),
+    ("a_lost_node_s_sessions_are_repaired_on_the_others", |s| {
+        Box::pin(cases::a_lost_node_s_sessions_are_repaired_on_the_others(s))
+    }),
+];
+
+fn main() -> ExitCode {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    if let Err(reason) = cluster::check_prerequisites() {
+        eprintln!("the swarm tier cannot run here: {reason}");
+        return ExitCode::FAILURE;
+    }
+    let images = support::images::build_images();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let started = Instant::now();
+    // Taken down when dropped, whatever happens below.
+    let cluster = match Cluster::up("tsw", 3, &images) {
+        Ok(cluster) => cluster,
+        Err(reason) => {
+            eprintln!("could not bring the swarm up: {reason}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "swarm of {} nodes up in {:.1} s",
+        cluster.nodes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let swarm = Swarm::new(cluster, images);
+    let selected: Vec<_> = TESTS
+        .iter()
+        .filter(|(name, _)| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    println!("\nrunning {} tests", selected.len());
+    let (mut passed, mut failed) = (0, Vec::new());
+    for (name, test) in selected {
+        let began = Instant::now();
+        let outcome = runtime.block_on(AssertUnwindSafe(test(&swarm)).catch_unwind());
+        let result = match outcome {
+            Ok(result) => result,
+            Err(panic) => Err(panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".to_owned())),
+        };
+        runtime.block_on(swarm.clean_up());
+        let took = began.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                passed += 1;
+                println!("test swarm::{name} ... ok ({took:.1} s)");
+            }
+            Err(reason) => {
+                println!("test swarm::{name} ... FAILED ({took:.1} s)\n    {reason}");
+                failed.push(name);
+            }
+        }
+    }
+    drop(swarm);
+    println!(
+        "\ntest result: {}. {passed} passed; {} failed; 0 ignored; 0 measured; 0 filtered out; finished in {:.2}s",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
