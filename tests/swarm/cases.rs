@@ -23,7 +23,7 @@ async fn reached(swarm: &Swarm, endpoint: &str) -> Result<(), String> {
         &format!("{endpoint} answering a client"),
         || async {
             swarm
-                .from_client(endpoint)
+                .fetch_as_client(endpoint)
                 .filter(|answer| answer["runner"] == "ok")
         },
     )
@@ -119,7 +119,7 @@ pub async fn deprovision_removes_the_service(swarm: &Swarm) -> Result<(), String
     poll_until(
         REACH_LIMIT,
         "the deprovisioned runner to stop answering",
-        || async { swarm.from_client(&endpoint).is_none().then_some(()) },
+        || async { swarm.fetch_as_client(&endpoint).is_none().then_some(()) },
     )
     .await
 }

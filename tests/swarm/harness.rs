@@ -95,7 +95,7 @@ impl Swarm {
 
     /// GET `endpoint` from the client namespace, as a browser elsewhere on
     /// the network would; the runner's JSON answer, if any.
-    pub fn from_client(&self, endpoint: &str) -> Option<Value> {
+    pub fn fetch_as_client(&self, endpoint: &str) -> Option<Value> {
         let output = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.cluster.client_netns))
             .args(["curl", "-s", "-m", "3", &format!("{endpoint}/")])
