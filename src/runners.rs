@@ -51,7 +51,7 @@ pub enum RunnerError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(#[from] crate::db::DbError),
     #[error("MAX_CONCURRENT_RUNNERS reached")]
     LimitReached,
     #[error("operation panicked: {0}")]
