@@ -911,7 +911,7 @@ async fn fill_rows(url: &str, instance: &str, fresh: usize, stale: usize) -> Res
     Ok(())
 }
 
-/// The runner service of `instance` on the database at `url`, in this
+/// The service's parts for `instance` on the database at `url`, in this
 /// process, with nothing running in the background.
 async fn in_process_service(cx: &Context, url: &str, instance: &str) -> Result<InProcess> {
     let settings = Settings::from_env_and_args([
