@@ -38,9 +38,8 @@ use taylored_orchestrator::backend::{NetworkMode, RunnerSpec};
 use taylored_orchestrator::config::Settings;
 use taylored_orchestrator::db::{Db, QueryPlan, timestamp};
 use taylored_orchestrator::readiness::Readiness;
-use taylored_orchestrator::reaper::Reaper;
 use taylored_orchestrator::reconcile::Summary;
-use taylored_orchestrator::runners::Runners;
+use taylored_orchestrator::service::Service as InProcess;
 use taylored_orchestrator::session::{RunnerKind, SessionId};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -870,9 +869,9 @@ async fn reaper_pass(
     let instance = cx.instances.new_instance(&cx.prefix, name);
     let url = cx.db_path(name).display().to_string();
     fill_rows(&url, &instance, fresh, stale).await?;
-    let runners = in_process_runners(cx, &url, &instance).await?;
-    let plan = runners.db().explain_reapable().await?;
-    let reaper = Reaper::new(runners, Duration::from_secs(60), Duration::from_secs(3600));
+    let service = in_process_service(cx, &url, &instance).await?;
+    let plan = service.db.explain_reapable().await?;
+    let reaper = service.reaper_with(Duration::from_secs(60), Duration::from_secs(3600));
     let started = Instant::now();
     let outcome = reaper.try_once(Utc::now()).await?;
     let took = started.elapsed();
@@ -912,9 +911,9 @@ async fn fill_rows(url: &str, instance: &str, fresh: usize, stale: usize) -> Res
     Ok(())
 }
 
-/// The runner service of `instance` on the database at `url`, in this
+/// The service's parts for `instance` on the database at `url`, in this
 /// process, with nothing running in the background.
-async fn in_process_runners(cx: &Context, url: &str, instance: &str) -> Result<Runners> {
+async fn in_process_service(cx: &Context, url: &str, instance: &str) -> Result<InProcess> {
     let settings = Settings::from_env_and_args([
         "orchestrator".to_owned(),
         format!("--database-url={url}"),
@@ -924,7 +923,7 @@ async fn in_process_runners(cx: &Context, url: &str, instance: &str) -> Result<R
     ])?;
     let db = Db::connect(url).await?;
     let backend = taylored_orchestrator::backend::from_settings(&settings)?;
-    Ok(Runners::new(db, backend, Arc::new(settings)))
+    Ok(InProcess::new(db, backend, Arc::new(settings)))
 }
 
 /// Heartbeats of `BENCH_HB_SESSIONS` distinct running sessions against the
@@ -942,8 +941,8 @@ async fn sessions(cx: &mut Context) -> Result<()> {
     let instance = cx.instances.new_instance(&cx.prefix, "sessions");
     let url = cx.db_path("sessions").display().to_string();
     fill_rows(&url, &instance, count, 0).await?;
-    let runners = in_process_runners(cx, &url, &instance).await?;
-    let loaded = runners.load_running().await?;
+    let service = in_process_service(cx, &url, &instance).await?;
+    let loaded = service.heartbeats.load_running().await?;
     anyhow::ensure!(
         loaded == count,
         "loaded {loaded} running sessions of {count}"
@@ -955,7 +954,7 @@ async fn sessions(cx: &mut Context) -> Result<()> {
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(taylored_orchestrator::http::serve(
         listener,
-        taylored_orchestrator::http::router(runners.clone(), readiness),
+        service.router(readiness),
         Duration::from_secs(60),
         shutdown.clone(),
     ));
@@ -965,7 +964,7 @@ async fn sessions(cx: &mut Context) -> Result<()> {
     let (answered, _) = run_load(Load::heartbeat(url.clone(), "session-0", ok), 1, 0.05).await;
     anyhow::ensure!(answered > 0, "no heartbeat answered 200");
     let started = Instant::now();
-    let one = runners.flush_heartbeats().await?;
+    let one = service.heartbeats.flush().await?;
     let one_took = started.elapsed();
 
     let root = Load::Root(format!("{base}/"));
@@ -974,7 +973,7 @@ async fn sessions(cx: &mut Context) -> Result<()> {
     let many = Load::Heartbeats(url, Arc::new(names), ok);
     let [root_rps, hb_rps] = alternate(cx, "sessions", [root, many], clients, half).await;
     let started = Instant::now();
-    let written = runners.flush_heartbeats().await?;
+    let written = service.heartbeats.flush().await?;
     let took = started.elapsed();
     shutdown.cancel();
     server.await?;
@@ -995,7 +994,7 @@ async fn sessions(cx: &mut Context) -> Result<()> {
         "< 1 s, one statement",
         Some(written == count && took < Duration::from_secs(1)),
     ));
-    let plan = runners.db().explain_heartbeats_write().await?;
+    let plan = service.db.explain_heartbeats_write().await?;
     cx.notes.push(format!(
         "heartbeat write plan (a key search per heartbeat): {}",
         plan.0.join("; ")

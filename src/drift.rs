@@ -4,6 +4,7 @@
 //! stream missed (it is lost when the engine restarts, and the engine keeps
 //! only its last 256 events).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -11,15 +12,17 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::RunnerEvent;
+use crate::backend::{RunnerBackend, RunnerEvent};
+use crate::lifecycle::REMOVAL_CONCURRENCY;
 use crate::reconcile::Reconciler;
-use crate::runners::REMOVAL_CONCURRENCY;
 
 /// Longest wait before reconnecting to the event stream.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct DriftWatcher {
     reconciler: Reconciler,
+    /// Where the events come from.
+    backend: Arc<dyn RunnerBackend>,
     interval: Duration,
     /// Seconds since the epoch from which events are wanted: the start of
     /// the startup reconcile, so that nothing after its look is missed.
@@ -27,9 +30,15 @@ pub struct DriftWatcher {
 }
 
 impl DriftWatcher {
-    pub fn new(reconciler: Reconciler, interval: Duration, since: i64) -> Self {
+    pub fn new(
+        reconciler: Reconciler,
+        backend: Arc<dyn RunnerBackend>,
+        interval: Duration,
+        since: i64,
+    ) -> Self {
         Self {
             reconciler,
+            backend,
             interval,
             since,
         }
@@ -44,7 +53,7 @@ impl DriftWatcher {
         let mut in_flight = FuturesUnordered::new();
         loop {
             let connected_at = tokio::time::Instant::now();
-            let mut events = self.reconciler.runners().backend().events(self.since);
+            let mut events = self.backend.events(self.since);
             let ended = loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {

@@ -37,6 +37,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 
+use crate::db::{Db, DbError};
+use crate::metrics::{Metrics, WriteResult};
 use crate::session::RunnerKind;
 
 #[derive(Debug, Clone, Copy)]
@@ -188,6 +190,72 @@ impl Heartbeats {
         for pending in batch {
             if let Some(seen) = cache.sessions.get_mut(&pending.session_id) {
                 seen.unflushed = true;
+            }
+        }
+    }
+}
+
+/// Writes the heartbeats held in memory to the database, and loads the set
+/// from it at start: what the heartbeat flusher and the reaper use.
+#[derive(Debug, Clone)]
+pub struct HeartbeatWriter {
+    heartbeats: Heartbeats,
+    db: Db,
+    metrics: Arc<Metrics>,
+    /// Serialises flushes (see [`HeartbeatWriter::flush`]).
+    flushing: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl HeartbeatWriter {
+    pub fn new(heartbeats: Heartbeats, db: Db, metrics: Arc<Metrics>) -> Self {
+        Self {
+            heartbeats,
+            db,
+            metrics,
+            flushing: Arc::default(),
+        }
+    }
+
+    /// Replaces the set that answers heartbeats with the database's running
+    /// rows, and returns how many there are. Called at start, once the
+    /// startup reconcile has recorded what it keeps and before runner
+    /// requests are served.
+    pub async fn load_running(&self) -> Result<usize, DbError> {
+        let running = self.db.running_sessions().await?;
+        let count = running.len();
+        self.heartbeats.replace_all(running, Utc::now());
+        Ok(count)
+    }
+
+    /// Writes the heartbeats received since the last flush and returns how
+    /// many; sessions whose runner went meanwhile are forgotten. One flush at
+    /// a time, so that the reaper's flush returns only once every time taken
+    /// before it is written.
+    pub async fn flush(&self) -> Result<usize, DbError> {
+        let _flushing = self.flushing.lock().await;
+        let batch = self.heartbeats.take_unflushed();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let times: Vec<(&str, DateTime<Utc>)> = batch
+            .iter()
+            .map(|pending| (pending.session_id.as_str(), pending.at))
+            .collect();
+        let written = self.db.record_heartbeats(&times).await;
+        self.metrics.heartbeat_write(match written {
+            Ok(_) => WriteResult::Ok,
+            Err(_) => WriteResult::Error,
+        });
+        match written {
+            Ok(gone) => {
+                for &position in &gone {
+                    self.heartbeats.forget_gone(&batch[position]);
+                }
+                Ok(batch.len() - gone.len())
+            }
+            Err(error) => {
+                self.heartbeats.unflushed_again(&batch);
+                Err(error)
             }
         }
     }

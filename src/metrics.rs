@@ -4,21 +4,104 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// A label's values as an enum, each with the text it is exported as.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                EncodeLabelValue::encode(&self.as_str(), encoder)
+            }
+        }
+    };
+}
+
+label_values! {
+    /// How a provision ended.
+    ProvisionResult {
+        Created => "created",
+        Warm => "warm",
+        Existing => "existing",
+        LimitReached => "limit_reached",
+        ImageNotFound => "image_not_found",
+        EngineUnavailable => "engine_unavailable",
+        Error => "error",
+    }
+}
+
+label_values! {
+    /// What a heartbeat found.
+    HeartbeatResult {
+        Ok => "ok",
+        NotFound => "not_found",
+    }
+}
+
+label_values! {
+    /// Whether a batched write of heartbeat times went through.
+    WriteResult {
+        Ok => "ok",
+        Error => "error",
+    }
+}
+
+label_values! {
+    /// What a reconcile did to one runner.
+    ReconcileAction {
+        Kept => "kept",
+        Adopted => "adopted",
+        ContainerRemoved => "container_removed",
+        RowDropped => "row_dropped",
+        Failed => "failed",
+    }
+}
+
+label_values! {
+    /// How the engine failed: not reached, or refused the request.
+    EngineErrorKind {
+        Unavailable => "unavailable",
+        Error => "error",
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
-    result: &'static str,
+struct ProvisionLabel {
+    result: ProvisionResult,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeartbeatLabel {
+    result: HeartbeatResult,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabel {
+    result: WriteResult,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabel {
-    action: &'static str,
+    action: ReconcileAction,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -28,20 +111,20 @@ struct StateLabel {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
-    kind: &'static str,
+    kind: EngineErrorKind,
 }
 
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     runners: Family<StateLabel, Gauge>,
-    provisions: Family<ResultLabel, Counter>,
+    provisions: Family<ProvisionLabel, Counter>,
     provision_seconds: Histogram,
     /// The two children of the heartbeat family, taken once: a heartbeat
     /// then counts without looking its label up.
     heartbeats_ok: Counter,
     heartbeats_not_found: Counter,
-    heartbeat_writes: Family<ResultLabel, Counter>,
+    heartbeat_writes: Family<WriteLabel, Counter>,
     reaped: Counter,
     reconcile_actions: Family<ActionLabel, Counter>,
     engine_errors: Family<KindLabel, Counter>,
@@ -57,7 +140,7 @@ impl Default for Metrics {
             "Runners by state, as recorded in the database",
             runners.clone(),
         );
-        let provisions = Family::<ResultLabel, Counter>::default();
+        let provisions = Family::<ProvisionLabel, Counter>::default();
         registry.register(
             "provisions",
             "Provision requests by result",
@@ -70,17 +153,19 @@ impl Default for Metrics {
             "Time to create and start a new runner",
             provision_seconds.clone(),
         );
-        let heartbeats = Family::<ResultLabel, Counter>::default();
+        let heartbeats = Family::<HeartbeatLabel, Counter>::default();
         registry.register("heartbeats", "Heartbeats by result", heartbeats.clone());
         let heartbeats_ok = heartbeats
-            .get_or_create(&ResultLabel { result: "ok" })
-            .clone();
-        let heartbeats_not_found = heartbeats
-            .get_or_create(&ResultLabel {
-                result: "not_found",
+            .get_or_create(&HeartbeatLabel {
+                result: HeartbeatResult::Ok,
             })
             .clone();
-        let heartbeat_writes = Family::<ResultLabel, Counter>::default();
+        let heartbeats_not_found = heartbeats
+            .get_or_create(&HeartbeatLabel {
+                result: HeartbeatResult::NotFound,
+            })
+            .clone();
+        let heartbeat_writes = Family::<WriteLabel, Counter>::default();
         registry.register(
             "heartbeat_writes",
             "Batched writes of heartbeat times by result (ok, error)",
@@ -131,28 +216,27 @@ impl Metrics {
         Arc::new(Self::default())
     }
 
-    pub fn provision(&self, result: &'static str) {
-        self.provisions.get_or_create(&ResultLabel { result }).inc();
+    pub fn provision(&self, result: ProvisionResult) {
+        self.provisions
+            .get_or_create(&ProvisionLabel { result })
+            .inc();
     }
 
     pub fn provision_duration(&self, elapsed: Duration) {
         self.provision_seconds.observe(elapsed.as_secs_f64());
     }
 
-    /// Counts a heartbeat: `ok`, or `not_found` (no running runner).
-    pub fn heartbeat(&self, found: bool) {
-        let counter = if found {
-            &self.heartbeats_ok
-        } else {
-            &self.heartbeats_not_found
+    pub fn heartbeat(&self, result: HeartbeatResult) {
+        let counter = match result {
+            HeartbeatResult::Ok => &self.heartbeats_ok,
+            HeartbeatResult::NotFound => &self.heartbeats_not_found,
         };
         counter.inc();
     }
 
-    pub fn heartbeat_write(&self, ok: bool) {
-        let result = if ok { "ok" } else { "error" };
+    pub fn heartbeat_write(&self, result: WriteResult) {
         self.heartbeat_writes
-            .get_or_create(&ResultLabel { result })
+            .get_or_create(&WriteLabel { result })
             .inc();
     }
 
@@ -160,14 +244,13 @@ impl Metrics {
         self.reaped.inc();
     }
 
-    pub fn reconcile_action(&self, action: &'static str) {
+    pub fn reconcile_action(&self, action: ReconcileAction) {
         self.reconcile_actions
             .get_or_create(&ActionLabel { action })
             .inc();
     }
 
-    pub fn engine_error(&self, unavailable: bool) {
-        let kind = if unavailable { "unavailable" } else { "error" };
+    pub fn engine_error(&self, kind: EngineErrorKind) {
         self.engine_errors.get_or_create(&KindLabel { kind }).inc();
     }
 
@@ -200,13 +283,13 @@ mod tests {
     #[test]
     fn renders_every_metric_with_its_labels() {
         let metrics = Metrics::default();
-        metrics.provision("created");
+        metrics.provision(ProvisionResult::Created);
         metrics.provision_duration(Duration::from_millis(250));
-        metrics.heartbeat(true);
-        metrics.heartbeat_write(false);
+        metrics.heartbeat(HeartbeatResult::Ok);
+        metrics.heartbeat_write(WriteResult::Error);
         metrics.reaped();
-        metrics.reconcile_action("adopted");
-        metrics.engine_error(true);
+        metrics.reconcile_action(ReconcileAction::Adopted);
+        metrics.engine_error(EngineErrorKind::Unavailable);
         metrics.runner_limit(188);
         let text = metrics.render(&[("running".to_owned(), 3)]);
         for expected in [

@@ -8,8 +8,9 @@ use futures_util::{StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Stop;
-use crate::db::{Actor, AuditAction, RunnerState, timestamp};
-use crate::runners::{REMOVAL_CONCURRENCY, Removal, RemovalOutcome, Runners};
+use crate::db::{Actor, AuditAction, Db, DbError, RunnerState, timestamp};
+use crate::heartbeats::HeartbeatWriter;
+use crate::lifecycle::{Lifecycle, REMOVAL_CONCURRENCY, Removal, RemovalOutcome};
 use crate::shutdown::Ticks;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -21,30 +22,40 @@ pub struct ReapOutcome {
     pub failed: usize,
 }
 
+/// What the reaper uses: the rows to sweep, the heartbeats to write first,
+/// and the lifecycle's removal path.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub db: Db,
+    pub heartbeats: HeartbeatWriter,
+    pub lifecycle: Lifecycle,
+}
+
+/// When runners are reaped (`INACTIVITY_TIMEOUT_SECONDS`,
+/// `CLEANUP_INTERVAL_SECONDS`, `MAX_RUNNER_AGE_SECONDS`).
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub inactivity_timeout: Duration,
+    pub interval: Duration,
+    /// Removed however active once this old.
+    pub max_age: Option<Duration>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Reaper {
-    runners: Runners,
-    inactivity_timeout: Duration,
-    interval: Duration,
-    /// `MAX_RUNNER_AGE_SECONDS`: removed however active.
-    max_age: Option<Duration>,
+    context: Context,
+    schedule: Schedule,
 }
 
 impl Reaper {
-    pub fn new(runners: Runners, inactivity_timeout: Duration, interval: Duration) -> Self {
-        let max_age = runners.settings().admission.max_runner_age;
-        Self {
-            runners,
-            inactivity_timeout,
-            interval,
-            max_age,
-        }
+    pub fn new(context: Context, schedule: Schedule) -> Self {
+        Self { context, schedule }
     }
 
     /// Sweeps every `interval` until `shutdown` is cancelled. A sweep in
     /// progress finishes first, so no removal is cut in half.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
-        let mut ticks = Ticks::new(self.interval, shutdown);
+        let mut ticks = Ticks::new(self.schedule.interval, shutdown);
         while ticks.next().await {
             match self.try_once(Utc::now()).await {
                 Ok(outcome) if outcome != ReapOutcome::default() => {
@@ -62,20 +73,21 @@ impl Reaper {
     /// One sweep as of `now`: removes every runner idle for longer than the
     /// inactivity timeout and retries unfinished removals. Heartbeats held
     /// in memory are written first; one arriving during the sweep spares its
-    /// runner (see `Runners::remove`).
-    pub async fn try_once(&self, now: DateTime<Utc>) -> anyhow::Result<ReapOutcome> {
+    /// runner (see `Lifecycle::remove`).
+    pub async fn try_once(&self, now: DateTime<Utc>) -> Result<ReapOutcome, DbError> {
         // Without it the sweep is still right (removals check the heartbeats
         // held in memory), only slower: it goes on to finish removals.
-        if let Err(error) = self.runners.flush_heartbeats().await {
+        if let Err(error) = self.context.heartbeats.flush().await {
             tracing::warn!(%error, "could not write heartbeats before the sweep");
         }
-        let cutoff = now - self.inactivity_timeout;
-        let born_before = self.max_age.map(|age| timestamp(now - age));
+        let cutoff = now - self.schedule.inactivity_timeout;
+        let max_age = self.schedule.max_age;
+        let born_before = max_age.map(|age| timestamp(now - age));
         let mut outcome = ReapOutcome::default();
         let rows = self
-            .runners
-            .db()
-            .reapable(cutoff, self.max_age.map(|age| now - age))
+            .context
+            .db
+            .reapable(cutoff, max_age.map(|age| now - age))
             .await?;
         // Removals run side by side: a sweep that finds many runners whose
         // stop takes its whole grace period still ends in seconds.
@@ -98,7 +110,7 @@ impl Reaper {
                     stale_before,
                     stop: Stop::Graceful,
                 };
-                let result = self.runners.remove(&row, removal).await;
+                let result = self.context.lifecycle.remove(&row, removal).await;
                 (row, reason, result)
             })
             .buffer_unordered(REMOVAL_CONCURRENCY)
@@ -109,7 +121,6 @@ impl Reaper {
                 Ok(RemovalOutcome::Removed) => {
                     tracing::info!(session_id = %row.session_id, last_heartbeat = %row.last_heartbeat_at, reason, "reaped runner");
                     outcome.reaped += 1;
-                    self.runners.metrics().reaped();
                 }
                 Ok(RemovalOutcome::Skipped) => outcome.spared += 1,
                 Err(error) => {

@@ -4,8 +4,9 @@
 //! OOM-killed, removed behind the orchestrator's back).
 //!
 //! [`plan`] is a pure function of (rows, containers) that says what to do;
-//! [`Reconciler`] does it. Keeping the decisions pure keeps every case
-//! unit-testable without Docker.
+//! [`Reconciler`] does it, removing containers through the lifecycle's one
+//! removal path and writing its row changes together. Keeping the decisions
+//! pure keeps every case unit-testable without Docker.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -14,13 +15,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, stream};
 
-use crate::backend::{ObservedRunner, RunnerBackend, RunnerEvent, Stop};
+use std::sync::Arc;
+
+use crate::backend::{EngineError, ObservedRunner, RunnerBackend, RunnerEvent, Stop};
 use crate::config::OrphanPolicy;
 use crate::db::{
-    Actor, AuditAction, AuditEntry, Db, FoundRunner, RowChanges, RunnerRow, RunnerState,
+    Actor, AuditAction, AuditEntry, Db, DbError, FoundRunner, RowChanges, RunnerRow, RunnerState,
 };
+use crate::lifecycle::{Lifecycle, REMOVAL_CONCURRENCY, Removal, lock_key};
 use crate::locks::SessionGuard;
-use crate::runners::{REMOVAL_CONCURRENCY, Runners, lock_key};
+use crate::metrics::{Metrics, ReconcileAction};
 use crate::session::RunnerKind;
 
 /// One step towards agreement.
@@ -372,29 +376,53 @@ impl fmt::Display for Summary {
     }
 }
 
-/// Applies plans through the runner service, so that reconciling a session
-/// while serving takes the same per-session lock as the API and the reaper.
+/// Why a reconcile could not look at the engine or the database; what it
+/// could not repair is counted in its [`Summary`] instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// What the reconciler uses: the records, the engine, the lifecycle's
+/// removal path and session locks, and the metrics.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub db: Db,
+    pub backend: Arc<dyn RunnerBackend>,
+    pub lifecycle: Lifecycle,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Applies plans under the same per-session locks as the API and the
+/// reaper, removing containers through the same path.
 #[derive(Debug, Clone)]
 pub struct Reconciler {
-    runners: Runners,
+    context: Context,
     policy: OrphanPolicy,
 }
 
 impl Reconciler {
-    pub fn new(runners: Runners, policy: OrphanPolicy) -> Self {
-        Self { runners, policy }
-    }
-
-    pub fn runners(&self) -> &Runners {
-        &self.runners
+    pub fn new(context: Context, policy: OrphanPolicy) -> Self {
+        Self { context, policy }
     }
 
     fn db(&self) -> &Db {
-        self.runners.db()
+        &self.context.db
     }
 
     fn backend(&self) -> &dyn RunnerBackend {
-        &**self.runners.backend()
+        &*self.context.backend
+    }
+
+    fn lifecycle(&self) -> &Lifecycle {
+        &self.context.lifecycle
+    }
+
+    fn count(&self, action: ReconcileAction) {
+        self.context.metrics.reconcile_action(action);
     }
 
     /// The reconcile at start: nothing else touches runners yet. Rows are
@@ -402,7 +430,7 @@ impl Reconciler {
     /// prepared (their rows taken out of `running`, their sessions locked)
     /// and handed back as [`Repairs`] to run after the service is ready, so
     /// that a restart never waits for the engine to kill containers.
-    pub async fn run_startup(&self) -> anyhow::Result<(Summary, Repairs)> {
+    pub async fn run_startup(&self) -> Result<(Summary, Repairs), ReconcileError> {
         self.backend().ensure_network().await?;
         let rows = self.db().all().await?;
         let containers = self.backend().list().await?;
@@ -446,7 +474,7 @@ impl Reconciler {
         let summary = self.apply_marking(&now_actions, removing).await;
         let mut batches = Vec::with_capacity(later.len());
         for ((session, kind), work) in later {
-            let guard = self.runners.lock_session(&session, kind).await;
+            let guard = self.lifecycle().lock_session(&session, kind).await;
             batches.push(Batch { guard, work });
         }
         let repairs = Repairs { batches };
@@ -480,7 +508,7 @@ impl Reconciler {
     /// A reconcile while serving: finds the sessions that disagree, then
     /// re-reads and repairs each under its lock (a request may have changed
     /// it since the first look).
-    pub async fn run_drift(&self) -> anyhow::Result<Summary> {
+    pub async fn run_drift(&self) -> Result<Summary, ReconcileError> {
         let rows = self.db().all().await?;
         let containers = self.backend().list().await?;
         // A session that any action finds shared is repaired under the shared
@@ -510,7 +538,7 @@ impl Reconciler {
 
     /// Repairs one session after the engine reported its runner stopped or
     /// gone, recording the event in the audit log first.
-    pub async fn on_event(&self, event: &RunnerEvent) -> anyhow::Result<Summary> {
+    pub async fn on_event(&self, event: &RunnerEvent) -> Result<Summary, ReconcileError> {
         tracing::info!(session_id = %event.session_id, container_id = %event.runner_id,
             event = %event.description, "runner container event");
         self.reconcile_session(&event.session_id, event.kind, Some(event))
@@ -522,8 +550,8 @@ impl Reconciler {
         session: &str,
         kind: RunnerKind,
         event: Option<&RunnerEvent>,
-    ) -> anyhow::Result<Summary> {
-        let _guard = self.runners.lock_session(session, kind).await;
+    ) -> Result<Summary, ReconcileError> {
+        let _guard = self.lifecycle().lock_session(session, kind).await;
         let row = self.db().find(session).await?;
         if let (Some(row), Some(event)) = (&row, event) {
             // Only events about the tracked container concern the row; the
@@ -573,21 +601,27 @@ impl Reconciler {
         for action in actions {
             match action {
                 Action::RemoveContainer { container, reason } => {
-                    match self.remove_container(container, reason).await {
-                        Ok(()) => {
-                            summary.containers_removed += 1;
-                            self.runners.metrics().reconcile_action("container_removed");
-                        }
+                    let removal = Removal {
+                        actor: Actor::Reconciler,
+                        action: AuditAction::ContainerRemoved,
+                        reason,
+                        stale_before: None,
+                        // Nobody uses a container the reconciler removes (it
+                        // is stopped, a duplicate or an orphan): no grace.
+                        stop: Stop::Kill,
+                    };
+                    match self.lifecycle().remove_container(container, removal).await {
+                        Ok(()) => summary.containers_removed += 1,
                         Err(error) => {
                             unremoved.insert(&container.session_id);
                             summary.failed += 1;
-                            self.runners.metrics().reconcile_action("failed");
+                            self.count(ReconcileAction::Failed);
                             tracing::error!(?action, %error, "reconcile action failed");
                         }
                     }
                 }
                 Action::DropRow { row, reason } => {
-                    self.runners.forget_heartbeats(&row.session_id);
+                    self.lifecycle().forget_heartbeats(&row.session_id);
                     if unremoved.contains(row.session_id.as_str()) {
                         tracing::warn!(session_id = %row.session_id, reason, "row kept for the reaper: its container could not be removed");
                         changes.removing.push(&row.session_id);
@@ -627,50 +661,33 @@ impl Reconciler {
             Ok(()) => {
                 summary.rows_dropped += changes.dropped.len();
                 for _ in &changes.dropped {
-                    self.runners.metrics().reconcile_action("row_dropped");
+                    self.count(ReconcileAction::RowDropped);
                 }
                 for (runner, entry) in &changes.observed {
-                    self.runners.track_running(runner.session_id, runner.kind);
+                    self.lifecycle()
+                        .track_running(runner.session_id, runner.kind);
                     let kept = entry.action == AuditAction::Kept;
                     if kept {
                         summary.kept += 1;
                     } else {
                         summary.adopted += 1;
                     }
-                    self.runners
-                        .metrics()
-                        .reconcile_action(if kept { "kept" } else { "adopted" });
+                    self.count(if kept {
+                        ReconcileAction::Kept
+                    } else {
+                        ReconcileAction::Adopted
+                    });
                 }
             }
             Err(error) => {
                 summary.failed += changes.len();
                 for _ in 0..changes.len() {
-                    self.runners.metrics().reconcile_action("failed");
+                    self.count(ReconcileAction::Failed);
                 }
                 tracing::error!(%error, changes = changes.len(), "could not write a reconcile's row changes");
             }
         }
         summary
-    }
-
-    async fn remove_container(
-        &self,
-        container: &ObservedRunner,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        // Nobody uses a container the reconciler removes (it is stopped,
-        // a duplicate or an orphan): no grace period.
-        self.backend().remove(&container.id, Stop::Kill).await?;
-        tracing::info!(session_id = %container.session_id, container_id = %container.id, reason, "removed runner container");
-        let entry = AuditEntry {
-            session_id: &container.session_id,
-            container_id: Some(&container.id),
-            actor: Actor::Reconciler,
-            action: AuditAction::ContainerRemoved,
-            reason,
-        };
-        self.db().audit(&entry, Utc::now()).await?;
-        Ok(())
     }
 }
 
@@ -680,14 +697,14 @@ mod tests {
 
     use super::*;
     use crate::backend::NetworkMode;
-    use crate::runners::Provisioned;
+    use crate::lifecycle::Provisioned;
     use crate::session::SessionId;
     use crate::test_support::Harness;
 
     #[tokio::test]
     async fn a_runner_killed_behind_the_services_back_is_repaired_from_its_event() {
         let harness = Harness::new(&[]).await;
-        let reconciler = Reconciler::new(harness.runners.clone(), OrphanPolicy::Adopt);
+        let reconciler = harness.reconciler();
         let session = SessionId::parse("s-1").unwrap();
         let provisioned = harness
             .runners
@@ -704,8 +721,8 @@ mod tests {
         let summary = reconciler.on_event(&event).await.unwrap();
         assert_eq!((summary.containers_removed, summary.rows_dropped), (1, 1));
         assert!(harness.backend.runners().is_empty());
-        assert!(harness.runners.db().find("s-1").await.unwrap().is_none());
-        let trail = harness.runners.db().audit_trail("s-1").await.unwrap();
+        assert!(harness.db().find("s-1").await.unwrap().is_none());
+        let trail = harness.db().audit_trail("s-1").await.unwrap();
         assert!(
             trail
                 .iter()
@@ -727,10 +744,10 @@ mod tests {
             })
             .await
             .unwrap();
-        let reconciler = Reconciler::new(harness.runners.clone(), OrphanPolicy::Adopt);
+        let reconciler = harness.reconciler();
         let (summary, repairs) = reconciler.run_startup().await.unwrap();
         assert_eq!((summary.adopted, repairs.removals()), (1, 0));
-        let row = harness.runners.db().find("orphan").await.unwrap().unwrap();
+        let row = harness.db().find("orphan").await.unwrap().unwrap();
         assert_eq!(row.kind, RunnerKind::Singleton);
         assert_eq!(row.container_id, Some(orphan.id));
         assert_eq!(row.host_port, orphan.host_port);

@@ -16,13 +16,12 @@ use crate::backend::{self, RunnerBackend};
 use crate::config::Settings;
 use crate::db::Db;
 use crate::drift::{self, DriftWatcher};
+use crate::heartbeats::HeartbeatWriter;
+use crate::lifecycle::Runners;
 use crate::readiness::Readiness;
-use crate::reaper::Reaper;
-use crate::reconcile::Reconciler;
-use crate::runners::Runners;
+use crate::service::Service;
 use crate::shutdown::Ticks;
 use crate::supervise::Supervisor;
-use crate::warm_pool::WarmPool;
 
 /// How often the engine is pinged, so requests fail fast while it is down.
 const ENGINE_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
@@ -32,7 +31,7 @@ const MAX_STARTUP_BACKOFF: Duration = Duration::from_secs(10);
 pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
-    runners: Runners,
+    service: Service,
     readiness: Readiness,
 }
 
@@ -62,7 +61,7 @@ impl Application {
         Ok(Self {
             listener,
             address,
-            runners: Runners::new(db, backend, Arc::new(settings)),
+            service: Service::new(db, backend, Arc::new(settings)),
             readiness: Readiness::default(),
         })
     }
@@ -72,8 +71,8 @@ impl Application {
         self.address.port()
     }
 
-    pub fn runners(&self) -> &Runners {
-        &self.runners
+    pub fn service(&self) -> &Service {
+        &self.service
     }
 
     pub fn readiness(&self) -> &Readiness {
@@ -84,10 +83,10 @@ impl Application {
     /// finish (for at most `SHUTDOWN_TIMEOUT_SECONDS`) and stops the
     /// background tasks. Runners are left running: the next start keeps them.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let settings = Arc::clone(self.runners.settings_arc());
+        let settings = Arc::clone(&self.service.settings);
         let supervisor = Supervisor::new(shutdown.clone(), self.readiness.clone());
         let mut workers = JoinSet::new();
-        let health = self.runners.health().clone();
+        let health = self.service.health.clone();
         let stop = shutdown.clone();
         workers.spawn(supervisor.clone().run("engine health check", move || {
             health
@@ -95,16 +94,16 @@ impl Application {
                 .monitor_until_stopped(ENGINE_HEALTH_INTERVAL, stop.clone())
         }));
         workers.spawn(run_background(
-            self.runners.clone(),
+            self.service.clone(),
             supervisor.clone(),
             shutdown.clone(),
         ));
         // Heartbeats are written for as long as the server answers them.
         let server_stopped = CancellationToken::new();
-        let (runners, stopped) = (self.runners.clone(), server_stopped.clone());
+        let (writer, stopped) = (self.service.heartbeats.clone(), server_stopped.clone());
         let flush_interval = settings.heartbeat_flush_interval;
         workers.spawn(supervisor.clone().run("heartbeat flusher", move || {
-            flush_heartbeats_until_stopped(runners.clone(), flush_interval, stopped.clone())
+            flush_heartbeats_until_stopped(writer.clone(), flush_interval, stopped.clone())
         }));
         // A worker that cannot be kept running stops the service.
         let gave_up = supervisor.gave_up().clone();
@@ -116,7 +115,7 @@ impl Application {
             }
         });
         tracing::info!(address = %self.address, "listening");
-        let router = crate::http::router(self.runners, self.readiness);
+        let router = self.service.router(self.readiness);
         // Request heads get REQUEST_TIMEOUT_SECONDS too (see `http::serve`).
         let server = crate::http::serve(
             self.listener,
@@ -157,11 +156,11 @@ impl Application {
 
 /// Runs the startup reconcile until it succeeds, marks the service ready,
 /// then runs the removals it left, the reaper, the warm pool and the drift
-/// watcher until shutdown.
-async fn run_background(runners: Runners, supervisor: Supervisor, shutdown: CancellationToken) {
+/// watcher until shutdown, each with only the parts it uses.
+async fn run_background(service: Service, supervisor: Supervisor, shutdown: CancellationToken) {
     let readiness = supervisor.readiness().clone();
-    let settings = Arc::clone(runners.settings_arc());
-    let reconciler = Reconciler::new(runners.clone(), settings.orphan_policy);
+    let settings = Arc::clone(&service.settings);
+    let reconciler = service.reconciler();
     let events_since = drift::now_seconds();
     let mut backoff = Duration::from_millis(500);
     let (summary, repairs) = loop {
@@ -182,37 +181,21 @@ async fn run_background(runners: Runners, supervisor: Supervisor, shutdown: Canc
     };
     // The reconcile just reached the engine: requests must not fail fast on
     // a stale "unreachable" from before it came back.
-    runners.health().mark_reachable();
-    if !load_running(&runners, &readiness, &shutdown).await {
+    service.health.mark_reachable();
+    if !load_running(&service.heartbeats, &readiness, &shutdown).await {
         return;
     }
     readiness.ready(summary);
     tracing::info!(%summary, "ready");
-    // Asked right after ready, not before: `docker info` is slow on a busy
-    // engine and nothing served needs it yet (a provision meanwhile waits
-    // for the same answer). On failure the first provision asks again.
-    let first_checks = async {
-        if let Err(error) = runners.runner_limit().await {
-            tracing::warn!(%error, "runner limit not known yet");
-        }
-        // A first run often lacks the image: say so now, not at the first
-        // provision. The service stays up; `/readyz` names it until built.
-        if let Ok(false) = runners.backend().image_present().await {
-            tracing::warn!("{}", runners.backend().missing_image_hint());
-        }
-    };
+    let first_checks = first_checks(&service.runners, &service.backend);
     let repair = async {
         let mut total = summary;
         total += repairs.run(&reconciler).await;
         tracing::info!(summary = %total, "startup repairs finished");
         readiness.repaired(total);
     };
-    let warm_pool = WarmPool::new(runners.clone(), settings.warm_pool_size);
-    let reaper = Reaper::new(
-        runners.clone(),
-        settings.inactivity_timeout,
-        settings.cleanup_interval,
-    );
+    let warm_pool = service.warm_pool(settings.warm_pool_size);
+    let reaper = service.reaper();
     let stop = shutdown.clone();
     let reaping = supervisor.supervise("reaper", move || {
         reaper.clone().run_until_stopped(stop.clone())
@@ -232,26 +215,40 @@ async fn run_background(runners: Runners, supervisor: Supervisor, shutdown: Canc
     // predecessor's start on, so that none is missed in between.
     let mut since = events_since;
     let interval = settings.reconcile_interval;
-    let watched = reconciler.clone();
+    let (watched, backend) = (reconciler.clone(), Arc::clone(&service.backend));
     let watching = supervisor.supervise("drift watcher", move || {
-        let watcher = DriftWatcher::new(watched.clone(), interval, since);
+        let watcher = DriftWatcher::new(watched.clone(), backend.clone(), interval, since);
         since = drift::now_seconds();
         watcher.run_until_stopped(shutdown.clone())
     });
     tokio::join!(first_checks, repair, reaping, warming, watching);
 }
 
+/// Asked right after ready, not before: `docker info` is slow on a busy
+/// engine and nothing served needs it yet (a provision meanwhile waits for
+/// the same answer). On failure the first provision asks again.
+async fn first_checks(runners: &Runners, backend: &Arc<dyn RunnerBackend>) {
+    if let Err(error) = runners.runner_limit().await {
+        tracing::warn!(%error, "runner limit not known yet");
+    }
+    // A first run often lacks the image: say so now, not at the first
+    // provision. The service stays up; `/readyz` names it until built.
+    if let Ok(false) = backend.image_present().await {
+        tracing::warn!("{}", backend.missing_image_hint());
+    }
+}
+
 /// Loads the running sessions that heartbeats are answered from (see
 /// `heartbeats`), retrying with backoff: serving without them would answer
 /// 404 to every kept runner's heartbeat. `false` if shut down first.
 async fn load_running(
-    runners: &Runners,
+    heartbeats: &HeartbeatWriter,
     readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> bool {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match runners.load_running().await {
+        match heartbeats.load_running().await {
             Ok(running) => {
                 tracing::info!(running, "running runners loaded");
                 return true;
@@ -277,17 +274,17 @@ async fn load_running(
 /// off at the drain deadline may still answer heartbeats after that write;
 /// like a crash, the next start's reconcile covers them.
 async fn flush_heartbeats_until_stopped(
-    runners: Runners,
+    heartbeats: HeartbeatWriter,
     interval: Duration,
     server_stopped: CancellationToken,
 ) {
     let mut ticks = Ticks::new(interval, server_stopped);
     while ticks.next().await {
-        if let Err(error) = runners.flush_heartbeats().await {
+        if let Err(error) = heartbeats.flush().await {
             tracing::warn!(%error, "could not write heartbeats; retrying next interval");
         }
     }
-    match runners.flush_heartbeats().await {
+    match heartbeats.flush().await {
         Ok(written) => tracing::info!(written, "last heartbeats written"),
         Err(error) => tracing::error!(%error, "could not write the last heartbeats"),
     }

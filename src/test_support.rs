@@ -2,17 +2,28 @@
 //! and a fresh SQLite file, with no Docker Engine anywhere.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
 
 use crate::backend::memory::MemoryBackend;
 use crate::config::Settings;
 use crate::db::Db;
-use crate::runners::Runners;
+use crate::lifecycle::Runners;
+use crate::readiness::Readiness;
+use crate::reaper::Reaper;
+use crate::reconcile::{Reconciler, Summary};
+use crate::service::Service;
+use crate::warm_pool::WarmPool;
 
-/// `Runners` over a [`MemoryBackend`] and a database of its own, which lives
-/// as long as this value.
+/// The service's parts over a [`MemoryBackend`] and a database of their
+/// own, which lives as long as this value.
 pub struct Harness {
+    /// The API's side of the lifecycle (provision, heartbeat, deprovision).
     pub runners: Runners,
     pub backend: Arc<MemoryBackend>,
+    /// Every part, as the service wires them.
+    pub service: Service,
     _dir: tempfile::TempDir,
 }
 
@@ -36,10 +47,40 @@ impl Harness {
             .await
             .expect("the database");
         let backend = Arc::new(MemoryBackend::new());
+        let service = Service::new(db, backend.clone(), Arc::new(settings));
         Self {
-            runners: Runners::new(db, backend.clone(), Arc::new(settings)),
+            runners: service.runners.clone(),
             backend,
+            service,
             _dir: dir,
         }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.service.db
+    }
+
+    /// The router of a service whose startup reconcile is done.
+    pub fn router(&self) -> Router {
+        let readiness = Readiness::default();
+        readiness.ready(Summary::default());
+        self.service.router(readiness)
+    }
+
+    /// A reaper to step with `try_once`, idle runners being those without a
+    /// heartbeat for `inactivity_timeout`.
+    pub fn reaper(&self, inactivity_timeout: Duration) -> Reaper {
+        self.service
+            .reaper_with(inactivity_timeout, Duration::from_secs(30))
+    }
+
+    /// The reconciler with the settings' `ORPHAN_POLICY`.
+    pub fn reconciler(&self) -> Reconciler {
+        self.service.reconciler()
+    }
+
+    /// The warm pool with the settings' `WARM_POOL_SIZE`.
+    pub fn warm_pool(&self) -> WarmPool {
+        self.service.warm_pool(self.service.settings.warm_pool_size)
     }
 }

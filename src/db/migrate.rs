@@ -17,7 +17,7 @@ mod embedded {
 /// Applies every migration the database lacks. Refuses a database whose
 /// history has a migration this binary does not know (a newer schema) or
 /// whose applied migrations differ from the embedded ones.
-pub async fn run(pool: &SqlitePool) -> anyhow::Result<Vec<String>> {
+pub async fn run(pool: &SqlitePool) -> Result<Vec<String>, MigrationError> {
     let mut connection = MigrationConnection(pool.acquire().await?);
     let report = embedded::migrations::runner()
         .set_abort_divergent(true)
@@ -32,18 +32,34 @@ pub async fn run(pool: &SqlitePool) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// Says what a history mismatch means for the operator.
-fn explain(error: refinery_core::Error) -> anyhow::Error {
+/// Why the migrations could not be applied; a history mismatch says what it
+/// means for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error(
+        "the database has migration {0}, which this binary does not know: it was \
+         written by a newer orchestrator; refusing to start (run the newer version)"
+    )]
+    NewerSchema(String),
+    #[error(
+        "the database's applied migration {applied} differs from this binary's {embedded}; \
+         refusing to start rather than guess at the schema"
+    )]
+    Divergent { applied: String, embedded: String },
+    #[error(transparent)]
+    Refinery(refinery_core::Error),
+    #[error(transparent)]
+    Connection(#[from] sqlx::Error),
+}
+
+fn explain(error: refinery_core::Error) -> MigrationError {
     match error.kind() {
-        Kind::MissingVersion(migration) => anyhow::anyhow!(
-            "the database has migration {migration}, which this binary does not know: it was \
-             written by a newer orchestrator; refusing to start (run the newer version)"
-        ),
-        Kind::DivergentVersion(applied, embedded) => anyhow::anyhow!(
-            "the database's applied migration {applied} differs from this binary's {embedded}; \
-             refusing to start rather than guess at the schema"
-        ),
-        _ => error.into(),
+        Kind::MissingVersion(migration) => MigrationError::NewerSchema(migration.to_string()),
+        Kind::DivergentVersion(applied, embedded) => MigrationError::Divergent {
+            applied: applied.to_string(),
+            embedded: embedded.to_string(),
+        },
+        _ => MigrationError::Refinery(error),
     }
 }
 

@@ -14,13 +14,66 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
 
 use crate::backend::NetworkMode;
 use crate::session::{RunnerKind, SessionId};
+
+pub use migrate::MigrationError;
+
+/// Everything the database layer can fail with; callers never see sqlx's
+/// own error type.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A statement failed (the database is locked, full, read-only, ...).
+    #[error(transparent)]
+    Query(#[from] sqlx::Error),
+    #[error("DATABASE_URL `{url}` is not a valid SQLite URL")]
+    InvalidUrl {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot open the database `{url}`")]
+    Open {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot open the database `{url}` read-only")]
+    OpenReadOnly {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot migrate the database `{url}`")]
+    Migrate {
+        url: String,
+        #[source]
+        source: MigrationError,
+    },
+    #[error(
+        "another orchestrator is already using the database `{}` (it holds `{}`); \
+         two services on one database would fight over its runners",
+        database.display(),
+        lock.display()
+    )]
+    Locked { database: PathBuf, lock: PathBuf },
+    #[error("cannot create the database lock file `{}`", path.display())]
+    LockFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot lock `{}`", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
 #[sqlx(type_name = "TEXT", rename_all = "lowercase")]
@@ -242,7 +295,7 @@ impl Db {
     /// Opens the database for the service: takes an exclusive lock on
     /// `<file>.lock` first (two services on one state would fight over its
     /// runners), then applies migrations.
-    pub async fn connect(database_url: &str) -> anyhow::Result<Self> {
+    pub async fn connect(database_url: &str) -> Result<Self, DbError> {
         let options = connect_options(database_url)?;
         let lock = lock_database(options.get_filename())?;
         Ok(Self {
@@ -253,31 +306,40 @@ impl Db {
 
     /// Opens an existing database read-only, without the service lock and
     /// without migrating: for operators' commands beside a running service.
-    pub async fn connect_read_only(database_url: &str) -> anyhow::Result<Self> {
+    pub async fn connect_read_only(database_url: &str) -> Result<Self, DbError> {
         let options = base_options(database_url)?.read_only(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options)
             .await
-            .with_context(|| format!("cannot open the database `{database_url}` read-only"))?;
+            .map_err(|source| DbError::OpenReadOnly {
+                url: database_url.to_owned(),
+                source,
+            })?;
         Ok(Self { pool, _lock: None })
     }
 
     /// Opens the database without the service lock, for tests and tools
     /// that read or repair it beside a running service.
-    pub async fn connect_unlocked(database_url: &str) -> anyhow::Result<Self> {
+    pub async fn connect_unlocked(database_url: &str) -> Result<Self, DbError> {
         Self::open(database_url, connect_options(database_url)?).await
     }
 
-    async fn open(database_url: &str, options: SqliteConnectOptions) -> anyhow::Result<Self> {
+    async fn open(database_url: &str, options: SqliteConnectOptions) -> Result<Self, DbError> {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
             .await
-            .with_context(|| format!("cannot open the database `{database_url}`"))?;
+            .map_err(|source| DbError::Open {
+                url: database_url.to_owned(),
+                source,
+            })?;
         let applied = migrate::run(&pool)
             .await
-            .with_context(|| format!("cannot migrate the database `{database_url}`"))?;
+            .map_err(|source| DbError::Migrate {
+                url: database_url.to_owned(),
+                source,
+            })?;
         for migration in applied {
             tracing::info!(%migration, "applied database migration");
         }
@@ -286,43 +348,47 @@ impl Db {
 
     /// How many runners are in each state (waiting warm ones apart), for the
     /// metrics.
-    pub async fn count_by_state(&self) -> sqlx::Result<Vec<(String, i64)>> {
+    pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, DbError> {
         sqlx::query_as(
             "SELECT CASE WHEN pooled = 1 THEN 'warm_' || state ELSE state END AS s, COUNT(*) \
              FROM runners GROUP BY s ORDER BY s",
         )
         .fetch_all(&self.pool)
         .await
+        .map_err(DbError::from)
     }
 
     /// Proves the database takes writes (the disk is not full or read-only)
     /// without changing anything.
-    pub async fn check_writable(&self) -> sqlx::Result<()> {
+    pub async fn check_writable(&self) -> Result<(), DbError> {
         let transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        transaction.rollback().await
+        Ok(transaction.rollback().await?)
     }
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
-    pub async fn find(&self, session_id: &str) -> sqlx::Result<Option<RunnerRow>> {
+    pub async fn find(&self, session_id: &str) -> Result<Option<RunnerRow>, DbError> {
         sqlx::query_as(select_runners!("WHERE session_id = ?"))
             .bind(session_id)
             .fetch_optional(&self.pool)
             .await
+            .map_err(DbError::from)
     }
 
-    pub async fn find_singleton(&self) -> sqlx::Result<Option<RunnerRow>> {
+    pub async fn find_singleton(&self) -> Result<Option<RunnerRow>, DbError> {
         sqlx::query_as(select_runners!("WHERE kind = 'singleton'"))
             .fetch_optional(&self.pool)
             .await
+            .map_err(DbError::from)
     }
 
-    pub async fn all(&self) -> sqlx::Result<Vec<RunnerRow>> {
+    pub async fn all(&self) -> Result<Vec<RunnerRow>, DbError> {
         sqlx::query_as(select_runners!("ORDER BY created_at, session_id"))
             .fetch_all(&self.pool)
             .await
+            .map_err(DbError::from)
     }
 
     /// Rows the reaper must act on: running ones whose last heartbeat is older
@@ -332,16 +398,17 @@ impl Db {
         &self,
         cutoff: DateTime<Utc>,
         born_before: Option<DateTime<Utc>>,
-    ) -> sqlx::Result<Vec<RunnerRow>> {
+    ) -> Result<Vec<RunnerRow>, DbError> {
         sqlx::query_as(reapable_sql!())
             .bind(timestamp(cutoff))
             .bind(born_before.map(timestamp))
             .fetch_all(&self.pool)
             .await
+            .map_err(DbError::from)
     }
 
     /// SQLite's plan for [`Db::reapable`].
-    pub async fn explain_reapable(&self) -> sqlx::Result<QueryPlan> {
+    pub async fn explain_reapable(&self) -> Result<QueryPlan, DbError> {
         let steps: Vec<(i64, i64, i64, String)> =
             sqlx::query_as(concat!("EXPLAIN QUERY PLAN ", reapable_sql!()))
                 .bind(timestamp(Utc::now()))
@@ -363,7 +430,7 @@ impl Db {
         runner: &NewRunner<'_>,
         limit: u32,
         now: DateTime<Utc>,
-    ) -> sqlx::Result<Claim> {
+    ) -> Result<Claim, DbError> {
         let now = timestamp(now);
         let inserted = sqlx::query(
             "INSERT INTO runners (session_id, kind, state, container_name, network_mode, \
@@ -395,7 +462,7 @@ impl Db {
     /// Hands the oldest waiting warm runner to a client, in one statement
     /// (two concurrent claims can never get the same runner). Its heartbeat
     /// clock starts now.
-    pub async fn claim_warm(&self, now: DateTime<Utc>) -> sqlx::Result<Option<RunnerRow>> {
+    pub async fn claim_warm(&self, now: DateTime<Utc>) -> Result<Option<RunnerRow>, DbError> {
         let now = timestamp(now);
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let claimed: Option<RunnerRow> = sqlx::query_as(
@@ -423,10 +490,11 @@ impl Db {
     }
 
     /// Warm runners in the pool or on their way there.
-    pub async fn count_pooled(&self) -> sqlx::Result<i64> {
+    pub async fn count_pooled(&self) -> Result<i64, DbError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM runners WHERE pooled = 1 AND state != 'removing'")
             .fetch_one(&self.pool)
             .await
+            .map_err(DbError::from)
     }
 
     /// Records that a claimed runner's container started.
@@ -437,7 +505,7 @@ impl Db {
         host_port: Option<u16>,
         reason: &str,
         now: DateTime<Utc>,
-    ) -> sqlx::Result<()> {
+    ) -> Result<(), DbError> {
         let now = timestamp(now);
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
@@ -462,15 +530,16 @@ impl Db {
             },
         )
         .await?;
-        transaction.commit().await
+        Ok(transaction.commit().await?)
     }
 
     /// Every session with a running runner and its kind: the set that
     /// answers heartbeats at start (see `heartbeats`).
-    pub async fn running_sessions(&self) -> sqlx::Result<Vec<(String, RunnerKind)>> {
+    pub async fn running_sessions(&self) -> Result<Vec<(String, RunnerKind)>, DbError> {
         sqlx::query_as("SELECT session_id, kind FROM runners WHERE state = 'running'")
             .fetch_all(&self.pool)
             .await
+            .map_err(DbError::from)
     }
 
     /// Writes a batch of heartbeat times in one statement, never moving a
@@ -478,7 +547,7 @@ impl Db {
     /// longer have a running row.
     /// The query plan of the heartbeat write, for the benchmark and tests:
     /// one primary-key search per heartbeat, never a scan per heartbeat.
-    pub async fn explain_heartbeats_write(&self) -> sqlx::Result<QueryPlan> {
+    pub async fn explain_heartbeats_write(&self) -> Result<QueryPlan, DbError> {
         let steps: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "EXPLAIN QUERY PLAN {HEARTBEATS_WRITE}"
         )))
@@ -493,7 +562,7 @@ impl Db {
     pub async fn record_heartbeats(
         &self,
         batch: &[(&str, DateTime<Utc>)],
-    ) -> sqlx::Result<Vec<usize>> {
+    ) -> Result<Vec<usize>, DbError> {
         // One statement for the whole batch: 10,000 times hold the write
         // lock for milliseconds, where one UPDATE each took a quarter second.
         let times: Vec<(&str, String)> = batch
@@ -526,7 +595,7 @@ impl Db {
         session_id: &str,
         stale_before: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) -> sqlx::Result<bool> {
+    ) -> Result<bool, DbError> {
         let updated = sqlx::query(
             "UPDATE runners SET state = 'removing', updated_at = ?3 \
              WHERE session_id = ?1 AND (state IN ('provisioning', 'removing') \
@@ -542,7 +611,7 @@ impl Db {
     }
 
     /// Deletes a runner's row and says why in the audit log, atomically.
-    pub async fn delete(&self, entry: &AuditEntry<'_>, now: DateTime<Utc>) -> sqlx::Result<()> {
+    pub async fn delete(&self, entry: &AuditEntry<'_>, now: DateTime<Utc>) -> Result<(), DbError> {
         let now = timestamp(now);
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("DELETE FROM runners WHERE session_id = ?")
@@ -550,7 +619,7 @@ impl Db {
             .execute(&mut *transaction)
             .await?;
         insert_audit(&mut transaction, &now, entry).await?;
-        transaction.commit().await
+        Ok(transaction.commit().await?)
     }
 
     /// Writes a reconcile's row changes in one transaction: a restart with
@@ -561,7 +630,7 @@ impl Db {
         &self,
         changes: &RowChanges<'_>,
         now: DateTime<Utc>,
-    ) -> sqlx::Result<()> {
+    ) -> Result<(), DbError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -627,15 +696,15 @@ impl Db {
         .bind(audit)
         .execute(&mut *transaction)
         .await?;
-        transaction.commit().await
+        Ok(transaction.commit().await?)
     }
 
-    pub async fn audit(&self, entry: &AuditEntry<'_>, now: DateTime<Utc>) -> sqlx::Result<()> {
+    pub async fn audit(&self, entry: &AuditEntry<'_>, now: DateTime<Utc>) -> Result<(), DbError> {
         let mut connection = self.pool.acquire().await?;
         insert_audit(&mut connection, &timestamp(now), entry).await
     }
 
-    pub async fn audit_trail(&self, session_id: &str) -> sqlx::Result<Vec<AuditRecord>> {
+    pub async fn audit_trail(&self, session_id: &str) -> Result<Vec<AuditRecord>, DbError> {
         sqlx::query_as(
             "SELECT id, at, session_id, container_id, actor, action, reason \
              FROM audit_log WHERE session_id = ? ORDER BY id",
@@ -643,6 +712,7 @@ impl Db {
         .bind(session_id)
         .fetch_all(&self.pool)
         .await
+        .map_err(DbError::from)
     }
 }
 
@@ -675,7 +745,7 @@ async fn insert_audit(
     connection: &mut sqlx::SqliteConnection,
     at: &str,
     entry: &AuditEntry<'_>,
-) -> sqlx::Result<()> {
+) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO audit_log (at, session_id, container_id, actor, action, reason) \
          VALUES (?, ?, ?, ?, ?, ?)",
@@ -694,7 +764,7 @@ async fn insert_audit(
 /// Takes the service's exclusive lock beside the database file. The OS
 /// releases it when the process dies, so a killed service never leaves a
 /// stale lock behind.
-fn lock_database(database: &Path) -> anyhow::Result<Option<Arc<File>>> {
+fn lock_database(database: &Path) -> Result<Option<Arc<File>>, DbError> {
     if database.as_os_str().is_empty() || database == Path::new(":memory:") {
         return Ok(None);
     }
@@ -706,18 +776,17 @@ fn lock_database(database: &Path) -> anyhow::Result<Option<Arc<File>>> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .with_context(|| format!("cannot create the database lock file `{}`", path.display()))?;
+        .map_err(|source| DbError::LockFile {
+            path: path.clone(),
+            source,
+        })?;
     match file.try_lock() {
         Ok(()) => Ok(Some(Arc::new(file))),
-        Err(TryLockError::WouldBlock) => anyhow::bail!(
-            "another orchestrator is already using the database `{}` (it holds `{}`); \
-             two services on one database would fight over its runners",
-            database.display(),
-            path.display()
-        ),
-        Err(TryLockError::Error(error)) => {
-            Err(error).with_context(|| format!("cannot lock `{}`", path.display()))
-        }
+        Err(TryLockError::WouldBlock) => Err(DbError::Locked {
+            database: database.to_owned(),
+            lock: path,
+        }),
+        Err(TryLockError::Error(source)) => Err(DbError::Lock { path, source }),
     }
 }
 
@@ -727,7 +796,7 @@ fn lock_database(database: &Path) -> anyhow::Result<Option<Arc<File>>> {
 /// `synchronous = NORMAL` in WAL mode survives a killed process; an OS crash
 /// may lose the last commits, which the startup reconciler repairs (a lost
 /// row's container is adopted, a lost deletion's row is dropped).
-fn connect_options(database_url: &str) -> anyhow::Result<SqliteConnectOptions> {
+fn connect_options(database_url: &str) -> Result<SqliteConnectOptions, DbError> {
     Ok(base_options(database_url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -737,10 +806,12 @@ fn connect_options(database_url: &str) -> anyhow::Result<SqliteConnectOptions> {
 }
 
 /// Accepts a `sqlite:` URL or a plain file path.
-fn base_options(database_url: &str) -> anyhow::Result<SqliteConnectOptions> {
+fn base_options(database_url: &str) -> Result<SqliteConnectOptions, DbError> {
     let options = if database_url.starts_with("sqlite:") {
-        SqliteConnectOptions::from_str(database_url)
-            .with_context(|| format!("DATABASE_URL `{database_url}` is not a valid SQLite URL"))?
+        SqliteConnectOptions::from_str(database_url).map_err(|source| DbError::InvalidUrl {
+            url: database_url.to_owned(),
+            source,
+        })?
     } else {
         SqliteConnectOptions::new().filename(Path::new(database_url))
     };

@@ -1,14 +1,16 @@
 //! Every error the API answers, with the seed document's codes and messages.
 //! All of them are JSON `{"error": CODE, "message": ...}`; a 500 adds
-//! `details` only outside production.
+//! `details` only outside production, decided by [`show_details`] alone.
 
 use axum::Json;
+use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::backend::EngineError;
-use crate::runners::RunnerError;
+use crate::db::DbError;
+use crate::lifecycle::RunnerError;
 use crate::session::InvalidSessionId;
 
 /// What a 503 tells clients to wait before trying again.
@@ -61,8 +63,9 @@ pub enum ApiError {
     /// The startup reconcile has not finished; the text says why.
     #[error("not ready: {0}")]
     NotReady(String),
-    /// Details are `None` in production: they never reach clients there.
-    #[error("internal error: {}", .details.as_deref().unwrap_or("hidden"))]
+    /// Clients see the details only outside production (see
+    /// [`show_details`]).
+    #[error("internal error: {}", .details.as_deref().unwrap_or("unknown"))]
     Internal { details: Option<String> },
 }
 
@@ -74,10 +77,12 @@ struct ErrorBody<'a> {
     details: Option<&'a str>,
 }
 
-impl ApiError {
-    /// Maps a lifecycle error to its answer; `production` decides whether a
-    /// 500 says what went wrong.
-    pub fn from_runner_error(error: RunnerError, production: bool) -> Self {
+/// A 500's details, carried on its response to [`show_details`].
+#[derive(Debug, Clone)]
+struct Details(String);
+
+impl From<RunnerError> for ApiError {
+    fn from(error: RunnerError) -> Self {
         match error {
             RunnerError::NotFound => ApiError::RunnerNotFound,
             RunnerError::SingletonMismatch => ApiError::SingletonNotFound,
@@ -95,12 +100,39 @@ impl ApiError {
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::Internal {
-                    details: (!production).then(|| other.to_string()),
+                    details: Some(other.to_string()),
                 }
             }
         }
     }
+}
 
+impl From<DbError> for ApiError {
+    fn from(error: DbError) -> Self {
+        RunnerError::from(error).into()
+    }
+}
+
+/// Outside production, writes a 500's details into its body: the one place
+/// that decides whether clients learn what went wrong inside (the router
+/// adds it unless `NODE_ENV=production`).
+pub async fn show_details(response: Response) -> Response {
+    let Some(Details(details)) = response.extensions().get::<Details>().cloned() else {
+        return response;
+    };
+    let internal = ApiError::Internal { details: None };
+    let body = ErrorBody {
+        error: internal.code(),
+        message: internal.message(),
+        details: Some(&details),
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let bytes = serde_json::to_vec(&body).expect("an error body always serialises");
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::SessionIdRequired(_)
@@ -198,17 +230,19 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let details = match &self {
-            ApiError::Internal { details } => details.as_deref(),
-            _ => None,
-        };
         let body = ErrorBody {
             error: self.code(),
             message: self.message(),
-            details,
+            details: None,
         };
         // axum adds the `Allow` header to 405s itself.
         let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::Internal {
+            details: Some(details),
+        } = &self
+        {
+            response.extensions_mut().insert(Details(details.clone()));
+        }
         let retry_after = match &self {
             ApiError::RateLimited(wait) => Some(HeaderValue::from(*wait.max(&1))),
             _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => {

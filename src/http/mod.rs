@@ -27,10 +27,14 @@ use extract::{OptionalJson, SessionHeader, parse_optional};
 pub use linger::LINGER_IDLE;
 pub use serve::serve;
 
-use crate::backend::NetworkMode;
+use crate::backend::health::EngineHealth;
+use crate::backend::{NetworkMode, RunnerBackend};
 use crate::config::AllowedOrigins;
+use crate::db::Db;
+use crate::lifecycle::{Heartbeat, Provisioned, RunnerError, Runners};
+use crate::metrics::Metrics;
 use crate::readiness::{Phase, Readiness};
-use crate::runners::{Heartbeat, Provisioned, RunnerError, Runners};
+use crate::service::Service;
 use crate::session::SessionId;
 
 /// The largest request body accepted; the API's bodies are a few dozen bytes.
@@ -39,17 +43,38 @@ pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 /// How long browsers may cache a CORS preflight answer.
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 
-/// What the handlers share: the runner service and whether it is ready.
-/// Extractors clone it for every request, so the service sits behind one
-/// `Arc` (a clone of `Runners` itself copies strings of its settings).
+/// What the handlers share; each extracts only the part it uses.
 #[derive(Clone, FromRef)]
 struct AppState {
+    /// Extractors clone it for every request, so it sits behind one `Arc`.
     runners: Arc<Runners>,
     readiness: Readiness,
+    checks: ReadinessChecks,
+    scrape: Scrape,
+    reuse_runner_mode: ReuseRunnerMode,
 }
 
-pub fn router(runners: Runners, readiness: Readiness) -> Router {
-    let settings = Arc::clone(runners.settings_arc());
+/// What `/readyz` asks beyond the startup phase.
+#[derive(Clone)]
+struct ReadinessChecks {
+    db: Db,
+    health: EngineHealth,
+    backend: Arc<dyn RunnerBackend>,
+}
+
+/// What `/metrics` renders.
+#[derive(Clone)]
+struct Scrape {
+    db: Db,
+    metrics: Arc<Metrics>,
+}
+
+/// `REUSE_RUNNER_MODE`: one shared runner, never deprovisioned.
+#[derive(Clone, Copy)]
+struct ReuseRunnerMode(bool);
+
+pub fn router(service: &Service, readiness: Readiness) -> Router {
+    let settings = &service.settings;
     let middleware = ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
         .layer(cors(&settings.cors_allowed_origins))
@@ -58,8 +83,18 @@ pub fn router(runners: Runners, readiness: Readiness) -> Router {
         }))
         .timeout(settings.request_timeout);
     let state = AppState {
-        runners: Arc::new(runners),
+        runners: Arc::new(service.runners.clone()),
         readiness,
+        checks: ReadinessChecks {
+            db: service.db.clone(),
+            health: service.health.clone(),
+            backend: Arc::clone(&service.backend),
+        },
+        scrape: Scrape {
+            db: service.db.clone(),
+            metrics: Arc::clone(&service.metrics),
+        },
+        reuse_runner_mode: ReuseRunnerMode(settings.reuse_runner_mode),
     };
     let runner_api = Router::new()
         .route(
@@ -68,7 +103,7 @@ pub fn router(runners: Runners, readiness: Readiness) -> Router {
         )
         .route("/api/runner/deprovision", post(deprovision))
         .route("/api/runner/heartbeat", post(heartbeat));
-    Router::new()
+    let router = Router::new()
         .route("/", get(liveness))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -78,7 +113,13 @@ pub fn router(runners: Runners, readiness: Readiness) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware)
-        .with_state(state)
+        .with_state(state);
+    // Production never shows clients what went wrong inside.
+    if settings.is_production() {
+        router
+    } else {
+        router.layer(axum::middleware::map_response(error::show_details))
+    }
 }
 
 /// Runner requests wait for the startup reconcile: before it, a heartbeat
@@ -112,24 +153,24 @@ async fn healthz() -> Json<serde_json::Value> {
 /// reachable; otherwise 503 saying which is missing.
 async fn readyz(
     State(readiness): State<Readiness>,
-    State(runners): State<Arc<Runners>>,
+    State(checks): State<ReadinessChecks>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if let Phase::Starting(reason) = readiness.phase() {
         return Err(ApiError::NotReady(reason));
     }
-    if let Err(error) = runners.db().check_writable().await {
+    if let Err(error) = checks.db.check_writable().await {
         return Err(ApiError::NotReady(format!(
             "the database does not take writes: {error}"
         )));
     }
-    if let Err(error) = runners.health().ping().await {
+    if let Err(error) = checks.health.ping().await {
         return Err(ApiError::NotReady(format!(
             "the Docker Engine is unreachable: {error}"
         )));
     }
-    match runners.backend().image_present().await {
+    match checks.backend.image_present().await {
         Ok(true) => {}
-        Ok(false) => return Err(ApiError::NotReady(runners.backend().missing_image_hint())),
+        Ok(false) => return Err(ApiError::NotReady(checks.backend.missing_image_hint())),
         Err(error) => {
             return Err(ApiError::NotReady(format!(
                 "cannot ask the Docker Engine for the runner image: {error}"
@@ -157,14 +198,9 @@ fn cors(origins: &AllowedOrigins) -> CorsLayer {
 }
 
 /// Prometheus text exposition (OpenMetrics).
-async fn metrics(State(runners): State<Arc<Runners>>) -> Result<Response, ApiError> {
-    let production = runners.settings().is_production();
-    let counts = runners
-        .db()
-        .count_by_state()
-        .await
-        .map_err(|error| ApiError::from_runner_error(error.into(), production))?;
-    let text = runners.metrics().render(&counts);
+async fn metrics(State(scrape): State<Scrape>) -> Result<Response, ApiError> {
+    let counts = scrape.db.count_by_state().await?;
+    let text = scrape.metrics.render(&counts);
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -222,10 +258,8 @@ async fn provision(
         Some(mode) => mode.parse().map_err(ApiError::InvalidNetworkMode)?,
         None => NetworkMode::Default,
     };
-    let production = runners.settings().is_production();
-    let outcome = run_to_completion(async move { runners.provision(session, &network_mode).await })
-        .await
-        .map_err(|error| ApiError::from_runner_error(error, production))?;
+    let outcome =
+        run_to_completion(async move { runners.provision(session, &network_mode).await }).await?;
     let (status, message, runner) = match outcome {
         Provisioned::Created(runner) | Provisioned::Claimed(runner) => (
             StatusCode::CREATED,
@@ -255,23 +289,21 @@ async fn provision(
 
 async fn deprovision(
     _: Ready,
+    State(ReuseRunnerMode(reuse_runner_mode)): State<ReuseRunnerMode>,
     State(runners): State<Arc<Runners>>,
     header: SessionHeader,
     OptionalJson(request): OptionalJson<SessionRequest>,
 ) -> Result<Json<MessageResponse>, ApiError> {
     // The shared runner outlives every session, so the mode is checked
     // before anything else, as the first orchestrator did.
-    if runners.settings().reuse_runner_mode {
+    if reuse_runner_mode {
         return Ok(MessageResponse::new(
             "Deprovisioning is disabled in REUSE_RUNNER_MODE.",
         ));
     }
     let session = required_session(request, header, Operation::Deprovision)?;
     let message = format!("Runner for session {session} deprovisioned successfully.");
-    let production = runners.settings().is_production();
-    run_to_completion(async move { runners.deprovision(&session).await })
-        .await
-        .map_err(|error| ApiError::from_runner_error(error, production))?;
+    run_to_completion(async move { runners.deprovision(&session).await }).await?;
     Ok(MessageResponse::new(message))
 }
 
@@ -282,18 +314,12 @@ async fn heartbeat(
     OptionalJson(request): OptionalJson<SessionRequest>,
 ) -> Result<Json<MessageResponse>, ApiError> {
     let session = required_session(request, header, Operation::Heartbeat)?;
-    match runners.heartbeat(&session) {
-        Ok(Heartbeat::Session) => Ok(MessageResponse::new(format!(
-            "Heartbeat received for session {session}."
-        ))),
-        Ok(Heartbeat::Singleton) => Ok(MessageResponse::new(
-            "Heartbeat received for singleton runner.",
-        )),
-        Err(error) => Err(ApiError::from_runner_error(
-            error,
-            runners.settings().is_production(),
-        )),
-    }
+    Ok(match runners.heartbeat(&session)? {
+        Heartbeat::Session => {
+            MessageResponse::new(format!("Heartbeat received for session {session}."))
+        }
+        Heartbeat::Singleton => MessageResponse::new("Heartbeat received for singleton runner."),
+    })
 }
 
 /// The body's `sessionId` wins over the `X-Session-Id` header, as in the
@@ -331,7 +357,6 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::reconcile::Summary;
     use crate::test_support::Harness;
 
     /// One request through the whole router, as from a client on loopback.
@@ -356,17 +381,10 @@ mod tests {
         (status, serde_json::from_slice(&body).unwrap_or_default())
     }
 
-    /// The router of a service whose startup reconcile is done.
-    fn ready_router(harness: &Harness) -> Router {
-        let readiness = Readiness::default();
-        readiness.ready(Summary::default());
-        router(harness.runners.clone(), readiness)
-    }
-
     #[tokio::test]
     async fn provision_heartbeat_deprovision_through_the_router() {
         let harness = Harness::new(&[]).await;
-        let router = ready_router(&harness);
+        let router = harness.router();
 
         let (status, body) = send(&router, "POST", "/api/runner/provision", "s-1").await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -388,7 +406,7 @@ mod tests {
     #[tokio::test]
     async fn readyz_names_a_missing_image_and_an_unreachable_engine() {
         let harness = Harness::new(&[]).await;
-        let router = ready_router(&harness);
+        let router = harness.router();
         let (status, _) = send(&router, "GET", "/readyz", "s").await;
         assert_eq!(status, StatusCode::OK);
 
@@ -407,6 +425,6 @@ mod tests {
             body["message"].as_str().unwrap().contains("unreachable"),
             "{body}"
         );
-        assert!(!harness.runners.health().is_reachable());
+        assert!(!harness.service.health.is_reachable());
     }
 }

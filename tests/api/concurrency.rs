@@ -34,7 +34,7 @@ async fn thirty_concurrent_provisions_of_distinct_sessions() {
     let endpoints: HashSet<&str> = replies.iter().map(|reply| reply.endpoint()).collect();
     assert_eq!(endpoints.len(), 30);
     assert_eq!(app.env.running_container_ids().await.len(), 30);
-    assert_eq!(app.runners.db().all().await.unwrap().len(), 30);
+    assert_eq!(app.service.db.all().await.unwrap().len(), 30);
     for reply in &replies {
         assert_runner_answers(reply.endpoint()).await;
     }

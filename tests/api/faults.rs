@@ -7,10 +7,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::future::join_all;
-use taylored_orchestrator::config::OrphanPolicy;
 use taylored_orchestrator::db::RunnerState;
 use taylored_orchestrator::readiness::Phase;
-use taylored_orchestrator::reconcile::Reconciler;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::watch;
@@ -84,7 +82,7 @@ async fn the_timer_reconcile_catches_what_events_miss() {
     env.create_runner_container("late-orphan", &format!("{}-late", env.instance), true)
         .await;
 
-    let reconciler = Reconciler::new(app.runners.clone(), OrphanPolicy::Adopt);
+    let reconciler = app.service.reconciler();
     let summary = reconciler.run_drift().await.unwrap();
 
     assert_eq!(summary.adopted, 1, "{summary:?}");
@@ -226,7 +224,7 @@ async fn engine_outage_while_serving_fails_fast_keeps_heartbeats_and_converges()
     eventually(
         Duration::from_secs(5),
         "the health check noticing",
-        || async { !app.runners.health().is_reachable() },
+        || async { !app.service.health.is_reachable() },
     )
     .await;
     let started = Instant::now();
@@ -243,7 +241,7 @@ async fn engine_outage_while_serving_fails_fast_keeps_heartbeats_and_converges()
     // `removing` because the engine could not confirm no container exists.
     let outcome = reaper.try_once(later).await.unwrap();
     assert_eq!((outcome.reaped, outcome.failed), (0, 3), "{outcome:?}");
-    assert_eq!(app.runners.db().all().await.unwrap().len(), 3);
+    assert_eq!(app.service.db.all().await.unwrap().len(), 3);
     assert_eq!(env.running_container_ids().await.len(), 2);
 
     proxy.restore().await;
@@ -260,7 +258,7 @@ async fn engine_outage_while_serving_fails_fast_keeps_heartbeats_and_converges()
     // The drift reconcile after the event stream reconnects may finish the
     // refused claim's removal first; the reaper then spares it.
     assert_eq!(outcome.failed, 0, "{outcome:?}");
-    assert!(app.runners.db().all().await.unwrap().is_empty());
+    assert!(app.service.db.all().await.unwrap().is_empty());
     assert_eq!(env.containers().await.len(), 0);
 }
 

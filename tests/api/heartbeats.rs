@@ -9,7 +9,7 @@ use chrono::Utc;
 use futures_util::future::join_all;
 use taylored_orchestrator::backend::Stop;
 use taylored_orchestrator::db::{Actor, AuditAction};
-use taylored_orchestrator::runners::{Removal, RemovalOutcome};
+use taylored_orchestrator::lifecycle::{Removal, RemovalOutcome};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestEnv, clock_past, eventually, spawn_app_with};
@@ -54,9 +54,9 @@ async fn a_heartbeat_not_yet_written_spares_its_runner() {
     // As the reaper removes a runner its query found idle: both rows are
     // older than the cutoff in the database.
     let reap = |session: &'static str| {
-        let runners = app.runners.clone();
+        let service = app.service.clone();
         async move {
-            let row = runners.db().find(session).await.unwrap().unwrap();
+            let row = service.db.find(session).await.unwrap().unwrap();
             assert!(row.last_heartbeat_at < taylored_orchestrator::db::timestamp(cutoff));
             let removal = Removal {
                 actor: Actor::Reaper,
@@ -65,7 +65,7 @@ async fn a_heartbeat_not_yet_written_spares_its_runner() {
                 stale_before: Some(cutoff),
                 stop: Stop::Graceful,
             };
-            runners.remove(&row, removal).await.unwrap()
+            service.lifecycle.remove(&row, removal).await.unwrap()
         }
     };
     assert_eq!(reap("heartbeating").await, RemovalOutcome::Skipped);
@@ -228,7 +228,7 @@ async fn heartbeats_are_answered_without_reading_the_database() {
     let app = spawn_app_with(&[NEVER]).await;
     assert_eq!(app.api.provision(Some("provisioned")).await.status, 201);
 
-    app.runners.db().pool().close().await;
+    app.service.db.pool().close().await;
 
     let known = app.api.heartbeat("provisioned").await;
     assert_eq!(
@@ -249,7 +249,7 @@ async fn the_shared_runner_is_answered_without_reading_the_database() {
     let app = spawn_app_with(&[NEVER, "--reuse-runner-mode=true"]).await;
     let shared = app.api.provision(None).await.session_id().to_owned();
 
-    app.runners.db().pool().close().await;
+    app.service.db.pool().close().await;
 
     assert_eq!(
         app.api.heartbeat(&shared).await.message(),
@@ -276,7 +276,7 @@ async fn kept_runners_answer_after_a_restart_without_reading_the_database() {
 
     let app = env.spawn(&[NEVER]).await;
     assert_eq!(app.reconciled.kept, 1, "{:?}", app.reconciled);
-    app.runners.db().pool().close().await;
+    app.service.db.pool().close().await;
 
     assert_eq!(app.api.heartbeat("kept").await.status, 200);
     assert_eq!(app.api.heartbeat("deprovisioned").await.status, 404);
@@ -301,7 +301,7 @@ async fn loading_the_running_rows_replaces_the_set() {
     .await
     .unwrap();
 
-    assert_eq!(app.runners.load_running().await.unwrap(), 1);
+    assert_eq!(app.service.heartbeats.load_running().await.unwrap(), 1);
 
     assert_eq!(app.api.heartbeat("leaving").await.status, 404);
     assert_eq!(app.api.heartbeat("arriving").await.status, 200);

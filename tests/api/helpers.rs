@@ -27,7 +27,7 @@ use taylored_orchestrator::db::{Db, RunnerRow};
 use taylored_orchestrator::readiness::Readiness;
 use taylored_orchestrator::reaper::Reaper;
 use taylored_orchestrator::reconcile::Summary;
-use taylored_orchestrator::runners::Runners;
+use taylored_orchestrator::service::Service;
 use taylored_orchestrator::startup::Application;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -259,13 +259,13 @@ impl TestEnv {
             .await
             .expect("application starts");
         let port = application.port();
-        let runners = application.runners().clone();
+        let service = application.service().clone();
         let readiness = application.readiness().clone();
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(application.run_until_stopped(shutdown.clone()));
         TestApp {
             api: Api::new(port),
-            runners,
+            service,
             readiness,
             reconciled: Summary::default(),
             env: self.clone(),
@@ -315,7 +315,7 @@ impl Drop for TestEnv {
 /// The service running in this test process.
 pub struct TestApp {
     pub api: Api,
-    pub runners: Runners,
+    pub service: Service,
     pub readiness: Readiness,
     /// What the startup reconcile did (after [`TestEnv::spawn`]).
     pub reconciled: Summary,
@@ -335,11 +335,8 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
 impl TestApp {
     /// A reaper of this service that the test steps with `try_once`.
     pub fn reaper(&self, inactivity_timeout: Duration) -> Reaper {
-        Reaper::new(
-            self.runners.clone(),
-            inactivity_timeout,
-            Duration::from_secs(30),
-        )
+        self.service
+            .reaper_with(inactivity_timeout, Duration::from_secs(30))
     }
 
     /// Nothing reached the engine or the database.
@@ -349,7 +346,7 @@ impl TestApp {
             "a container was created"
         );
         assert!(
-            self.runners.db().all().await.unwrap().is_empty(),
+            self.service.db.all().await.unwrap().is_empty(),
             "a row was written"
         );
     }

@@ -352,7 +352,7 @@ async fn runners_older_than_the_maximum_age_are_reaped_however_active() {
     .await;
 
     assert!(app.env.containers().await.is_empty());
-    let trail = app.runners.db().audit_trail("ancient").await.unwrap();
+    let trail = app.service.db.audit_trail("ancient").await.unwrap();
     let last = trail.last().unwrap();
     assert_eq!(
         (last.action.as_str(), last.reason.as_str()),

@@ -38,7 +38,7 @@ async fn browser_provision_creates_a_runner_that_answers_on_its_endpoint() {
         reply.endpoint(),
         format!("http://127.0.0.1:{}", row.host_port.unwrap())
     );
-    let trail = app.runners.db().audit_trail(session).await.unwrap();
+    let trail = app.service.db.audit_trail(session).await.unwrap();
     assert_eq!(trail.len(), 1);
     assert_eq!(trail[0].action, "provisioned");
 }
@@ -197,8 +197,8 @@ async fn deprovision_removes_the_container_and_the_row() {
     assert!(app.env.row(&session).await.is_none());
     assert_eq!(app.api.heartbeat(&session).await.status, 404);
     let actions: Vec<String> = app
-        .runners
-        .db()
+        .service
+        .db
         .audit_trail(&session)
         .await
         .unwrap()
@@ -230,7 +230,7 @@ async fn missing_image_answers_500_naming_it_and_leaves_nothing_behind() {
     );
     assert!(app.env.row("no-image").await.is_none());
     assert!(app.env.containers().await.is_empty());
-    let trail = app.runners.db().audit_trail("no-image").await.unwrap();
+    let trail = app.service.db.audit_trail("no-image").await.unwrap();
     assert_eq!(trail[0].action, "provision_failed");
 }
 

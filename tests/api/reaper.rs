@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use taylored_orchestrator::reaper::{ReapOutcome, Reaper};
+use taylored_orchestrator::reaper::ReapOutcome;
 use taylored_orchestrator::supervise::Supervisor;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +37,7 @@ async fn idle_runners_are_reaped_and_heartbeating_ones_kept() {
         remaining[0].labels.as_ref().unwrap()["taylored-runner-session-id"],
         "alive"
     );
-    let trail = app.runners.db().audit_trail("idle").await.unwrap();
+    let trail = app.service.db.audit_trail("idle").await.unwrap();
     let last = trail.last().unwrap();
     assert_eq!(
         (last.actor.as_str(), last.action.as_str()),
@@ -66,7 +66,7 @@ async fn one_sweep_can_be_stepped() {
         .unwrap();
     assert_eq!(later.reaped, 2);
     assert!(app.env.containers().await.is_empty());
-    assert!(app.runners.db().all().await.unwrap().is_empty());
+    assert!(app.service.db.all().await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -115,11 +115,9 @@ async fn a_reaper_that_panicked_is_started_again_and_reaps() {
     let shutdown = CancellationToken::new();
     let supervisor = Supervisor::new(shutdown.clone(), app.readiness.clone());
     // Everything is stale for it; its first run fails before it sweeps.
-    let reaper = Reaper::new(
-        app.runners.clone(),
-        Duration::ZERO,
-        Duration::from_millis(100),
-    );
+    let reaper = app
+        .service
+        .reaper_with(Duration::ZERO, Duration::from_millis(100));
     let mut starts = 0;
     let supervised = tokio::spawn({
         let supervisor = supervisor.clone();

@@ -6,21 +6,20 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::future::join_all;
 
-use taylored_orchestrator::warm_pool::WarmPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestApp, TestEnv, assert_runner_answers, eventually};
 
 async fn wait_for_pool(app: &TestApp, size: i64) {
     eventually(Duration::from_secs(30), "the pool filled", || async {
-        app.runners.db().count_pooled().await.unwrap() >= size && warm_running(app).await >= size
+        app.service.db.count_pooled().await.unwrap() >= size && warm_running(app).await >= size
     })
     .await;
 }
 
 async fn warm_running(app: &TestApp) -> i64 {
-    app.runners
-        .db()
+    app.service
+        .db
         .all()
         .await
         .unwrap()
@@ -34,8 +33,8 @@ async fn a_provision_without_session_id_claims_a_warm_runner_and_the_pool_refill
     let app = TestEnv::new().spawn(&["--warm-pool-size=2"]).await;
     wait_for_pool(&app, 2).await;
     let warm: HashSet<String> = app
-        .runners
-        .db()
+        .service
+        .db
         .all()
         .await
         .unwrap()
@@ -65,7 +64,7 @@ async fn a_provision_without_session_id_claims_a_warm_runner_and_the_pool_refill
     // A client-chosen id takes the cold path.
     let cold = app.api.provision(Some("chosen")).await;
     assert_eq!((cold.status, cold.session_id()), (201, "chosen"));
-    assert_eq!(app.runners.db().count_pooled().await.unwrap(), 2);
+    assert_eq!(app.service.db.count_pooled().await.unwrap(), 2);
 }
 
 #[tokio::test]
@@ -112,7 +111,7 @@ async fn warm_runners_are_not_reaped_survive_a_restart_and_count_against_the_lim
         outcome.reaped, 1,
         "only the claimed runner idles: {outcome:?}"
     );
-    assert_eq!(app.runners.db().count_pooled().await.unwrap(), 2);
+    assert_eq!(app.service.db.count_pooled().await.unwrap(), 2);
 
     drop(reaper); // it shares the service's database handle (and lock)
     let before = env.running_container_ids().await;
@@ -121,9 +120,9 @@ async fn warm_runners_are_not_reaped_survive_a_restart_and_count_against_the_lim
         .spawn(&["--warm-pool-size=2", "--max-concurrent-runners=3"])
         .await;
     assert_eq!(app.reconciled.kept, 2);
-    assert_eq!(app.runners.db().count_pooled().await.unwrap(), 2);
+    assert_eq!(app.service.db.count_pooled().await.unwrap(), 2);
     // A pass of the pool, as its worker makes at start, finds it full.
-    let pool = WarmPool::new(app.runners.clone(), 2);
+    let pool = app.service.warm_pool(2);
     let started = pool.try_once(&CancellationToken::new()).await.unwrap();
     assert_eq!(started, 0, "the kept runners did not fill the pool");
     assert_eq!(
