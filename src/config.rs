@@ -255,6 +255,16 @@ impl Settings {
     pub fn endpoint_for(&self, host_port: u16) -> String {
         format!("{}:{host_port}", self.runners_host)
     }
+
+    /// The endpoint of a runner published on `host_port` of another host (a
+    /// Swarm node), with the scheme of `RUNNERS_HOST`.
+    pub fn endpoint_on(&self, host: &str, host_port: u16) -> String {
+        let scheme = self
+            .runners_host
+            .split_once("://")
+            .map_or("http", |(scheme, _)| scheme);
+        format!("{scheme}://{host}:{host_port}")
+    }
 }
 
 /// What one runner may use. Runners execute untrusted code, so every limit
@@ -618,6 +628,11 @@ mod tests {
         assert_eq!(with_scheme.endpoint_for(40000), "http://localhost:40000");
         let https = parse(&["--runners-host", "https://r.example.com/"]).unwrap();
         assert_eq!(https.endpoint_for(443), "https://r.example.com:443");
+        assert_eq!(
+            https.endpoint_on("10.0.0.3", 30001),
+            "https://10.0.0.3:30001"
+        );
+        assert_eq!(bare.endpoint_on("node-2", 30002), "http://node-2:30002");
     }
 
     #[test]

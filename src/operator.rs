@@ -57,8 +57,8 @@ fn short(id: Option<&str>) -> &str {
 
 fn runner_table(rows: &[RunnerRow]) -> String {
     let mut text = format!(
-        "{:<38} {:<9} {:<12} {:>5} {:<12} {:<24} {:<24}\n",
-        "SESSION", "KIND", "STATE", "PORT", "CONTAINER", "LAST HEARTBEAT", "CREATED"
+        "{:<38} {:<9} {:<12} {:>5} {:<12} {:<16} {:<24} {:<24}\n",
+        "SESSION", "KIND", "STATE", "PORT", "CONTAINER", "NODE", "LAST HEARTBEAT", "CREATED"
     );
     for row in rows {
         let port = row
@@ -67,7 +67,7 @@ fn runner_table(rows: &[RunnerRow]) -> String {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             text,
-            "{:<38} {:<9} {:<12} {:>5} {:<12} {:<24} {:<24}",
+            "{:<38} {:<9} {:<12} {:>5} {:<12} {:<16} {:<24} {:<24}",
             row.session_id,
             if row.pooled {
                 "warm".to_owned()
@@ -77,6 +77,7 @@ fn runner_table(rows: &[RunnerRow]) -> String {
             format!("{:?}", row.state).to_lowercase(),
             port,
             short(row.container_id.as_deref()),
+            row.node.as_deref().unwrap_or("-"),
             row.last_heartbeat_at,
             row.created_at
         );

@@ -59,6 +59,13 @@ pub enum Purpose {
     Drift,
 }
 
+/// The reason given for a runner whose node (Swarm) is down or unreachable.
+pub const NODE_LOST: &str = "its node is down or unreachable";
+
+fn on_lost_node(container: &ObservedRunner) -> bool {
+    container.node.as_ref().is_some_and(|node| !node.ready)
+}
+
 /// Decides, for every row and every container of this instance, what to do.
 /// Container removals come first, then row drops, keeps and adoptions.
 pub fn plan(
@@ -99,6 +106,7 @@ pub fn plan(
             let reason = match (row.state, kept.is_some(), container.running) {
                 (RunnerState::Removing, _, _) => "finishing an interrupted removal",
                 (_, true, _) => "duplicate runner for a session",
+                (_, false, false) if on_lost_node(container) => NODE_LOST,
                 (_, false, false) => "runner container is not running",
                 (_, false, true) => "duplicate runner for a session",
             };
@@ -125,6 +133,7 @@ pub fn plan(
                         "provision interrupted before its container existed"
                     }
                     (_, true) => "runner container is missing",
+                    (_, false) if candidates.iter().copied().all(on_lost_node) => NODE_LOST,
                     (_, false) => "runner container is not running",
                 },
             }),
@@ -323,6 +332,7 @@ fn found<'a>(
         container_id: &container.id,
         host_port: container.host_port,
         network_mode: &container.network_mode,
+        node: container.node.as_ref(),
     };
     let entry = AuditEntry {
         session_id: &container.session_id,
@@ -766,6 +776,8 @@ mod tests {
             updated_at: "2026-01-01T00:00:00.000Z".into(),
             last_heartbeat_at: "2026-01-01T00:00:00.000Z".into(),
             pooled: false,
+            node: None,
+            node_host: None,
         }
     }
 
@@ -804,6 +816,27 @@ mod tests {
             panic!("expected keep, got {actions:?}")
         };
         assert_eq!(container.host_port, Some(41000));
+    }
+
+    #[test]
+    fn a_runner_on_a_lost_node_is_removed_and_its_row_dropped_naming_the_node() {
+        let rows = [row("s", RunnerState::Running, Some("c1"))];
+        let mut lost = container("c1", "s", false, 1);
+        lost.node = Some(crate::backend::RunnerNode {
+            name: "node-3".into(),
+            host: "10.0.0.3".into(),
+            ready: false,
+        });
+        let actions = plan(&rows, &[lost], OrphanPolicy::Remove, Purpose::Drift);
+        assert_eq!(removed_ids(&actions), ["c1"]);
+        let reasons: Vec<&str> = actions
+            .iter()
+            .map(|action| match action {
+                Action::RemoveContainer { reason, .. } | Action::DropRow { reason, .. } => *reason,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(reasons, [NODE_LOST, NODE_LOST]);
     }
 
     #[test]

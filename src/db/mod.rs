@@ -18,7 +18,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
 
-use crate::backend::NetworkMode;
+use crate::backend::{NetworkMode, RunnerNode, StartedRunner};
 use crate::session::{RunnerKind, SessionId};
 
 pub use migrate::MigrationError;
@@ -99,6 +99,10 @@ pub struct RunnerRow {
     pub last_heartbeat_at: String,
     /// A warm runner waiting in the pool for a provision to claim it.
     pub pooled: bool,
+    /// The Swarm node it runs on (`None` on a single engine).
+    pub node: Option<String>,
+    /// Where clients reach that node (the endpoint's host).
+    pub node_host: Option<String>,
 }
 
 /// Who changed a runner; the `actor` column of the audit log.
@@ -202,6 +206,7 @@ pub struct FoundRunner<'a> {
     pub host_port: Option<u16>,
     pub network_mode: &'a NetworkMode,
     pub pooled: bool,
+    pub node: Option<&'a RunnerNode>,
 }
 
 /// The row changes of one reconcile, written together by
@@ -272,7 +277,8 @@ macro_rules! select_runners {
     ($($rest:literal),+) => {
         concat!(
             "SELECT session_id, kind, state, container_name, container_id, host_port, \
-             network_mode, created_at, updated_at, last_heartbeat_at, pooled FROM runners ",
+             network_mode, created_at, updated_at, last_heartbeat_at, pooled, node, node_host \
+             FROM runners ",
             $($rest),+
         )
     };
@@ -501,21 +507,24 @@ impl Db {
     pub async fn mark_running(
         &self,
         session_id: &str,
-        container_id: &str,
-        host_port: Option<u16>,
+        started: &StartedRunner,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
         let now = timestamp(now);
+        let container_id = started.id.as_str();
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "UPDATE runners SET state = 'running', container_id = ?2, host_port = ?3, \
-             updated_at = ?4, last_heartbeat_at = ?4 WHERE session_id = ?1",
+             updated_at = ?4, last_heartbeat_at = ?4, node = ?5, node_host = ?6 \
+             WHERE session_id = ?1",
         )
         .bind(session_id)
         .bind(container_id)
-        .bind(host_port)
+        .bind(started.host_port)
         .bind(&now)
+        .bind(started.node.as_ref().map(|node| &node.name))
+        .bind(started.node.as_ref().map(|node| &node.host))
         .execute(&mut *transaction)
         .await?;
         insert_audit(
@@ -648,6 +657,8 @@ impl Db {
                 "host_port": runner.host_port,
                 "network_mode": runner.network_mode.as_stored(),
                 "pooled": runner.pooled,
+                "node": runner.node.map(|node| &node.name),
+                "node_host": runner.node.map(|node| &node.host),
             })
         }));
         let audit = json_array(
@@ -672,14 +683,17 @@ impl Db {
         .await?;
         sqlx::query(
             "INSERT INTO runners (session_id, kind, state, container_name, container_id, \
-             host_port, network_mode, created_at, updated_at, last_heartbeat_at, pooled) \
+             host_port, network_mode, created_at, updated_at, last_heartbeat_at, pooled, \
+             node, node_host) \
              SELECT value ->> 'session_id', value ->> 'kind', 'running', \
                 value ->> 'container_name', value ->> 'container_id', value ->> 'host_port', \
-                value ->> 'network_mode', ?1, ?1, ?1, value ->> 'pooled' \
+                value ->> 'network_mode', ?1, ?1, ?1, value ->> 'pooled', \
+                value ->> 'node', value ->> 'node_host' \
              FROM json_each(?2) WHERE true \
              ON CONFLICT (session_id) DO UPDATE SET state = 'running', \
              container_name = excluded.container_name, container_id = excluded.container_id, \
-             host_port = excluded.host_port, updated_at = excluded.updated_at, \
+             host_port = excluded.host_port, node = excluded.node, \
+             node_host = excluded.node_host, updated_at = excluded.updated_at, \
              last_heartbeat_at = MAX(runners.last_heartbeat_at, excluded.last_heartbeat_at)",
         )
         .bind(&now)

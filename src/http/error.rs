@@ -93,6 +93,10 @@ impl From<RunnerError> for ApiError {
                 ApiError::NetworkNotFound(network)
             }
             RunnerError::LimitReached => ApiError::RunnerLimitReached,
+            // The only thing a request can ask that a backend cannot do.
+            RunnerError::Engine(EngineError::Unsupported(reason)) => {
+                ApiError::InvalidNetworkMode(reason)
+            }
             RunnerError::Engine(EngineError::Unavailable(reason)) => {
                 tracing::warn!(%reason, "request refused: Docker Engine unavailable");
                 ApiError::DockerUnavailable

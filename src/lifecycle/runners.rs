@@ -249,8 +249,7 @@ impl Runners {
             .db
             .mark_running(
                 session.as_str(),
-                &started.id,
-                started.host_port,
+                &started,
                 if pooled {
                     "warm pool refill"
                 } else {
@@ -272,7 +271,10 @@ impl Runners {
             .provision_duration(started_at.elapsed());
         Ok(Provisioned::Created(RunnerInfo {
             session_id: session.to_string(),
-            endpoint: self.endpoint(started.host_port),
+            endpoint: self.endpoint(
+                started.host_port,
+                started.node.as_ref().map(|node| node.host.as_str()),
+            ),
         }))
     }
 
@@ -354,14 +356,17 @@ impl Runners {
     fn info(&self, row: &RunnerRow) -> RunnerInfo {
         RunnerInfo {
             session_id: row.session_id.clone(),
-            endpoint: self.endpoint(row.host_port),
+            endpoint: self.endpoint(row.host_port, row.node_host.as_deref()),
         }
     }
 
-    fn endpoint(&self, host_port: Option<u16>) -> String {
-        match host_port {
-            Some(port) => self.settings.endpoint_for(port),
-            None => NO_ENDPOINT.to_owned(),
+    /// On the node's host for a runner on a Swarm node, else on
+    /// `RUNNERS_HOST`.
+    fn endpoint(&self, host_port: Option<u16>, node_host: Option<&str>) -> String {
+        match (host_port, node_host) {
+            (Some(port), Some(host)) => self.settings.endpoint_on(host, port),
+            (Some(port), None) => self.settings.endpoint_for(port),
+            (None, _) => NO_ENDPOINT.to_owned(),
         }
     }
 }

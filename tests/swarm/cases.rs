@@ -64,7 +64,13 @@ pub async fn runners_spread_over_nodes_and_answer_clients(swarm: &Swarm) -> Resu
     let placed: BTreeSet<String> = services.into_iter().filter_map(|(_, node)| node).collect();
     check(placed == nodes, || {
         format!("the manager places them on {placed:?}, the endpoints say {nodes:?}")
-    })
+    })?;
+    // Operators see each runner's node.
+    let listed = service.runners_list()?;
+    check(
+        nodes.iter().all(|node| listed.contains(node.as_str())),
+        || format!("`runners list` does not show the nodes {nodes:?}:\n{listed}"),
+    )
 }
 
 pub async fn concurrent_provisions_of_one_session_make_one_service(

@@ -209,6 +209,19 @@ impl Service {
         Ok(response.status().as_u16())
     }
 
+    /// `orchestrator runners list`, as an operator runs it on this database.
+    pub fn runners_list(&self) -> Result<String, String> {
+        let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .args(["runners", "list"])
+            .env("DATABASE_URL", &self.database)
+            .output()
+            .map_err(|error| error.to_string())?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// The audit log's reasons for one session, oldest first.
     pub async fn audit_reasons(&self, session: &str) -> Result<Vec<String>, String> {
         use sqlx::Row;
