@@ -237,7 +237,7 @@ pub enum Claim {
     /// The row was inserted in state `provisioning`; the caller owns it.
     Claimed,
     /// A row already existed; nothing was written.
-    Existing(RunnerRow),
+    Existing(Box<RunnerRow>),
     /// `MAX_CONCURRENT_RUNNERS` rows exist; nothing was written.
     LimitReached,
 }
@@ -462,7 +462,7 @@ impl Db {
             RunnerKind::Singleton => self.find_singleton().await?,
             RunnerKind::Session => self.find(runner.session_id.as_str()).await?,
         };
-        Ok(existing.map_or(Claim::LimitReached, Claim::Existing))
+        Ok(existing.map_or(Claim::LimitReached, |row| Claim::Existing(Box::new(row))))
     }
 
     /// Hands the oldest waiting warm runner to a client, in one statement
