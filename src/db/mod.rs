@@ -271,14 +271,22 @@ pub struct Db {
     _lock: Option<Arc<File>>,
 }
 
+/// Every column of a [`RunnerRow`], for `SELECT` and `RETURNING` alike.
+macro_rules! runner_columns {
+    () => {
+        "session_id, kind, state, container_name, container_id, host_port, network_mode, \
+         created_at, updated_at, last_heartbeat_at, pooled, node, node_host"
+    };
+}
+
 /// `SELECT` of every runner column followed by the rest of a query, as one
 /// static string (sqlx accepts only static SQL without an audit marker).
 macro_rules! select_runners {
     ($($rest:literal),+) => {
         concat!(
-            "SELECT session_id, kind, state, container_name, container_id, host_port, \
-             network_mode, created_at, updated_at, last_heartbeat_at, pooled, node, node_host \
-             FROM runners ",
+            "SELECT ",
+            runner_columns!(),
+            " FROM runners ",
             $($rest),+
         )
     };
@@ -471,13 +479,13 @@ impl Db {
     pub async fn claim_warm(&self, now: DateTime<Utc>) -> Result<Option<RunnerRow>, DbError> {
         let now = timestamp(now);
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let claimed: Option<RunnerRow> = sqlx::query_as(
+        let claimed: Option<RunnerRow> = sqlx::query_as(concat!(
             "UPDATE runners SET pooled = 0, updated_at = ?1, last_heartbeat_at = ?1 \
-             WHERE session_id = (SELECT session_id FROM runners \
-                WHERE pooled = 1 AND state = 'running' ORDER BY created_at LIMIT 1) \
-             RETURNING session_id, kind, state, container_name, container_id, host_port, \
-             network_mode, created_at, updated_at, last_heartbeat_at, pooled",
-        )
+                 WHERE session_id = (SELECT session_id FROM runners \
+                    WHERE pooled = 1 AND state = 'running' ORDER BY created_at LIMIT 1) \
+                 RETURNING ",
+            runner_columns!()
+        ))
         .bind(&now)
         .fetch_optional(&mut *transaction)
         .await?;
