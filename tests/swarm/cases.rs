@@ -205,6 +205,58 @@ pub async fn the_reaper_removes_idle_services(swarm: &Swarm) -> Result<(), Strin
     )
 }
 
+pub async fn the_warm_pool_and_the_limit_work_on_the_swarm(swarm: &Swarm) -> Result<(), String> {
+    let instance = swarm.instance("warm");
+    let service = swarm
+        .spawn(
+            &instance,
+            &[
+                ("RUNNER_PORT_RANGE", "30900-30999"),
+                ("WARM_POOL_SIZE", "2"),
+                ("MAX_CONCURRENT_RUNNERS", "3"),
+            ],
+        )
+        .await?;
+    poll_until(Duration::from_secs(30), "the warm pool to fill", || async {
+        swarm
+            .services(&instance)
+            .await
+            .ok()
+            .filter(|services| services.len() == 2)
+    })
+    .await?;
+    // A provision without a session id takes a warm runner at once.
+    let started = Instant::now();
+    let (status, body) = service.provision_without_session().await?;
+    let took = started.elapsed();
+    check(status == 201, || {
+        format!("warm provision answered {status}: {body}")
+    })?;
+    let endpoint = body["endpoint"].as_str().unwrap_or_default().to_owned();
+    check(swarm.node_of(&endpoint).is_some(), || {
+        format!("the warm runner's endpoint {endpoint} names no node")
+    })?;
+    reached(swarm, &endpoint).await?;
+    println!(
+        "    warm provision answered in {:.0} ms",
+        took.as_secs_f64() * 1000.0
+    );
+    // The pool refills up to the limit of 3 runners in all.
+    poll_until(Duration::from_secs(30), "the pool to refill", || async {
+        swarm
+            .services(&instance)
+            .await
+            .ok()
+            .filter(|services| services.len() == 3)
+    })
+    .await?;
+    let (status, body) = service.provision("over-the-limit").await?;
+    check(
+        status == 503 && body["error"] == "RUNNER_LIMIT_REACHED",
+        || format!("a provision over the limit answered {status}: {body}"),
+    )
+}
+
 pub async fn an_image_missing_on_the_node_fails_the_provision_cleanly(
     swarm: &Swarm,
 ) -> Result<(), String> {

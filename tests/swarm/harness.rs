@@ -178,6 +178,20 @@ impl Service {
         Ok((status, body))
     }
 
+    /// A provision as the browser makes its first one: no session id.
+    pub async fn provision_without_session(&self) -> Result<(u16, Value), String> {
+        let response = self
+            .http
+            .post(format!("{}/api/runner/provision", self.base))
+            .json(&json!({}))
+            .send()
+            .await
+            .map_err(|error| error.to_string())?;
+        let status = response.status().as_u16();
+        let body = response.json().await.map_err(|error| error.to_string())?;
+        Ok((status, body))
+    }
+
     /// A provision that must succeed: its endpoint.
     pub async fn endpoint(&self, session: &str) -> Result<String, String> {
         let (status, body) = self.provision(session).await?;

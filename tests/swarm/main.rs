@@ -42,6 +42,9 @@ const TESTS: &[(&str, harness::Test)] = &[
     ("the_reaper_removes_idle_services", |s| {
         Box::pin(cases::the_reaper_removes_idle_services(s))
     }),
+    ("the_warm_pool_and_the_limit_work_on_the_swarm", |s| {
+        Box::pin(cases::the_warm_pool_and_the_limit_work_on_the_swarm(s))
+    }),
     (
         "an_image_missing_on_the_node_fails_the_provision_cleanly",
         |s| Box::pin(cases::an_image_missing_on_the_node_fails_the_provision_cleanly(s)),
