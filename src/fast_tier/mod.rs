@@ -9,6 +9,7 @@
 //! the service's parts are put together.
 
 mod provision;
+mod reaper;
 
 use std::net::SocketAddr;
 use std::time::Duration;
