@@ -10,6 +10,7 @@
 
 mod provision;
 mod reaper;
+mod reconcile;
 
 use std::net::SocketAddr;
 use std::time::Duration;
