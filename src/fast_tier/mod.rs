@@ -11,6 +11,7 @@
 mod provision;
 mod reaper;
 mod reconcile;
+mod warm_pool;
 
 use std::net::SocketAddr;
 use std::time::Duration;
