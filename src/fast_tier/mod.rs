@@ -10,6 +10,7 @@
 
 mod limits;
 mod provision;
+mod races;
 mod reaper;
 mod reconcile;
 mod warm_pool;
