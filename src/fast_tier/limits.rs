@@ -81,7 +81,7 @@ async fn concurrent_provisions_never_overshoot_the_limit() {
         service.router.clone(),
         provision_request(Some("b"), None),
     ));
-    service.backend().wait_for_held_starts(2).await;
+    super::held_starts(service.backend(), 2).await;
     // Two rows are claimed and their starts are with the engine: the third
     // is refused without waiting for them.
     service

@@ -371,6 +371,25 @@ pub fn deprovision_request(session: &str) -> Request<Body> {
     )
 }
 
+/// The longest a test waits for the service to reach a hold: far more than
+/// it ever needs, so that a broken service fails the test instead of
+/// hanging it.
+const HOLD_BOUND: Duration = Duration::from_secs(10);
+
+/// Returns once `count` starts wait at the backend's hold.
+pub async fn held_starts(backend: &MemoryBackend, count: usize) {
+    tokio::time::timeout(HOLD_BOUND, backend.wait_for_held_starts(count))
+        .await
+        .unwrap_or_else(|_| panic!("{count} starts never reached the engine"));
+}
+
+/// Returns once `count` removals wait at the backend's hold.
+pub async fn held_removes(backend: &MemoryBackend, count: usize) {
+    tokio::time::timeout(HOLD_BOUND, backend.wait_for_held_removes(count))
+        .await
+        .unwrap_or_else(|_| panic!("{count} removals never reached the engine"));
+}
+
 /// Returns a time in a later millisecond than every time taken before the
 /// call (the database stores milliseconds), waiting for the clock to get
 /// there: what a test needs to tell "before" from "after" by the clock.

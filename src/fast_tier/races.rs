@@ -22,7 +22,7 @@ async fn concurrent_provisions_of_one_session_get_one_runner() {
             ))
         })
         .collect();
-    service.backend().wait_for_held_starts(1).await;
+    super::held_starts(service.backend(), 1).await;
     assert_eq!(
         service.existing_row("s-1").await.state,
         RunnerState::Provisioning
@@ -90,7 +90,7 @@ async fn a_heartbeat_during_a_provision_is_404_until_the_runner_runs() {
         service.router.clone(),
         provision_request(Some("s-1"), None),
     ));
-    service.backend().wait_for_held_starts(1).await;
+    super::held_starts(service.backend(), 1).await;
     assert_eq!(service.heartbeat("s-1").await.status, StatusCode::NOT_FOUND);
     service.backend().release_starts();
     assert_eq!(provision.await.unwrap().status, StatusCode::CREATED);
@@ -108,7 +108,7 @@ async fn a_heartbeat_during_the_reapers_removal_is_404_and_the_next_provision_is
             .try_once(chrono::Utc::now() + Duration::from_secs(61))
             .await
     });
-    service.backend().wait_for_held_removes(1).await;
+    super::held_removes(service.backend(), 1).await;
 
     // The removal is with the engine: the runner still runs, its heartbeat
     // is refused, and a provision waits for the removal to finish.
@@ -172,7 +172,7 @@ async fn a_heartbeat_before_the_reapers_removal_spares_the_runner() {
     service.backend().hold_removes();
     let reaper = service.reaper();
     let sweep = tokio::spawn(async move { reaper.try_once(sweep_now).await });
-    service.backend().wait_for_held_removes(8).await;
+    super::held_removes(service.backend(), 8).await;
 
     let waiting: Vec<_> = service
         .rows()
@@ -214,7 +214,7 @@ async fn a_deprovision_during_a_provision_of_the_session_removes_what_it_made() 
         service.router.clone(),
         provision_request(Some("s-1"), None),
     ));
-    service.backend().wait_for_held_starts(1).await;
+    super::held_starts(service.backend(), 1).await;
     let deprovision = tokio::spawn(send(service.router.clone(), deprovision_request("s-1")));
     service.backend().release_starts();
 
@@ -239,7 +239,7 @@ async fn a_provision_during_a_deprovision_of_the_session_gets_a_fresh_runner() {
     let old = service.provisioned("s-1").await;
     service.backend().hold_removes();
     let deprovision = tokio::spawn(send(service.router.clone(), deprovision_request("s-1")));
-    service.backend().wait_for_held_removes(1).await;
+    super::held_removes(service.backend(), 1).await;
     let provision = tokio::spawn(send(
         service.router.clone(),
         provision_request(Some("s-1"), None),
@@ -263,7 +263,7 @@ async fn concurrent_deprovisions_remove_once() {
     service.provisioned("s-1").await;
     service.backend().hold_removes();
     let first = tokio::spawn(send(service.router.clone(), deprovision_request("s-1")));
-    service.backend().wait_for_held_removes(1).await;
+    super::held_removes(service.backend(), 1).await;
     let second = tokio::spawn(send(service.router.clone(), deprovision_request("s-1")));
     service.backend().release_removes();
 
@@ -285,7 +285,7 @@ async fn the_engine_going_away_mid_start_is_503_and_nothing_leaks() {
         service.router.clone(),
         provision_request(Some("s-1"), None),
     ));
-    service.backend().wait_for_held_starts(1).await;
+    super::held_starts(service.backend(), 1).await;
     service.backend().set_reachable(false);
     service.backend().release_starts();
 

@@ -225,7 +225,7 @@ async fn a_restart_undoes_a_provision_cut_off_at_the_engine() {
             .provision(Some(session), &crate::backend::NetworkMode::Default)
             .await
     });
-    service.backend().wait_for_held_starts(1).await;
+    super::held_starts(service.backend(), 1).await;
     // The process dies here: its container is created, not started.
     provision.abort();
     assert!(provision.await.unwrap_err().is_cancelled());
