@@ -6,6 +6,8 @@ pub mod capacity;
 pub mod config;
 pub mod db;
 pub mod drift;
+#[cfg(test)]
+mod fast_tier;
 pub mod healthcheck;
 pub mod heartbeats;
 pub mod http;

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use crate::backend::RunnerBackend;
 use crate::backend::health::EngineHealth;
-use crate::config::Settings;
+use crate::config::{OrphanPolicy, Settings};
 use crate::db::Db;
 use crate::heartbeats::{HeartbeatWriter, Heartbeats};
 use crate::lifecycle::{Lifecycle, Runners};
@@ -100,13 +100,23 @@ impl Service {
 
     /// The reconciler with the settings' `ORPHAN_POLICY`.
     pub fn reconciler(&self) -> Reconciler {
+        self.reconciler_with(self.settings.orphan_policy)
+    }
+
+    /// A reconciler with its own orphan policy (e.g. for a test).
+    pub fn reconciler_with(&self, policy: OrphanPolicy) -> Reconciler {
         let context = reconcile::Context {
             db: self.db.clone(),
             backend: Arc::clone(&self.backend),
             lifecycle: self.lifecycle.clone(),
             metrics: Arc::clone(&self.metrics),
         };
-        Reconciler::new(context, self.settings.orphan_policy)
+        Reconciler::new(context, policy)
+    }
+
+    /// Notified whenever a warm runner is claimed.
+    pub fn warm_pool_refill(&self) -> &Notify {
+        &self.warm_pool_refill
     }
 
     /// The warm pool of `size` runners.

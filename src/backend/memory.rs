@@ -20,7 +20,8 @@
 //! fail; [`hold_starts`](MemoryBackend::hold_starts) parks starts with their
 //! container created until [`release_starts`](MemoryBackend::release_starts)
 //! (with [`wait_for_held_starts`](MemoryBackend::wait_for_held_starts) to
-//! know they got there); [`calls`](MemoryBackend::calls) counts what the
+//! know they got there), and [`hold_removes`](MemoryBackend::hold_removes)
+//! does the same for removals; [`calls`](MemoryBackend::calls) counts what the
 //! service asked; [`runners`](MemoryBackend::runners) is what runs.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -83,6 +84,9 @@ pub struct MemoryBackend {
     held: watch::Sender<bool>,
     /// How many starts wait at the hold now.
     waiting: watch::Sender<usize>,
+    /// The same for removals (see [`MemoryBackend::hold_removes`]).
+    removes_held: watch::Sender<bool>,
+    removes_waiting: watch::Sender<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +136,8 @@ impl MemoryBackend {
             events: broadcast::channel(1024).0,
             held: watch::Sender::new(false),
             waiting: watch::Sender::new(0),
+            removes_held: watch::Sender::new(false),
+            removes_waiting: watch::Sender::new(0),
         }
     }
 
@@ -216,6 +222,24 @@ impl MemoryBackend {
     /// Returns once at least `count` starts wait at the hold.
     pub async fn wait_for_held_starts(&self, count: usize) {
         let mut waiting = self.waiting.subscribe();
+        let _ = waiting.wait_for(|waiting| *waiting >= count).await;
+    }
+
+    /// Parks every removal from now on before its runner is touched (still
+    /// there, still running) until [`MemoryBackend::release_removes`]: the
+    /// moment a removal is with the engine.
+    pub fn hold_removes(&self) {
+        self.removes_held.send_replace(true);
+    }
+
+    /// Lets held removals go on, and later ones through.
+    pub fn release_removes(&self) {
+        self.removes_held.send_replace(false);
+    }
+
+    /// Returns once at least `count` removals wait at the hold.
+    pub async fn wait_for_held_removes(&self, count: usize) {
+        let mut waiting = self.removes_waiting.subscribe();
         let _ = waiting.wait_for(|waiting| *waiting >= count).await;
     }
 
@@ -304,14 +328,19 @@ impl MemoryBackend {
     }
 
     async fn wait_while_held(&self) {
-        let mut held = self.held.subscribe();
-        if !*held.borrow_and_update() {
-            return;
-        }
-        self.waiting.send_modify(|waiting| *waiting += 1);
-        let _ = held.wait_for(|held| !held).await;
-        self.waiting.send_modify(|waiting| *waiting -= 1);
+        wait_while(&self.held, &self.waiting).await;
     }
+}
+
+/// Waits while `held` is set, counted in `waiting` meanwhile.
+async fn wait_while(held: &watch::Sender<bool>, waiting: &watch::Sender<usize>) {
+    let mut held = held.subscribe();
+    if !*held.borrow_and_update() {
+        return;
+    }
+    waiting.send_modify(|waiting| *waiting += 1);
+    let _ = held.wait_for(|held| !held).await;
+    waiting.send_modify(|waiting| *waiting -= 1);
 }
 
 impl State {
@@ -390,7 +419,9 @@ impl RunnerBackend for MemoryBackend {
 
     async fn remove(&self, runner: &str, stop: Stop) -> Result<(), EngineError> {
         self.call(|calls| &mut calls.remove)?;
+        wait_while(&self.removes_held, &self.removes_waiting).await;
         let mut state = self.lock();
+        state.reachable_or_fail()?;
         if let Some(id) = state.find(runner) {
             let exit_code = match stop {
                 Stop::Graceful => EXIT_TERM,

@@ -1,0 +1,149 @@
+//! The warm pool, filled one step (`try_once`) at a time.
+
+use axum::http::StatusCode;
+use futures_util::FutureExt;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::{Service, audit};
+use crate::db::RunnerState;
+use crate::warm_pool::WarmPool;
+
+async fn pooled(service: &Service) -> Vec<String> {
+    service
+        .rows()
+        .await
+        .into_iter()
+        .filter(|row| row.pooled && row.state == RunnerState::Running)
+        .map(|row| row.session_id)
+        .collect()
+}
+
+async fn filled(size: u32) -> (Service, WarmPool) {
+    let service = Service::new(&[&format!("--warm-pool-size={size}")]).await;
+    let pool = service.warm_pool(size);
+    let started = pool.try_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(started, size);
+    (service, pool)
+}
+
+#[tokio::test]
+async fn the_pool_fills_to_its_size_and_no_further() {
+    let (service, pool) = filled(3).await;
+    let waiting = pooled(&service).await;
+    assert_eq!(waiting.len(), 3);
+    let runners = service.backend().runners();
+    assert_eq!(runners.len(), 3);
+    assert!(runners.iter().all(|runner| runner.running && runner.pooled));
+    for session in &waiting {
+        assert_eq!(
+            service.audit(session).await,
+            [audit("api", "provisioned", "warm pool refill")]
+        );
+    }
+    assert_eq!(pool.try_once(&CancellationToken::new()).await.unwrap(), 0);
+    assert_eq!(service.backend().calls().start, 3);
+}
+
+#[tokio::test]
+async fn a_provision_without_a_session_claims_a_warm_runner_and_the_pool_refills() {
+    let (service, pool) = filled(2).await;
+    let waiting = pooled(&service).await;
+    let starts = service.backend().calls().start;
+
+    let answer = service.provision_with(None, json!({})).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+    assert_eq!(answer.body["message"], "Runner provisioned successfully.");
+    let session = answer.session();
+    assert!(waiting.contains(&session), "{session} not in {waiting:?}");
+    assert_eq!(service.backend().calls().start, starts);
+    let runner = service.running_runner(&session);
+    assert_eq!(
+        answer.endpoint(),
+        format!("http://localhost:{}", runner.host_port.unwrap())
+    );
+    let row = service.existing_row(&session).await;
+    assert!(!row.pooled);
+    assert_eq!(
+        service.audit(&session).await.last(),
+        Some(&audit(
+            "api",
+            "claimed_from_pool",
+            "provision without a session id"
+        ))
+    );
+    assert_eq!(service.heartbeat(&session).await.status, StatusCode::OK);
+    // The claim woke the pool, which starts one to replace it.
+    assert!(
+        service
+            .harness
+            .service
+            .warm_pool_refill()
+            .notified()
+            .now_or_never()
+            .is_some()
+    );
+    assert_eq!(pool.try_once(&CancellationToken::new()).await.unwrap(), 1);
+    assert_eq!(pooled(&service).await.len(), 2);
+    // A claimed runner is a client's: the reaper treats it as one.
+    assert_eq!(
+        service
+            .sweep(std::time::Duration::from_secs(61))
+            .await
+            .reaped,
+        1
+    );
+    service.assert_gone(&session).await;
+}
+
+#[tokio::test]
+async fn provisions_with_a_session_or_another_network_take_the_cold_path() {
+    let (service, _pool) = filled(1).await;
+    let waiting = pooled(&service).await;
+    service.provisioned("mine").await;
+    let isolated = service
+        .provision_with(None, json!({ "networkMode": "none" }))
+        .await;
+    assert_eq!(isolated.status, StatusCode::CREATED);
+    assert!(!waiting.contains(&isolated.session()));
+    assert_eq!(pooled(&service).await, waiting);
+    assert_eq!(service.backend().calls().start, 3);
+}
+
+#[tokio::test]
+async fn an_empty_pool_falls_back_to_a_cold_start() {
+    let (service, _pool) = filled(1).await;
+    let first = service.provision(None).await;
+    let second = service.provision(None).await;
+    assert_eq!(
+        (first.status, second.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert_ne!(first.session(), second.session());
+    service.running_runner(&second.session());
+    assert_eq!(service.backend().calls().start, 2);
+    assert!(pooled(&service).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_refill_stops_the_step_and_the_next_step_retries() {
+    let service = Service::new(&["--warm-pool-size=2"]).await;
+    let pool = service.warm_pool(2);
+    service
+        .backend()
+        .fail_next_starts([crate::backend::memory::StartFailure::ImageMissing]);
+    assert!(pool.try_once(&CancellationToken::new()).await.is_err());
+    assert!(service.rows().await.is_empty());
+    assert_eq!(pool.try_once(&CancellationToken::new()).await.unwrap(), 2);
+    assert_eq!(pooled(&service).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_cancelled_step_starts_nothing() {
+    let service = Service::new(&["--warm-pool-size=2"]).await;
+    let pool = service.warm_pool(2);
+    let stopped = CancellationToken::new();
+    stopped.cancel();
+    assert_eq!(pool.try_once(&stopped).await.unwrap(), 0);
+    assert_eq!(service.backend().calls().start, 0);
+}
