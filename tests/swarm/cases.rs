@@ -102,7 +102,19 @@ pub async fn concurrent_provisions_of_one_session_make_one_service(
     check(services.len() == 1, || {
         format!("one service expected: {services:?}")
     })?;
-    reached(swarm, endpoints.iter().next().unwrap()).await
+    reached(swarm, endpoints.iter().next().unwrap()).await?;
+    // A network mode cannot be applied to a Swarm service: refused plainly.
+    let (status, body) = service
+        .provision_body(serde_json::json!({ "networkMode": "none" }))
+        .await?;
+    check(
+        status == 400 && body["error"] == "INVALID_NETWORK_MODE",
+        || format!("a networkMode on swarm answered {status}: {body}"),
+    )?;
+    let services = swarm.services(&instance).await?;
+    check(services.len() == 1, || {
+        format!("a refused provision left {services:?}")
+    })
 }
 
 pub async fn deprovision_removes_the_service(swarm: &Swarm) -> Result<(), String> {

@@ -180,10 +180,15 @@ impl Service {
 
     /// A provision as the browser makes its first one: no session id.
     pub async fn provision_without_session(&self) -> Result<(u16, Value), String> {
+        self.provision_body(json!({})).await
+    }
+
+    /// A provision with this JSON body and no session header.
+    pub async fn provision_body(&self, body: Value) -> Result<(u16, Value), String> {
         let response = self
             .http
             .post(format!("{}/api/runner/provision", self.base))
-            .json(&json!({}))
+            .json(&body)
             .send()
             .await
             .map_err(|error| error.to_string())?;
