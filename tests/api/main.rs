@@ -17,3 +17,4 @@ mod restart;
 mod signals;
 mod singleton;
 mod warm_pool;
+mod websocket;
