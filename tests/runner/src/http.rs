@@ -1,10 +1,10 @@
 //! HTTP/1.1 as far as the stand-in runner needs it: one request per
-//! connection, its head and a `Content-Length` body, and a response that
-//! closes the connection.
+//! connection, its head and body (`Content-Length` or chunked), and a
+//! response that closes the connection.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 
-/// Bodies beyond this are refused (engine.io's default `maxHttpBufferSize`).
+/// Bodies are kept up to this size (engine.io's default `maxHttpBufferSize`).
 const MAX_BODY: usize = 1_000_000;
 
 pub struct Request {
@@ -37,15 +37,26 @@ impl Request {
             headers,
             body: Vec::new(),
         };
-        let length: usize = request
-            .header("content-length")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        if length > MAX_BODY {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "body too large"));
+        let chunked = request
+            .header("transfer-encoding")
+            .is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"));
+        if chunked {
+            while let Some(size) = chunk_size(reader)? {
+                read_body(reader, size, &mut request.body)?;
+                reader.read_line(&mut String::new())?;
+            }
+            // Trailers, up to the empty line.
+            let mut line = String::new();
+            while reader.read_line(&mut line)? > 2 {
+                line.clear();
+            }
+        } else {
+            let length = request
+                .header("content-length")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            read_body(reader, length, &mut request.body)?;
         }
-        request.body = vec![0; length];
-        reader.read_exact(&mut request.body)?;
         Ok(request)
     }
 
@@ -86,6 +97,30 @@ impl Request {
             && has_token("upgrade", "websocket")
             && self.header("sec-websocket-key").is_some()
     }
+}
+
+/// The next chunk's size, `None` after the last.
+fn chunk_size(reader: &mut impl BufRead) -> io::Result<Option<u64>> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let size = line.split(';').next().unwrap_or_default().trim();
+    match u64::from_str_radix(size, 16) {
+        Ok(0) => Ok(None),
+        Ok(size) => Ok(Some(size)),
+        Err(_) => Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunk size")),
+    }
+}
+
+/// Appends `length` bytes of body, keeping at most [`MAX_BODY`] of it: the
+/// rest is read and dropped, so that the client sees the answer, not a reset.
+fn read_body(reader: &mut impl BufRead, length: u64, body: &mut Vec<u8>) -> io::Result<()> {
+    let kept = length.min(MAX_BODY.saturating_sub(body.len()) as u64);
+    let read = reader.by_ref().take(kept).read_to_end(body)?;
+    let dropped = io::copy(&mut reader.by_ref().take(length - kept), &mut io::sink())?;
+    if read as u64 + dropped < length {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
 }
 
 pub struct Response {
@@ -151,5 +186,28 @@ mod tests {
         assert_eq!(request.query("s"), None);
         assert_eq!(request.body, b"40");
         assert!(request.is_websocket_upgrade());
+    }
+
+    #[test]
+    fn reads_a_chunked_body_and_drops_what_is_beyond_the_limit() {
+        let wire = "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\nnext";
+        let mut reader = wire.as_bytes();
+        assert_eq!(Request::read(&mut reader).unwrap().body, b"abcde");
+        assert_eq!(reader, b"next");
+
+        let mut wire = format!(
+            "POST /x HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 10
+        )
+        .into_bytes();
+        wire.resize(wire.len() + MAX_BODY + 10, b'x');
+        wire.extend_from_slice(b"next");
+        let mut reader = &wire[..];
+        assert_eq!(Request::read(&mut reader).unwrap().body.len(), MAX_BODY);
+        assert_eq!(reader, b"next");
+
+        let short = "POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc";
+        let error = Request::read(&mut short.as_bytes()).err().unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
