@@ -11,6 +11,7 @@ use std::time::Duration;
 
 #[path = "../support/mod.rs"]
 mod support;
+pub use support::browser::run_browser_client;
 pub use support::cleanup::docker;
 use support::cleanup::{instance_containers, remove_instances_blocking};
 use support::images::{TestImages, build_images};
@@ -30,6 +31,7 @@ use taylored_orchestrator::reconcile::Summary;
 use taylored_orchestrator::service::Service;
 use taylored_orchestrator::startup::Application;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 /// The test images, built (or found) once per test process.
@@ -587,6 +589,90 @@ pub async fn assert_runner_answers(endpoint: &str) {
     })
     .await;
     assert_eq!(body["runner"], "ok");
+}
+
+/// The URL of Socket.IO's websocket transport at a runner's endpoint, as
+/// `io(endpoint)` opens it (`http` becomes `ws`, `https` `wss`).
+pub fn socket_io_websocket_url(endpoint: &str) -> String {
+    let base = endpoint.trim_end_matches('/').replacen("http", "ws", 1);
+    format!("{base}/socket.io/?EIO=4&transport=websocket")
+}
+
+pub type WebSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens a WebSocket to a `ws://` URL. A host under `localhost` (a gateway
+/// endpoint, `<token>.runners.localhost`) is reached on the loopback, as
+/// browsers resolve it, with the URL's host in the `Host` header.
+pub async fn connect_websocket(url: &str) -> Result<WebSocket, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let request = url
+        .into_client_request()
+        .map_err(|error| format!("{url}: {error}"))?;
+    let host = request.uri().host().unwrap_or_default().to_owned();
+    let port = request.uri().port_u16().unwrap_or(80);
+    let address = if host == "localhost" || host.ends_with(".localhost") {
+        "127.0.0.1"
+    } else {
+        host.as_str()
+    };
+    let tcp = tokio::net::TcpStream::connect((address, port))
+        .await
+        .map_err(|error| format!("connect to {url}: {error}"))?;
+    let (socket, _) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .map_err(|error| format!("WebSocket upgrade at {url}: {error}"))?;
+    Ok(socket)
+}
+
+/// The next message, within 10 s.
+pub async fn next_message(socket: &mut WebSocket) -> Message {
+    use futures_util::StreamExt;
+    let next = tokio::time::timeout(Duration::from_secs(10), socket.next()).await;
+    next.expect("a WebSocket message within 10 s")
+        .expect("the WebSocket still open")
+        .expect("a well-formed WebSocket message")
+}
+
+/// Socket.IO's websocket transport at a runner's endpoint, as the stand-in
+/// runner speaks it: the open packet (returned, as JSON), the probe and the
+/// echo of a `42["echo",…]` event and of a binary frame. Retries the
+/// connection for 5 s: a just-started runner may not listen yet.
+pub async fn assert_engine_io_echo(endpoint: &str) -> Value {
+    use futures_util::SinkExt;
+    let url = socket_io_websocket_url(endpoint);
+    let mut socket = wait_for(
+        Duration::from_secs(5),
+        &format!("a WebSocket to {url}"),
+        || {
+            let url = url.clone();
+            async move { connect_websocket(&url).await.ok() }
+        },
+    )
+    .await;
+    let open = next_message(&mut socket).await.into_text().unwrap();
+    let handshake: Value = open
+        .strip_prefix('0')
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_else(|| panic!("not an engine.io open packet: {open}"));
+    assert!(
+        handshake["sid"].as_str().is_some_and(|sid| !sid.is_empty()),
+        "{open}"
+    );
+    assert_eq!(
+        handshake["upgrades"],
+        serde_json::json!(["websocket"]),
+        "{open}"
+    );
+    let event = r#"42["echo",{"n":1,"text":"hé"}]"#;
+    for (sent, answer) in [("2probe", "3probe"), (event, event)] {
+        socket.send(Message::text(sent)).await.unwrap();
+        assert_eq!(next_message(&mut socket).await.into_text().unwrap(), answer);
+    }
+    let bytes = vec![0u8, 1, 2, 255];
+    socket.send(Message::binary(bytes.clone())).await.unwrap();
+    assert_eq!(next_message(&mut socket).await.into_data(), bytes);
+    socket.close(None).await.unwrap();
+    handshake
 }
 
 /// Polls `check` until it gives a value; panics naming `what` if `limit`

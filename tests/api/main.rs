@@ -1,6 +1,7 @@
 //! API tests against a real Docker Engine and real SQLite files.
 
 mod bad_input;
+mod browser;
 mod concurrency;
 mod cors;
 mod crash;
@@ -17,3 +18,4 @@ mod restart;
 mod signals;
 mod singleton;
 mod warm_pool;
+mod websocket;

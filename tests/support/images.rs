@@ -26,12 +26,7 @@ pub fn build_images() -> TestImages {
     require_docker_cli();
     let repo_root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let runner_dir = repo_root.join("tests/runner");
-    let mut hasher = std::hash::DefaultHasher::new();
-    for file in ["Cargo.toml", "src/main.rs"] {
-        let text = std::fs::read(runner_dir.join(file)).expect("read test runner sources");
-        std::hash::Hash::hash(&text, &mut hasher);
-    }
-    let tag = format!("{:016x}", std::hash::Hasher::finish(&hasher));
+    let tag = sources_hash(&runner_dir);
     let images = TestImages {
         runner: format!("taylored-test-runner:{tag}"),
         broken: format!("taylored-test-runner:{tag}-broken-user"),
@@ -105,6 +100,23 @@ pub fn build_images() -> TestImages {
     .unwrap();
     docker_build(context.path(), &images.stubborn);
     images
+}
+
+/// A hash of the runner's manifest, lock file and every source file.
+fn sources_hash(runner_dir: &Path) -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(runner_dir.join("src"))
+        .expect("read tests/runner/src")
+        .map(|entry| entry.expect("read tests/runner/src").path())
+        .collect();
+    files.sort();
+    files.extend(["Cargo.toml", "Cargo.lock"].map(|file| runner_dir.join(file)));
+    let mut hasher = std::hash::DefaultHasher::new();
+    for file in files {
+        let text = std::fs::read(&file).expect("read test runner sources");
+        std::hash::Hash::hash(&file.file_name(), &mut hasher);
+        std::hash::Hash::hash(&text, &mut hasher);
+    }
+    format!("{:016x}", std::hash::Hasher::finish(&hasher))
 }
 
 fn require_docker_cli() {

@@ -19,10 +19,22 @@
 //! user's snippet that starts a background process does, and answers with
 //! its PID; `GET /process/<pid>` answers with that process's state (`Z` for
 //! a zombie) or `gone`.
+//!
+//! WebSocket as the real runner's Socket.IO server speaks it
+//! ([`engine_io`]): `/socket.io/` answers engine.io's polling handshake and
+//! upgrades to its websocket transport, which answers probes and pings,
+//! pings every interval and echoes every message; an upgrade on any other
+//! path is a plain echo. A thread serves each connection.
 
-use std::io::{BufRead, BufReader, Write};
+mod engine_io;
+mod http;
+mod ws;
+
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
+
+use http::{Request, Response};
 
 unsafe extern "C" {
     fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
@@ -53,6 +65,7 @@ fn main() {
         Some("--orphan-parent") => {
             // Starts a child that exits at once and leaves without waiting for
             // it: the child's zombie goes to PID 1.
+            #[allow(clippy::zombie_processes, reason = "the zombie is the point")]
             let child = std::process::Command::new(std::env::current_exe().expect("own path"))
                 .arg("--exit")
                 .spawn()
@@ -61,29 +74,55 @@ fn main() {
             unsafe { _exit(0) }
         }
         Some("--hog-memory-mb") => {
-            let mib: usize = args.get(1).and_then(|n| n.parse().ok()).expect("--hog-memory-mb N");
+            let mib: usize = args
+                .get(1)
+                .and_then(|n| n.parse().ok())
+                .expect("--hog-memory-mb N");
             std::thread::spawn(move || hog_memory(mib));
         }
         Some("--spawn-until-refused") => threads_started = spawn_until_refused(),
         _ => {}
     }
+    let config = Config {
+        threads_started,
+        ping_interval: std::env::var("TEST_RUNNER_PING_INTERVAL_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(engine_io::PING_INTERVAL, Duration::from_millis),
+    };
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".to_owned());
-    let listener = TcpListener::bind(("0.0.0.0", port.parse::<u16>().expect("PORT must be a port number")))
-        .expect("cannot bind PORT");
+    let listener = TcpListener::bind((
+        "0.0.0.0",
+        port.parse::<u16>().expect("PORT must be a port number"),
+    ))
+    .expect("cannot bind PORT");
     eprintln!("test runner listening on {port}");
+    serve(listener, config);
+}
+
+/// What every connection's answer depends on.
+#[derive(Clone, Copy)]
+struct Config {
+    /// Reported by `--spawn-until-refused`.
+    threads_started: usize,
+    /// Engine.io's ping interval.
+    ping_interval: Duration,
+}
+
+fn serve(listener: TcpListener, config: Config) {
     for stream in listener.incoming().flatten() {
         // Answer inline when no thread can be had (PID limit reached).
         let mut stream = Some(stream);
         let spawned = std::thread::Builder::new().spawn({
             let stream = stream.take();
             move || {
-                let _ = stream.map(|stream| answer(stream, threads_started));
+                let _ = stream.map(|stream| answer(stream, config));
             }
         });
-        if spawned.is_err() {
-            if let Some(stream) = stream {
-                let _ = answer(stream, threads_started);
-            }
+        if spawned.is_err()
+            && let Some(stream) = stream
+        {
+            let _ = answer(stream, config);
         }
     }
 }
@@ -132,7 +171,10 @@ fn orphan() -> u32 {
         .arg("--orphan-parent")
         .output()
         .expect("run the orphan's parent");
-    String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0)
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 /// The state letter of `/proc/<pid>/stat` (`Z`: zombie), or `gone`.
@@ -148,17 +190,50 @@ fn process_state(pid: &str) -> String {
         .unwrap_or_else(|| "gone".to_owned())
 }
 
-fn answer(stream: TcpStream, threads_started: usize) -> std::io::Result<()> {
+fn answer(mut stream: TcpStream, config: Config) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Drain the headers so the client sees a clean response.
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
+    let request = Request::read(&mut reader)?;
+    if request.is_websocket_upgrade() {
+        stream.set_read_timeout(None)?;
+        return websocket(&request, reader, stream, config);
     }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let response = if request.path() == engine_io::PATH {
+        engine_io::polling(&request, config.ping_interval)
+    } else {
+        runner_json(&request, config)
+    };
+    response.write_to(&mut stream)
+}
+
+/// Accepts the upgrade: engine.io's websocket transport on its path, a plain
+/// echo elsewhere. `reader` may hold the first frames already.
+fn websocket(
+    request: &Request,
+    reader: BufReader<TcpStream>,
+    mut stream: TcpStream,
+    config: Config,
+) -> std::io::Result<()> {
+    let key = request.header("sec-websocket-key").unwrap_or_default();
+    stream.write_all(ws::handshake_response(key).as_bytes())?;
+    if request.path() == engine_io::PATH {
+        let session = ws::Session {
+            greeting: engine_io::greeting(request, config.ping_interval),
+            heartbeat: Some((config.ping_interval, ws::Message::Text("2".to_owned()))),
+        };
+        ws::serve(reader, stream, session, engine_io::reply)
+    } else {
+        let session = ws::Session {
+            greeting: None,
+            heartbeat: None,
+        };
+        ws::serve(reader, stream, session, Some)
+    }
+}
+
+/// The answer on every other path: a small JSON document naming the path.
+fn runner_json(request: &Request, config: Config) -> Response {
+    let path = request.target.as_str();
     let extra = match path {
         "/orphan" => format!(",\"orphan_pid\":{}", orphan()),
         _ => match path.strip_prefix("/process/") {
@@ -167,15 +242,175 @@ fn answer(stream: TcpStream, threads_started: usize) -> std::io::Result<()> {
         },
     };
     let body = format!(
-        "{{\"runner\":\"ok\",\"path\":\"{}\",\"threads_started\":{threads_started}{extra}}}",
-        path.escape_default()
+        "{{\"runner\":\"ok\",\"path\":\"{}\",\"threads_started\":{}{extra}}}",
+        path.escape_default(),
+        config.threads_started
     );
-    let mut stream = stream;
-    write!(
-        stream,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-        body.len(),
-        body
-    )?;
-    stream.flush()
+    Response::new("200 OK", "application/json", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, Read};
+    use ws::{BINARY, CLOSE, TEXT};
+
+    /// The runner on a port of its own, engine.io pinging every 300 ms.
+    fn runner() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = Config {
+            threads_started: 0,
+            ping_interval: Duration::from_millis(300),
+        };
+        std::thread::spawn(move || serve(listener, config));
+        port
+    }
+
+    /// A client connection after a successful upgrade of `target`.
+    fn upgrade(port: u16, target: &str) -> BufReader<TcpStream> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut head = String::new();
+        while !head.ends_with("\r\n\r\n") {
+            assert!(
+                reader.read_line(&mut head).unwrap() > 0,
+                "connection closed: {head}"
+            );
+        }
+        assert!(
+            head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+            "{head}"
+        );
+        reader
+    }
+
+    fn send(connection: &mut BufReader<TcpStream>, opcode: u8, payload: &[u8]) {
+        let frame = ws::encode(opcode, payload, Some([0xA1, 0xB2, 0xC3, 0xD4]));
+        connection.get_mut().write_all(&frame).unwrap();
+    }
+
+    fn receive(connection: &mut BufReader<TcpStream>) -> (u8, Vec<u8>) {
+        let frame = ws::read_frame(connection).unwrap();
+        assert!(frame.fin);
+        (frame.opcode, frame.payload)
+    }
+
+    fn text(connection: &mut BufReader<TcpStream>) -> String {
+        let (opcode, payload) = receive(connection);
+        assert_eq!(opcode, TEXT);
+        String::from_utf8(payload).unwrap()
+    }
+
+    /// The next text frame that is not the server's ping.
+    fn answer_text(connection: &mut BufReader<TcpStream>) -> String {
+        loop {
+            let text = text(connection);
+            if text != "2" {
+                return text;
+            }
+        }
+    }
+
+    #[test]
+    fn engine_io_over_websocket() {
+        let port = runner();
+        let mut connection = upgrade(port, "/socket.io/?EIO=4&transport=websocket");
+        let open = text(&mut connection);
+        assert!(
+            open.starts_with(r#"0{"sid":""#) && open.contains(r#""pingInterval":300,"#),
+            "{open}"
+        );
+        send(&mut connection, TEXT, b"2probe");
+        assert_eq!(answer_text(&mut connection), "3probe");
+        send(&mut connection, TEXT, b"5");
+        let echo = format!(r#"42["echo","{}"]"#, "x".repeat(70_000));
+        send(&mut connection, TEXT, echo.as_bytes());
+        assert_eq!(answer_text(&mut connection), echo);
+        send(&mut connection, TEXT, b"2");
+        assert_eq!(answer_text(&mut connection), "3");
+        send(&mut connection, BINARY, &[0, 1, 2]);
+        let binary = loop {
+            match receive(&mut connection) {
+                (TEXT, ping) if ping == b"2" => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(binary, (BINARY, vec![0, 1, 2]));
+        // The server's ping, answered; nothing else arrives before the next one.
+        assert_eq!(text(&mut connection), "2");
+        send(&mut connection, TEXT, b"3");
+        assert_eq!(text(&mut connection), "2");
+        send(&mut connection, CLOSE, &1000u16.to_be_bytes());
+        assert_eq!(
+            receive(&mut connection),
+            (CLOSE, 1000u16.to_be_bytes().to_vec())
+        );
+        assert_eq!(
+            connection.read(&mut [0; 1]).unwrap(),
+            0,
+            "closed after the close frame"
+        );
+    }
+
+    #[test]
+    fn upgrade_of_a_polling_session_sends_no_open_packet() {
+        let port = runner();
+        let mut connection = upgrade(port, "/socket.io/?EIO=4&transport=websocket&sid=abc");
+        send(&mut connection, TEXT, b"2probe");
+        assert_eq!(text(&mut connection), "3probe");
+    }
+
+    #[test]
+    fn other_paths_echo_without_pings() {
+        let port = runner();
+        let mut connection = upgrade(port, "/anything?x=1");
+        for message in ["2", "2probe", "hello"] {
+            send(&mut connection, TEXT, message.as_bytes());
+            assert_eq!(text(&mut connection), message);
+        }
+        send(&mut connection, ws::PING, b"p");
+        assert_eq!(receive(&mut connection), (ws::PONG, b"p".to_vec()));
+        connection
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        let error = ws::read_frame(&mut connection).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock,
+            "a frame arrived unasked"
+        );
+    }
+
+    #[test]
+    fn http_answers_stay_as_they_were() {
+        let port = runner();
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(stream, "GET /some/path HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.contains("Content-Type: application/json\r\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.ends_with(r#"{"runner":"ok","path":"/some/path","threads_started":0}"#),
+            "{answer}"
+        );
+    }
 }
