@@ -2,11 +2,11 @@
 //! before a handler runs, so nothing unvalidated reaches Docker or the DB.
 
 use axum::body::{Body, Bytes};
-use futures_util::StreamExt;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::HeaderMap;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
-use axum::http::HeaderMap;
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use super::BODY_LIMIT_BYTES;
@@ -67,9 +67,8 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
         let frame = frame.map_err(|error| {
             ApiError::MalformedJson(format!("Failed to buffer the request body: {error}"))
         })?;
-        let length = whole.as_ref().map_or(0, Bytes::len)
-            + more.as_ref().map_or(0, Vec::len)
-            + frame.len();
+        let length =
+            whole.as_ref().map_or(0, Bytes::len) + more.as_ref().map_or(0, Vec::len) + frame.len();
         if length > BODY_LIMIT_BYTES {
             return Err(ApiError::PayloadTooLarge);
         }
