@@ -954,7 +954,7 @@ async fn sessions(cx: &mut Context) -> Result<()> {
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(taylored_orchestrator::http::serve(
         listener,
-        service.router(readiness),
+        service.front(readiness, shutdown.clone()),
         Duration::from_secs(60),
         shutdown.clone(),
     ));

@@ -6,6 +6,7 @@ pub mod capacity;
 pub mod config;
 pub mod db;
 pub mod drift;
+pub mod gateway;
 pub mod healthcheck;
 pub mod heartbeats;
 pub mod http;
