@@ -217,11 +217,7 @@ async fn unknown_and_removed_runners_answer_404() {
 #[tokio::test]
 async fn the_endpoint_keeps_working_across_a_restart() {
     let env = TestEnv::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let port_arg = format!("--port={port}");
     let app = env.spawn(&[GATEWAY, &port_arg]).await;
     let endpoint = provision(&app, "gw-restart").await;
@@ -285,10 +281,17 @@ async fn an_open_websocket_keeps_a_runner_alive() {
 
 #[tokio::test]
 async fn a_runner_that_does_not_answer_is_a_502() {
-    let app = TestEnv::new()
-        .spawn(&[GATEWAY, "--request-timeout=2"])
-        .await;
+    let env = TestEnv::new();
+    let port = free_port();
+    let port_arg = format!("--port={port}");
+    let app = env.spawn(&[GATEWAY, &port_arg]).await;
     let endpoint = provision(&app, "gw-frozen").await;
+    // Started again with a short wait for response heads (a provision on a
+    // busy engine may take longer than that).
+    let env = app.stop().await;
+    let app = env
+        .spawn(&[GATEWAY, &port_arg, "--request-timeout=2"])
+        .await;
     assert_answers_through_gateway(&endpoint).await;
     let container = app
         .env
@@ -306,4 +309,14 @@ async fn a_runner_that_does_not_answer_is_a_502() {
         "{body}"
     );
     assert_answers_through_gateway(&endpoint).await;
+}
+
+/// A port nothing listens on now, for a service that must keep its port
+/// across a restart.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
