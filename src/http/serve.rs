@@ -50,6 +50,9 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        // Small frames carried both ways (the gateway's WebSockets) go out
+        // at once rather than waiting for an acknowledgement.
+        let _ = stream.set_nodelay(true);
         let service = front
             .clone()
             .map_request(move |mut request: Request<Incoming>| {
