@@ -31,19 +31,27 @@
 //! forgets a running session that its row's own check then spares. A clean stop flushes after the server has stopped; a crash loses
 //! at most one interval, which does not matter because the startup
 //! reconcile gives every kept runner a fresh heartbeat.
+//!
+//! The same set routes the gateway (`RUNNER_ACCESS=gateway`): each running
+//! session's token and address are admitted, loaded and forgotten with it,
+//! so a request for `<token>.<GATEWAY_DOMAIN>` is routed without reading
+//! SQLite, and counts as the runner's heartbeat ([`Heartbeats::visit`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, RunningRunner};
+use crate::gateway::{Route, RunnerAddress};
 use crate::metrics::{Metrics, WriteResult};
 use crate::session::RunnerKind;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Seen {
     kind: RunnerKind,
+    /// Its key in [`Cache::routes`], if the gateway can reach it.
+    token: Option<String>,
     at: DateTime<Utc>,
     /// Not yet written to the database.
     unflushed: bool,
@@ -54,7 +62,41 @@ struct Seen {
 #[derive(Debug, Default)]
 struct Cache {
     sessions: HashMap<String, Seen>,
+    /// The gateway's routes: token to session and address.
+    routes: HashMap<String, Target>,
     admissions: u64,
+}
+
+#[derive(Debug)]
+struct Target {
+    session_id: String,
+    address: RunnerAddress,
+}
+
+impl Cache {
+    fn remove(&mut self, session_id: &str) {
+        if let Some(token) = self.sessions.remove(session_id).and_then(|seen| seen.token) {
+            self.routes.remove(&token);
+        }
+    }
+
+    /// Points `seen`'s token at `route`, dropping a route it had before.
+    fn set_route(&mut self, session_id: &str, route: Option<Route>) {
+        let Some(seen) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        let token = route.as_ref().map(|route| route.token.clone());
+        if let Some(old) = std::mem::replace(&mut seen.token, token) {
+            self.routes.remove(&old);
+        }
+        if let Some(route) = route {
+            let target = Target {
+                session_id: session_id.to_owned(),
+                address: route.address,
+            };
+            self.routes.insert(route.token, target);
+        }
+    }
 }
 
 /// A heartbeat time not yet in the database.
@@ -87,11 +129,32 @@ impl Heartbeats {
         Some(seen.kind)
     }
 
+    /// Records a request through the gateway for `token` as a heartbeat of
+    /// its runner, and returns where that runner is reached; `None`: no
+    /// running runner has this token.
+    pub fn visit(&self, token: &str, at: DateTime<Utc>) -> Option<RunnerAddress> {
+        let mut cache = self.cache();
+        let Cache {
+            sessions, routes, ..
+        } = &mut *cache;
+        let target = routes.get(token)?;
+        let seen = sessions.get_mut(&target.session_id)?;
+        seen.at = seen.at.max(at);
+        seen.unflushed = true;
+        Some(target.address.clone())
+    }
+
     /// Admits a session whose row has just become (or been found) `running`
-    /// with a heartbeat time at or before `at`; the caller holds the lock
-    /// that the session's removal takes. A session already admitted keeps
-    /// its newer time and unwritten heartbeat.
-    pub fn admit(&self, session_id: &str, kind: RunnerKind, at: DateTime<Utc>) {
+    /// with a heartbeat time at or before `at`, and its gateway route; the
+    /// caller holds the lock that the session's removal takes. A session
+    /// already admitted keeps its newer time and unwritten heartbeat.
+    pub fn admit(
+        &self,
+        session_id: &str,
+        kind: RunnerKind,
+        at: DateTime<Utc>,
+        route: Option<Route>,
+    ) {
         let mut cache = self.cache();
         cache.admissions += 1;
         let admission = cache.admissions;
@@ -105,38 +168,40 @@ impl Heartbeats {
             })
             .or_insert(Seen {
                 kind,
+                token: None,
                 at,
                 unflushed: false,
                 admission,
             });
+        cache.set_route(session_id, route);
     }
 
     /// Replaces the whole set with the sessions of the running rows, read
     /// at `at` or later. Only for the start, while no request, sweep or
     /// reconcile changes runners.
-    pub fn replace_all(&self, running: Vec<(String, RunnerKind)>, at: DateTime<Utc>) {
+    pub fn replace_all(&self, running: Vec<RunningRunner>, at: DateTime<Utc>) {
         let mut cache = self.cache();
-        let mut admission = cache.admissions;
-        cache.sessions = running
-            .into_iter()
-            .map(|(session_id, kind)| {
-                admission += 1;
-                let seen = Seen {
-                    kind,
-                    at,
-                    unflushed: false,
-                    admission,
-                };
-                (session_id, seen)
-            })
-            .collect();
-        cache.admissions = admission;
+        cache.sessions.clear();
+        cache.routes.clear();
+        for runner in running {
+            cache.admissions += 1;
+            let seen = Seen {
+                kind: runner.kind,
+                token: None,
+                at,
+                unflushed: false,
+                admission: cache.admissions,
+            };
+            cache.sessions.insert(runner.session_id.clone(), seen);
+            let route = Route::of(runner.token, runner.host_port, runner.node_host.as_deref());
+            cache.set_route(&runner.session_id, route);
+        }
     }
 
     /// Drops the session before its runner stops being `running`: from then
     /// on its heartbeats answer that it has none.
     pub fn forget(&self, session_id: &str) {
-        self.cache().sessions.remove(session_id);
+        self.cache().remove(session_id);
     }
 
     /// [`Heartbeats::forget`] for the reaper: a heartbeat at or after `since`
@@ -150,7 +215,7 @@ impl Heartbeats {
         {
             return false;
         }
-        cache.sessions.remove(session_id);
+        cache.remove(session_id);
         true
     }
 
@@ -163,7 +228,7 @@ impl Heartbeats {
             .get(&pending.session_id)
             .is_some_and(|seen| seen.admission == pending.admission)
         {
-            cache.sessions.remove(&pending.session_id);
+            cache.remove(&pending.session_id);
         }
     }
 
@@ -214,6 +279,11 @@ impl HeartbeatWriter {
             metrics,
             flushing: Arc::default(),
         }
+    }
+
+    /// The running set itself (what the gateway routes by).
+    pub fn running(&self) -> &Heartbeats {
+        &self.heartbeats
     }
 
     /// Replaces the set that answers heartbeats with the database's running
@@ -287,7 +357,7 @@ mod tests {
     #[test]
     fn admitted_sessions_are_answered_and_flushed_once_they_heartbeat() {
         let heartbeats = Heartbeats::default();
-        heartbeats.admit("a", RunnerKind::Session, at(1));
+        heartbeats.admit("a", RunnerKind::Session, at(1), None);
         // The admission's time is the row's own: nothing to write yet.
         assert!(heartbeats.take_unflushed().is_empty());
         assert_eq!(heartbeats.record("a", at(5)), Some(RunnerKind::Session));
@@ -300,12 +370,12 @@ mod tests {
     #[test]
     fn admitting_again_keeps_a_newer_unwritten_heartbeat() {
         let heartbeats = Heartbeats::default();
-        heartbeats.admit("a", RunnerKind::Session, at(1));
+        heartbeats.admit("a", RunnerKind::Session, at(1), None);
         heartbeats.record("a", at(9));
         // A reconcile keeping the runner, with an older view of time.
-        heartbeats.admit("a", RunnerKind::Session, at(4));
+        heartbeats.admit("a", RunnerKind::Session, at(4), None);
         assert_eq!(times(&heartbeats.take_unflushed()), [("a", at(9))]);
-        heartbeats.admit("a", RunnerKind::Singleton, at(12));
+        heartbeats.admit("a", RunnerKind::Singleton, at(12), None);
         assert_eq!(heartbeats.record("a", at(10)), Some(RunnerKind::Singleton));
         assert_eq!(times(&heartbeats.take_unflushed()), [("a", at(12))]);
     }
@@ -313,15 +383,28 @@ mod tests {
     #[test]
     fn replacing_the_set_admits_exactly_the_running_rows() {
         let heartbeats = Heartbeats::default();
-        heartbeats.admit("gone", RunnerKind::Session, at(1));
+        heartbeats.admit("gone", RunnerKind::Session, at(1), None);
+        let running = |session_id: &str, kind, token: &str, host_port| RunningRunner {
+            session_id: session_id.to_owned(),
+            kind,
+            token: token.to_owned(),
+            host_port,
+            node_host: None,
+        };
         heartbeats.replace_all(
             vec![
-                ("a".to_owned(), RunnerKind::Session),
-                ("shared".to_owned(), RunnerKind::Singleton),
+                running("a", RunnerKind::Session, "t-a", Some(40000)),
+                running("shared", RunnerKind::Singleton, "t-s", None),
             ],
             at(7),
         );
         assert_eq!(heartbeats.record("gone", at(8)), None);
+        assert_eq!(
+            heartbeats.visit("t-a", at(7)).map(|a| a.to_string()),
+            Some("127.0.0.1:40000".to_owned())
+        );
+        // No published port: nothing for the gateway to reach.
+        assert_eq!(heartbeats.visit("t-s", at(8)), None);
         assert_eq!(heartbeats.record("a", at(8)), Some(RunnerKind::Session));
         assert_eq!(
             heartbeats.record("shared", at(8)),
@@ -331,10 +414,55 @@ mod tests {
         assert!(!heartbeats.forget_unless_seen_since("a", at(7)));
     }
 
+    fn route(token: &str, port: u16) -> Option<Route> {
+        Route::of(token.to_owned(), Some(port), None)
+    }
+
+    #[test]
+    fn a_visit_through_the_gateway_is_a_heartbeat_of_the_tokens_runner() {
+        let heartbeats = Heartbeats::default();
+        heartbeats.admit("a", RunnerKind::Session, at(1), route("t-1", 40001));
+        assert_eq!(heartbeats.visit("t-unknown", at(2)), None);
+        assert!(heartbeats.take_unflushed().is_empty());
+        let address = heartbeats.visit("t-1", at(5)).unwrap();
+        assert_eq!(address.to_string(), "127.0.0.1:40001");
+        assert_eq!(times(&heartbeats.take_unflushed()), [("a", at(5))]);
+        // The session id is no route.
+        assert_eq!(heartbeats.visit("a", at(6)), None);
+    }
+
+    #[test]
+    fn routes_follow_admissions_and_removals() {
+        let heartbeats = Heartbeats::default();
+        heartbeats.admit("a", RunnerKind::Session, at(1), route("t-1", 40001));
+        // Kept by a reconcile on another port: the same token, the new port.
+        heartbeats.admit("a", RunnerKind::Session, at(2), route("t-1", 40002));
+        assert_eq!(
+            heartbeats.visit("t-1", at(3)).unwrap().to_string(),
+            "127.0.0.1:40002"
+        );
+        // A new token replaces the old one.
+        heartbeats.admit("a", RunnerKind::Session, at(3), route("t-2", 40002));
+        assert_eq!(heartbeats.visit("t-1", at(4)), None);
+        assert!(heartbeats.visit("t-2", at(4)).is_some());
+        heartbeats.forget("a");
+        assert_eq!(heartbeats.visit("t-2", at(5)), None);
+
+        heartbeats.admit("b", RunnerKind::Session, at(1), route("t-3", 40003));
+        assert!(heartbeats.forget_unless_seen_since("b", at(2)));
+        assert_eq!(heartbeats.visit("t-3", at(3)), None);
+
+        heartbeats.admit("c", RunnerKind::Session, at(1), route("t-4", 40004));
+        heartbeats.visit("t-4", at(2));
+        let gone = heartbeats.take_unflushed();
+        heartbeats.forget_gone(&gone[0]);
+        assert_eq!(heartbeats.visit("t-4", at(3)), None);
+    }
+
     #[test]
     fn a_failed_flush_is_retried() {
         let heartbeats = Heartbeats::default();
-        heartbeats.admit("a", RunnerKind::Singleton, at(1));
+        heartbeats.admit("a", RunnerKind::Singleton, at(1), None);
         heartbeats.record("a", at(2));
         let batch = heartbeats.take_unflushed();
         heartbeats.unflushed_again(&batch);
@@ -344,7 +472,7 @@ mod tests {
     #[test]
     fn the_reaper_spares_a_session_seen_since_its_cutoff() {
         let heartbeats = Heartbeats::default();
-        heartbeats.admit("a", RunnerKind::Session, at(10));
+        heartbeats.admit("a", RunnerKind::Session, at(10), None);
         assert!(!heartbeats.forget_unless_seen_since("a", at(10)));
         assert_eq!(heartbeats.record("a", at(10)), Some(RunnerKind::Session));
         assert!(heartbeats.forget_unless_seen_since("a", at(11)));
@@ -355,7 +483,7 @@ mod tests {
     #[test]
     fn forgetting_always_drops() {
         let heartbeats = Heartbeats::default();
-        heartbeats.admit("a", RunnerKind::Session, at(10));
+        heartbeats.admit("a", RunnerKind::Session, at(10), None);
         heartbeats.record("a", at(11));
         heartbeats.forget("a");
         assert_eq!(heartbeats.record("a", at(12)), None);
@@ -365,7 +493,7 @@ mod tests {
     #[test]
     fn a_flush_forgets_a_gone_session_but_not_its_next_runner() {
         let heartbeats = Heartbeats::default();
-        heartbeats.admit("a", RunnerKind::Session, at(1));
+        heartbeats.admit("a", RunnerKind::Session, at(1), None);
         heartbeats.record("a", at(2));
         let first = heartbeats.take_unflushed();
         // Heartbeats of the same runner since the flush took its time do not
@@ -374,19 +502,19 @@ mod tests {
         heartbeats.forget_gone(&first[0]);
         assert_eq!(heartbeats.record("a", at(4)), None);
 
-        heartbeats.admit("a", RunnerKind::Session, at(5));
+        heartbeats.admit("a", RunnerKind::Session, at(5), None);
         heartbeats.record("a", at(6));
         let stale = heartbeats.take_unflushed();
         heartbeats.forget("a");
         // Removed and provisioned again while the flush was writing.
-        heartbeats.admit("a", RunnerKind::Session, at(7));
+        heartbeats.admit("a", RunnerKind::Session, at(7), None);
         heartbeats.forget_gone(&stale[0]);
         assert_eq!(heartbeats.record("a", at(8)), Some(RunnerKind::Session));
 
         // Kept by a reconcile while the flush was writing: admitted again.
         heartbeats.record("a", at(9));
         let kept = heartbeats.take_unflushed();
-        heartbeats.admit("a", RunnerKind::Session, at(10));
+        heartbeats.admit("a", RunnerKind::Session, at(10), None);
         heartbeats.forget_gone(&kept[0]);
         assert_eq!(heartbeats.record("a", at(11)), Some(RunnerKind::Session));
     }

@@ -8,6 +8,7 @@ pub mod db;
 pub mod drift;
 #[cfg(test)]
 mod fast_tier;
+pub mod gateway;
 pub mod healthcheck;
 pub mod heartbeats;
 pub mod http;

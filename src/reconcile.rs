@@ -22,6 +22,7 @@ use crate::config::OrphanPolicy;
 use crate::db::{
     Actor, AuditAction, AuditEntry, Db, DbError, FoundRunner, RowChanges, RunnerRow, RunnerState,
 };
+use crate::gateway::{Route, token};
 use crate::lifecycle::{Lifecycle, REMOVAL_CONCURRENCY, Removal, lock_key};
 use crate::locks::SessionGuard;
 use crate::metrics::{Metrics, ReconcileAction};
@@ -321,11 +322,13 @@ fn found<'a>(
     container: &'a ObservedRunner,
     kind: RunnerKind,
     pooled: bool,
+    token: String,
     action: AuditAction,
     reason: &'a str,
 ) -> (FoundRunner<'a>, AuditEntry<'a>) {
     let runner = FoundRunner {
         pooled,
+        token,
         session_id: &container.session_id,
         kind,
         container_name: &container.name,
@@ -653,6 +656,7 @@ impl Reconciler {
                     container,
                     row.kind,
                     row.pooled,
+                    row.token.clone(),
                     AuditAction::Kept,
                     reason,
                 )),
@@ -661,6 +665,7 @@ impl Reconciler {
                         container,
                         container.kind,
                         container.pooled,
+                        token::generate(),
                         AuditAction::Adopted,
                         "running runner without a row",
                     ));
@@ -668,14 +673,18 @@ impl Reconciler {
             }
         }
         match self.db().write_changes(&changes, Utc::now()).await {
-            Ok(()) => {
+            Ok(mut tokens) => {
                 summary.rows_dropped += changes.dropped.len();
                 for _ in &changes.dropped {
                     self.count(ReconcileAction::RowDropped);
                 }
                 for (runner, entry) in &changes.observed {
+                    let host = runner.node.map(|node| node.host.as_str());
+                    let route = tokens
+                        .remove(runner.session_id)
+                        .and_then(|token| Route::of(token, runner.host_port, host));
                     self.lifecycle()
-                        .track_running(runner.session_id, runner.kind);
+                        .track_running(runner.session_id, runner.kind, route);
                     let kept = entry.action == AuditAction::Kept;
                     if kept {
                         summary.kept += 1;
@@ -761,6 +770,20 @@ mod tests {
         assert_eq!(row.kind, RunnerKind::Singleton);
         assert_eq!(row.container_id, Some(orphan.id));
         assert_eq!(row.host_port, orphan.host_port);
+        // An adopted runner gets a token, and the gateway a route to it.
+        assert!(crate::gateway::token::is_token(&row.token), "{row:?}");
+        let routes = harness.service.heartbeats.running();
+        let address = routes.visit(&row.token, Utc::now()).unwrap();
+        assert_eq!(
+            address.to_string(),
+            format!("127.0.0.1:{}", row.host_port.unwrap())
+        );
+        // Kept by the next start: the same token.
+        let (summary, _) = reconciler.run_startup().await.unwrap();
+        assert_eq!(summary.kept, 1);
+        let kept = harness.db().find("orphan").await.unwrap().unwrap();
+        assert_eq!(kept.token, row.token);
+        assert!(routes.visit(&row.token, Utc::now()).is_some());
     }
 
     fn row(session: &str, state: RunnerState, container: Option<&str>) -> RunnerRow {
@@ -778,6 +801,7 @@ mod tests {
             pooled: false,
             node: None,
             node_host: None,
+            token: format!("token-{session}"),
         }
     }
 

@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::RunnerBackend;
 use crate::backend::health::EngineHealth;
 use crate::config::{OrphanPolicy, Settings};
 use crate::db::Db;
+use crate::gateway::{Front, Gateway};
 use crate::heartbeats::{HeartbeatWriter, Heartbeats};
 use crate::lifecycle::{Lifecycle, Runners};
 use crate::metrics::Metrics;
@@ -68,6 +70,21 @@ impl Service {
     /// `readiness` says so.
     pub fn router(&self, readiness: Readiness) -> Router {
         crate::http::router(self, readiness)
+    }
+
+    /// The service's HTTP front: the API, and in `RUNNER_ACCESS=gateway`
+    /// the runner gateway for hosts under `GATEWAY_DOMAIN`. `shutdown`
+    /// ends the gateway's open WebSockets.
+    pub fn front(&self, readiness: Readiness, shutdown: CancellationToken) -> Front {
+        let gateway = self.settings.gateway_mode().then(|| {
+            Gateway::new(
+                &self.settings,
+                self.heartbeats.running().clone(),
+                readiness.clone(),
+                shutdown,
+            )
+        });
+        Front::new(self.router(readiness), gateway)
     }
 
     /// The reaper with the settings' schedule.

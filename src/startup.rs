@@ -45,7 +45,7 @@ impl Application {
 
     /// The service on a given backend (the in-memory one in tests).
     pub async fn build_with_backend(
-        settings: Settings,
+        mut settings: Settings,
         backend: Arc<dyn RunnerBackend>,
     ) -> anyhow::Result<Self> {
         let db = Db::connect(&settings.database_url).await?;
@@ -58,6 +58,19 @@ impl Application {
                 )
             })?;
         let address = listener.local_addr()?;
+        // Gateway endpoints name the port clients reach: a proxy's, else
+        // the one bound (`PORT=0` picks it now).
+        let public_port = &mut settings.access.gateway_public_port;
+        public_port.get_or_insert(address.port());
+        if settings.gateway_mode()
+            && settings.runner_backend == crate::config::BackendKind::Docker
+            && settings.limits.runner_network.is_none()
+        {
+            tracing::warn!(
+                "RUNNER_ACCESS=gateway without RUNNER_NETWORK: runners on the default bridge \
+                 can reach one another's port directly; set RUNNER_NETWORK (see README)"
+            );
+        }
         Ok(Self {
             listener,
             address,
@@ -115,11 +128,11 @@ impl Application {
             }
         });
         tracing::info!(address = %self.address, "listening");
-        let router = self.service.router(self.readiness);
+        let front = self.service.front(self.readiness, shutdown.clone());
         // Request heads get REQUEST_TIMEOUT_SECONDS too (see `http::serve`).
         let server = crate::http::serve(
             self.listener,
-            router,
+            front,
             settings.request_timeout,
             shutdown.clone(),
         );

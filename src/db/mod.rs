@@ -8,6 +8,7 @@
 
 mod migrate;
 
+use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -103,6 +104,18 @@ pub struct RunnerRow {
     pub node: Option<String>,
     /// Where clients reach that node (the endpoint's host).
     pub node_host: Option<String>,
+    /// The secret label of its host name behind the gateway.
+    pub token: String,
+}
+
+/// A running runner as the start loads it into memory (see `heartbeats`).
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct RunningRunner {
+    pub session_id: String,
+    pub kind: RunnerKind,
+    pub token: String,
+    pub host_port: Option<u16>,
+    pub node_host: Option<String>,
 }
 
 /// Who changed a runner; the `actor` column of the audit log.
@@ -194,6 +207,8 @@ pub struct NewRunner<'a> {
     pub network_mode: &'a NetworkMode,
     /// Started for the warm pool rather than for a client.
     pub pooled: bool,
+    /// Its gateway token (see `gateway::token`).
+    pub token: &'a str,
 }
 
 /// A running runner a reconcile found, to record (kept or adopted).
@@ -207,6 +222,9 @@ pub struct FoundRunner<'a> {
     pub network_mode: &'a NetworkMode,
     pub pooled: bool,
     pub node: Option<&'a RunnerNode>,
+    /// Its row's token when kept, a fresh one when adopted (a kept row
+    /// keeps its own whatever this says).
+    pub token: String,
 }
 
 /// The row changes of one reconcile, written together by
@@ -275,7 +293,7 @@ pub struct Db {
 macro_rules! runner_columns {
     () => {
         "session_id, kind, state, container_name, container_id, host_port, network_mode, \
-         created_at, updated_at, last_heartbeat_at, pooled, node, node_host"
+         created_at, updated_at, last_heartbeat_at, pooled, node, node_host, token"
     };
 }
 
@@ -448,8 +466,8 @@ impl Db {
         let now = timestamp(now);
         let inserted = sqlx::query(
             "INSERT INTO runners (session_id, kind, state, container_name, network_mode, \
-             created_at, updated_at, last_heartbeat_at, pooled) \
-             SELECT ?1, ?2, 'provisioning', ?3, ?4, ?5, ?5, ?5, ?7 \
+             created_at, updated_at, last_heartbeat_at, pooled, token) \
+             SELECT ?1, ?2, 'provisioning', ?3, ?4, ?5, ?5, ?5, ?7, ?8 \
              WHERE ?6 = 0 OR (SELECT COUNT(*) FROM runners) < ?6 \
              ON CONFLICT DO NOTHING",
         )
@@ -460,6 +478,7 @@ impl Db {
         .bind(&now)
         .bind(limit)
         .bind(runner.pooled)
+        .bind(runner.token)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -550,13 +569,16 @@ impl Db {
         Ok(transaction.commit().await?)
     }
 
-    /// Every session with a running runner and its kind: the set that
-    /// answers heartbeats at start (see `heartbeats`).
-    pub async fn running_sessions(&self) -> Result<Vec<(String, RunnerKind)>, DbError> {
-        sqlx::query_as("SELECT session_id, kind FROM runners WHERE state = 'running'")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(DbError::from)
+    /// Every running runner, with what the gateway needs to route to it:
+    /// the set that answers heartbeats at start (see `heartbeats`).
+    pub async fn running_sessions(&self) -> Result<Vec<RunningRunner>, DbError> {
+        sqlx::query_as(
+            "SELECT session_id, kind, token, host_port, node_host FROM runners \
+             WHERE state = 'running'",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(DbError::from)
     }
 
     /// Writes a batch of heartbeat times in one statement, never moving a
@@ -642,14 +664,15 @@ impl Db {
     /// Writes a reconcile's row changes in one transaction: a restart with
     /// hundreds of runners costs one commit, not one each. Recorded runners
     /// get a last heartbeat of at least `now`, so clients whose heartbeats
-    /// failed while the service was down get a full grace period.
+    /// failed while the service was down get a full grace period. Returns
+    /// the token of each recorded runner (a kept row keeps its own).
     pub async fn write_changes(
         &self,
         changes: &RowChanges<'_>,
         now: DateTime<Utc>,
-    ) -> Result<(), DbError> {
+    ) -> Result<HashMap<String, String>, DbError> {
         if changes.is_empty() {
-            return Ok(());
+            return Ok(HashMap::new());
         }
         let now = timestamp(now);
         // A few statements over JSON arrays, not one per runner: statements
@@ -667,6 +690,7 @@ impl Db {
                 "pooled": runner.pooled,
                 "node": runner.node.map(|node| &node.name),
                 "node_host": runner.node.map(|node| &node.host),
+                "token": runner.token,
             })
         }));
         let audit = json_array(
@@ -689,24 +713,25 @@ impl Db {
         .bind(removing)
         .execute(&mut *transaction)
         .await?;
-        sqlx::query(
+        let tokens: Vec<(String, String)> = sqlx::query_as(
             "INSERT INTO runners (session_id, kind, state, container_name, container_id, \
              host_port, network_mode, created_at, updated_at, last_heartbeat_at, pooled, \
-             node, node_host) \
+             node, node_host, token) \
              SELECT value ->> 'session_id', value ->> 'kind', 'running', \
                 value ->> 'container_name', value ->> 'container_id', value ->> 'host_port', \
                 value ->> 'network_mode', ?1, ?1, ?1, value ->> 'pooled', \
-                value ->> 'node', value ->> 'node_host' \
+                value ->> 'node', value ->> 'node_host', value ->> 'token' \
              FROM json_each(?2) WHERE true \
              ON CONFLICT (session_id) DO UPDATE SET state = 'running', \
              container_name = excluded.container_name, container_id = excluded.container_id, \
              host_port = excluded.host_port, node = excluded.node, \
              node_host = excluded.node_host, updated_at = excluded.updated_at, \
-             last_heartbeat_at = MAX(runners.last_heartbeat_at, excluded.last_heartbeat_at)",
+             last_heartbeat_at = MAX(runners.last_heartbeat_at, excluded.last_heartbeat_at) \
+             RETURNING session_id, token",
         )
         .bind(&now)
         .bind(observed)
-        .execute(&mut *transaction)
+        .fetch_all(&mut *transaction)
         .await?;
         sqlx::query(
             "INSERT INTO audit_log (at, session_id, container_id, actor, action, reason) \
@@ -718,7 +743,8 @@ impl Db {
         .bind(audit)
         .execute(&mut *transaction)
         .await?;
-        Ok(transaction.commit().await?)
+        transaction.commit().await?;
+        Ok(tokens.into_iter().collect())
     }
 
     pub async fn audit(&self, entry: &AuditEntry<'_>, now: DateTime<Utc>) -> Result<(), DbError> {

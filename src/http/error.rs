@@ -33,6 +33,12 @@ pub enum ApiError {
     InvalidNetworkMode(&'static str),
     #[error("runner not found")]
     RunnerNotFound,
+    /// The gateway knows no running runner under this host name.
+    #[error("no runner at this host")]
+    NoRunnerAtHost,
+    /// The gateway could not get an answer from the runner; says why.
+    #[error("runner unreachable: {0}")]
+    RunnerUnreachable(String),
     #[error("singleton runner not found")]
     SingletonNotFound,
     #[error("docker image {0} not found")]
@@ -144,9 +150,11 @@ impl ApiError {
             | ApiError::InvalidNetworkMode(_)
             | ApiError::NetworkNotFound(_)
             | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            ApiError::RunnerNotFound | ApiError::SingletonNotFound | ApiError::RouteNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::RunnerNotFound
+            | ApiError::SingletonNotFound
+            | ApiError::RouteNotFound
+            | ApiError::NoRunnerAtHost => StatusCode::NOT_FOUND,
+            ApiError::RunnerUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -167,7 +175,10 @@ impl ApiError {
             ApiError::SessionIdRequired(_) => "SESSION_ID_REQUIRED",
             ApiError::InvalidSessionId(_) => "INVALID_SESSION_ID",
             ApiError::InvalidNetworkMode(_) => "INVALID_NETWORK_MODE",
-            ApiError::RunnerNotFound | ApiError::SingletonNotFound => "RUNNER_NOT_FOUND",
+            ApiError::RunnerNotFound | ApiError::SingletonNotFound | ApiError::NoRunnerAtHost => {
+                "RUNNER_NOT_FOUND"
+            }
+            ApiError::RunnerUnreachable(_) => "RUNNER_UNREACHABLE",
             ApiError::ImageNotFound(_) => "DOCKER_IMAGE_NOT_FOUND",
             ApiError::NetworkNotFound(_) => "NETWORK_NOT_FOUND",
             ApiError::MalformedJson(_) => "INVALID_JSON",
@@ -196,6 +207,12 @@ impl ApiError {
             ApiError::InvalidSessionId(reason) => reason.to_string(),
             ApiError::InvalidNetworkMode(reason) => (*reason).to_owned(),
             ApiError::RunnerNotFound => "No active runner found for this session ID.".to_owned(),
+            ApiError::NoRunnerAtHost => {
+                "No active runner at this address; it may have been removed.".to_owned()
+            }
+            ApiError::RunnerUnreachable(reason) => {
+                format!("The runner is not answering ({reason}).")
+            }
             ApiError::SingletonNotFound => {
                 "Singleton runner not found or session ID mismatch.".to_owned()
             }

@@ -7,35 +7,38 @@
 //! starts once the head is complete). Here hyper closes such a connection
 //! after `REQUEST_TIMEOUT_SECONDS`, without an answer; an idle keep-alive
 //! connection too. And a connection that ends lingers (see [`super::linger`]),
-//! so that a client still sending a refused body reads the 413.
+//! so that a client still sending a refused body reads the 413. Connections
+//! may be upgraded (the gateway's WebSockets), so the graceful shutdown is
+//! done here: `GracefulShutdown` cannot watch an upgradeable connection.
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use crate::gateway::Front;
 
 use super::linger::LingeringClose;
 
-/// Serves `router` until `shutdown` is cancelled, then stops accepting and
+/// Serves `front` until `shutdown` is cancelled, then stops accepting and
 /// waits for the open connections to finish their requests. Handlers get
 /// the peer address as `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    front: Front,
     head_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(head_timeout);
-    let connections = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -47,24 +50,40 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
-        let service = router
+        // Small frames carried both ways (the gateway's WebSockets) go out
+        // at once rather than waiting for an acknowledgement.
+        let _ = stream.set_nodelay(true);
+        let service = front
             .clone()
             .map_request(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
             });
-        let connection = connections.watch(http.serve_connection(
-            TokioIo::new(LingeringClose::new(stream, shutdown.clone())),
-            TowerToHyperService::new(service),
-        ));
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
+        let connection = http
+            .serve_connection(
+                TokioIo::new(LingeringClose::new(stream, shutdown.clone())),
+                TowerToHyperService::new(service),
+            )
+            .with_upgrades();
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = stop.cancelled() => {
+                    // Finishes the request in flight, then closes.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    connections.shutdown().await;
+    connections.close();
+    connections.wait().await;
 }
 
 /// As `axum::serve`: a connection the peer gave up on is nothing; anything

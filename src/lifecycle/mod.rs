@@ -26,6 +26,7 @@ pub use runners::{Heartbeat, NO_ENDPOINT, Provisioned, RunnerInfo, Runners};
 use crate::backend::health::EngineHealth;
 use crate::backend::{EngineError, ObservedRunner, RunnerBackend, Stop};
 use crate::db::{Actor, AuditAction, AuditEntry, Db, DbError, RunnerRow};
+use crate::gateway::Route;
 use crate::heartbeats::Heartbeats;
 use crate::locks::{SessionGuard, SessionLocks};
 use crate::metrics::{EngineErrorKind, Metrics, ReconcileAction};
@@ -254,9 +255,10 @@ impl Lifecycle {
     }
 
     /// Admits a session whose row has just been recorded `running` into the
-    /// set that answers heartbeats; the caller holds the session's lock.
-    pub fn track_running(&self, session_id: &str, kind: RunnerKind) {
-        self.heartbeats.admit(session_id, kind, Utc::now());
+    /// set that answers heartbeats, with its gateway route; the caller holds
+    /// the session's lock.
+    pub fn track_running(&self, session_id: &str, kind: RunnerKind, route: Option<Route>) {
+        self.heartbeats.admit(session_id, kind, Utc::now(), route);
     }
 
     /// Called before a runner's row stops being `running`, so that its

@@ -10,6 +10,7 @@ use crate::backend::{EngineError, NetworkMode, RunnerSpec, Stop};
 use crate::capacity::RunnerLimit;
 use crate::config::Settings;
 use crate::db::{Actor, AuditAction, Claim, NewRunner, RunnerRow, RunnerState};
+use crate::gateway::{Route, token};
 use crate::metrics::{HeartbeatResult, ProvisionResult};
 use crate::session::{RunnerKind, SessionId};
 
@@ -206,6 +207,7 @@ impl Runners {
         // waits for the engine to settle only for rows that young.
         let _turn = self.turn_to_start().await;
         let limit = self.runner_limit().await?;
+        let token = token::generate();
         let claim = self
             .lifecycle
             .db
@@ -216,6 +218,7 @@ impl Runners {
                     container_name: &container_name,
                     network_mode,
                     pooled,
+                    token: &token,
                 },
                 limit,
                 Utc::now(),
@@ -263,7 +266,10 @@ impl Runners {
                 .await;
             return Err(error.into());
         }
-        self.lifecycle.track_running(session.as_str(), kind);
+        let node_host = started.node.as_ref().map(|node| node.host.as_str());
+        let endpoint = self.endpoint(started.host_port, node_host, &token);
+        let route = Route::of(token, started.host_port, node_host);
+        self.lifecycle.track_running(session.as_str(), kind, route);
         tracing::info!(session_id = %session, container_id = %started.id,
             host_port = ?started.host_port, "runner provisioned");
         self.lifecycle
@@ -271,10 +277,7 @@ impl Runners {
             .provision_duration(started_at.elapsed());
         Ok(Provisioned::Created(RunnerInfo {
             session_id: session.to_string(),
-            endpoint: self.endpoint(
-                started.host_port,
-                started.node.as_ref().map(|node| node.host.as_str()),
-            ),
+            endpoint,
         }))
     }
 
@@ -356,14 +359,15 @@ impl Runners {
     fn info(&self, row: &RunnerRow) -> RunnerInfo {
         RunnerInfo {
             session_id: row.session_id.clone(),
-            endpoint: self.endpoint(row.host_port, row.node_host.as_deref()),
+            endpoint: self.endpoint(row.host_port, row.node_host.as_deref(), &row.token),
         }
     }
 
-    /// On the node's host for a runner on a Swarm node, else on
-    /// `RUNNERS_HOST`.
-    fn endpoint(&self, host_port: Option<u16>, node_host: Option<&str>) -> String {
+    /// Through the gateway in its mode; else on the node's host for a runner
+    /// on a Swarm node, else on `RUNNERS_HOST`.
+    fn endpoint(&self, host_port: Option<u16>, node_host: Option<&str>, token: &str) -> String {
         match (host_port, node_host) {
+            (Some(_), _) if self.settings.gateway_mode() => self.settings.gateway_endpoint(token),
             (Some(port), Some(host)) => self.settings.endpoint_on(host, port),
             (Some(port), None) => self.settings.endpoint_for(port),
             (None, _) => NO_ENDPOINT.to_owned(),

@@ -6,6 +6,7 @@ mod concurrency;
 mod cors;
 mod crash;
 mod faults;
+mod gateway;
 mod heartbeats;
 mod helpers;
 mod hostile;

@@ -209,6 +209,7 @@ async fn claim(db: &taylored_orchestrator::db::Db, session: &SessionId, name: &s
                 container_name: name,
                 network_mode: &NetworkMode::Default,
                 pooled: false,
+                token: &taylored_orchestrator::gateway::token::generate(),
             },
             0,
             Utc::now(),

@@ -422,3 +422,70 @@ pub async fn a_lost_node_s_sessions_are_repaired_on_the_others(
     }
     Ok(())
 }
+
+/// `GET /` of a gateway endpoint, sent to the service's port on this host
+/// (the gateway's domain has no DNS here); the runner's JSON answer and the
+/// status.
+async fn through_gateway(
+    service_port: u16,
+    endpoint: &str,
+) -> Result<(u16, serde_json::Value), String> {
+    let host = endpoint
+        .strip_prefix("http://")
+        .and_then(|authority| authority.rsplit_once(':'))
+        .map(|(host, _)| host.to_owned())
+        .ok_or_else(|| format!("not a gateway endpoint: {endpoint}"))?;
+    let client = reqwest::Client::builder()
+        .resolve(
+            &host,
+            std::net::SocketAddr::from(([127, 0, 0, 1], service_port)),
+        )
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|error| error.to_string())?;
+    let response = client
+        .get(format!("{endpoint}/"))
+        .send()
+        .await
+        .map_err(|error| error.to_string())?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or_default()))
+}
+
+pub async fn the_gateway_reaches_runners_on_their_nodes(swarm: &Swarm) -> Result<(), String> {
+    let instance = swarm.instance("gateway");
+    let service = swarm
+        .spawn(
+            &instance,
+            &[
+                ("RUNNER_PORT_RANGE", "30800-30899"),
+                ("RUNNER_ACCESS", "gateway"),
+            ],
+        )
+        .await?;
+    let port = service.process.port;
+    let sessions: Vec<String> = (0..4).map(|i| format!("gateway-{i}")).collect();
+    for session in &sessions {
+        let endpoint = service.endpoint(session).await?;
+        check(
+            endpoint.ends_with(&format!(".runners.localhost:{port}")),
+            || format!("{session}: not a gateway endpoint: {endpoint}"),
+        )?;
+        // On the task's node at its published port, through the gateway.
+        poll_until(REACH_LIMIT, &format!("{endpoint} answering"), || async {
+            through_gateway(port, &endpoint)
+                .await
+                .ok()
+                .filter(|(status, body)| *status == 200 && body["runner"] == "ok")
+        })
+        .await?;
+    }
+    let endpoint = service.endpoint(&sessions[0]).await?;
+    check(service.deprovision(&sessions[0]).await? == 200, || {
+        "deprovision refused".to_owned()
+    })?;
+    let (status, body) = through_gateway(port, &endpoint).await?;
+    check(status == 404 && body["error"] == "RUNNER_NOT_FOUND", || {
+        format!("a removed runner answered {status} {body}")
+    })
+}

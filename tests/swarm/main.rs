@@ -39,6 +39,9 @@ const TESTS: &[(&str, harness::Test)] = &[
     ("a_kill_9_and_restart_keeps_every_runner", |s| {
         Box::pin(cases::a_kill_9_and_restart_keeps_every_runner(s))
     }),
+    ("the_gateway_reaches_runners_on_their_nodes", |s| {
+        Box::pin(cases::the_gateway_reaches_runners_on_their_nodes(s))
+    }),
     ("the_reaper_removes_idle_services", |s| {
         Box::pin(cases::the_reaper_removes_idle_services(s))
     }),

@@ -34,7 +34,7 @@ impl ContainerSpec {
         Self {
             image: settings.docker_image_name.clone(),
             instance: settings.orchestrator_id.clone(),
-            bind_address: settings.runner_bind_address,
+            bind_address: settings.runner_publish_address(),
             free_doors: settings.free_doors,
             init: settings.runner_init,
             limits: settings.limits.clone(),
@@ -291,6 +291,25 @@ mod tests {
         let binding = &bindings[RUNNER_PORT_KEY].as_ref().unwrap()[0];
         assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(binding.host_port.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn in_gateway_mode_every_port_is_on_the_loopback_whatever_the_bind_address() {
+        let body = body(
+            &settings(&[
+                "--runner-access=gateway",
+                "--runner-bind-address=0.0.0.0",
+                "--free-doors=1",
+            ]),
+            &NetworkMode::Default,
+            RunnerKind::Session,
+        );
+        let bindings = body.host_config.unwrap().port_bindings.unwrap();
+        assert_eq!(bindings.len(), 2);
+        for binding in bindings.values() {
+            let binding = &binding.as_ref().unwrap()[0];
+            assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
+        }
     }
 
     #[test]

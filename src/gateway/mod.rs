@@ -1,0 +1,286 @@
+//! The runner gateway (`RUNNER_ACCESS=gateway`): runners are reached through
+//! the service's own port, each under a host name of its own,
+//! `<token>.<GATEWAY_DOMAIN>`, so that no runner port is open beyond the
+//! loopback (or, on Swarm, beyond the orchestrator) and only who was given
+//! a runner's endpoint can reach it.
+//!
+//! [`Front`] routes every request by its host: a name under the domain goes
+//! to [`Gateway`], anything else to the API as before. The gateway finds
+//! the token's runner in memory (the running set of `heartbeats`, with no
+//! SQLite read), proxies HTTP with streaming bodies and WebSocket upgrades
+//! both ways, and records the traffic as the runner's heartbeats (through
+//! their batching; no write per request).
+
+mod headers;
+mod host;
+pub mod token;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Response, StatusCode, Uri, header};
+use axum::response::IntoResponse;
+use chrono::Utc;
+use futures_util::future::{BoxFuture, Either};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_util::sync::CancellationToken;
+
+pub use host::{Destination, destination};
+
+use crate::config::Settings;
+use crate::heartbeats::Heartbeats;
+use crate::http::ApiError;
+use crate::readiness::{Phase, Readiness};
+
+/// How long a runner may take to accept a connection before it counts as
+/// not answering.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the gateway reaches a runner: `host:port`, the loopback and its
+/// published port on one engine, the node's host and port on Swarm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerAddress(Arc<str>);
+
+impl fmt::Display for RunnerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A running runner's token and address, as the gateway routes to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub token: String,
+    pub address: RunnerAddress,
+}
+
+impl Route {
+    /// The route of a runner published on `host_port`, on `node_host` (a
+    /// Swarm node) or else on this host's loopback; `None` without a port
+    /// (an isolated runner).
+    pub fn of(token: String, host_port: Option<u16>, node_host: Option<&str>) -> Option<Self> {
+        let port = host_port?;
+        let address = match node_host {
+            Some(host) if host.contains(':') => format!("[{host}]:{port}"),
+            Some(host) => format!("{host}:{port}"),
+            None => format!("127.0.0.1:{port}"),
+        };
+        Some(Self {
+            token,
+            address: RunnerAddress(address.into()),
+        })
+    }
+}
+
+/// The service's one HTTP service: the gateway for hosts under its domain
+/// (in gateway mode), the API for every other.
+#[derive(Clone)]
+pub struct Front {
+    api: Router,
+    gateway: Option<Arc<Gateway>>,
+}
+
+impl Front {
+    /// `gateway` is `None` in `RUNNER_ACCESS=ports`: every host is the API's.
+    pub fn new(api: Router, gateway: Option<Gateway>) -> Self {
+        Self {
+            api,
+            gateway: gateway.map(Arc::new),
+        }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for Front {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Either<
+        <Router as tower::Service<Request<Incoming>>>::Future,
+        BoxFuture<'static, Result<Response<Body>, Infallible>>,
+    >;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The router is always ready, and so is the gateway.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        if let Some(gateway) = &self.gateway {
+            match destination(request_host(&request), &gateway.domain) {
+                Destination::Api => {}
+                Destination::Runner(token) => {
+                    let gateway = Arc::clone(gateway);
+                    return Either::Right(Box::pin(async move {
+                        Ok(gateway.proxy(token, request).await)
+                    }));
+                }
+                Destination::NoRunner => {
+                    let response = ApiError::NoRunnerAtHost.into_response();
+                    return Either::Right(Box::pin(async move { Ok(response) }));
+                }
+            }
+        }
+        Either::Left(tower::Service::call(&mut self.api, request))
+    }
+}
+
+/// The host a request is for: the authority of an absolute URI wins over
+/// `Host` (RFC 9112 3.2.2).
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|host| host.to_str().ok())
+        })
+}
+
+/// Proxies requests for `<token>.<GATEWAY_DOMAIN>` to the token's runner.
+pub struct Gateway {
+    domain: String,
+    /// The running set, which holds each runner's token and address.
+    routes: Heartbeats,
+    readiness: Readiness,
+    client: Client<HttpConnector, Incoming>,
+    /// What clients used, for `X-Forwarded-Proto`.
+    scheme: &'static str,
+    /// Longest wait for a runner's response head.
+    head_timeout: Duration,
+    /// How often an open WebSocket counts as a heartbeat.
+    activity_interval: Duration,
+    /// Ends open WebSocket tunnels when the service stops.
+    shutdown: CancellationToken,
+}
+
+impl Gateway {
+    pub fn new(
+        settings: &Settings,
+        routes: Heartbeats,
+        readiness: Readiness,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        Self {
+            domain: settings.access.gateway_domain.clone(),
+            routes,
+            readiness,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            scheme: settings.access.gateway_public_scheme.as_str(),
+            head_timeout: settings.request_timeout,
+            activity_interval: activity_interval(settings.inactivity_timeout),
+            shutdown,
+        }
+    }
+
+    async fn proxy(
+        self: Arc<Self>,
+        token: String,
+        mut request: Request<Incoming>,
+    ) -> Response<Body> {
+        // Before the startup reconcile the running set is empty: a 404 would
+        // tell a client its runner is gone when it is about to be kept.
+        if let Phase::Starting(reason) = self.readiness.phase() {
+            return ApiError::NotReady(reason).into_response();
+        }
+        let Some(address) = self.routes.visit(&token, Utc::now()) else {
+            return ApiError::NoRunnerAtHost.into_response();
+        };
+        let client = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip());
+        let upgrade = headers::strip_hop_by_hop(request.headers_mut());
+        headers::add_forwarded(request.headers_mut(), client, self.scheme);
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |path| path.as_str());
+        let Ok(uri) = Uri::try_from(format!("http://{address}{path}")) else {
+            return ApiError::RouteNotFound.into_response();
+        };
+        *request.uri_mut() = uri;
+        let answered = tokio::time::timeout(self.head_timeout, self.client.request(request)).await;
+        let mut response = match answered {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                tracing::debug!(%address, %error, "runner not answering");
+                return ApiError::RunnerUnreachable(format!("{error}")).into_response();
+            }
+            Err(_) => {
+                let reason = format!("no answer within {} s", self.head_timeout.as_secs());
+                return ApiError::RunnerUnreachable(reason).into_response();
+            }
+        };
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let kept_upgrade = headers::strip_hop_by_hop(response.headers_mut());
+        match (client_upgrade, switched) {
+            (Some(client_upgrade), true) if kept_upgrade.is_some() => {
+                let runner_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(self.tunnel(token, client_upgrade, runner_upgrade));
+            }
+            (_, true) => {
+                // A switch nobody asked for cannot be carried.
+                return ApiError::RunnerUnreachable("an unrequested protocol switch".into())
+                    .into_response();
+            }
+            _ => {}
+        }
+        response.map(Body::new)
+    }
+
+    /// Carries an upgraded connection (a WebSocket) both ways until either
+    /// side closes it, the runner is removed or the service stops; while
+    /// open it counts as the runner's heartbeat every `activity_interval`.
+    async fn tunnel(self: Arc<Self>, token: String, client: OnUpgrade, runner: OnUpgrade) {
+        let (client, runner) = match tokio::try_join!(client, runner) {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let (mut client, mut runner) = (TokioIo::new(client), TokioIo::new(runner));
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut runner);
+        tokio::pin!(copy);
+        let mut ticks = tokio::time::interval(self.activity_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut copy => return,
+                _ = ticks.tick() => {
+                    if self.routes.visit(&token, Utc::now()).is_none() {
+                        return;
+                    }
+                }
+                () = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Often enough that an open WebSocket is always seen within the inactivity
+/// timeout, with room for a late tick.
+fn activity_interval(inactivity_timeout: Duration) -> Duration {
+    (inactivity_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests;
