@@ -51,3 +51,34 @@ async fn a_browser_on_an_origin_the_api_refuses_gets_no_runner() {
     assert!(run.session_id.is_none(), "{:?}", run.steps);
     app.assert_untouched().await;
 }
+
+/// Through the gateway: the page reaches its runner at an unguessable host
+/// under `runners.localhost` (which Chromium resolves to the loopback) on the
+/// service's own port, over polling and over a WebSocket, as the Angular
+/// client's `io(endpoint)` would.
+#[tokio::test]
+async fn a_browser_talks_to_its_runner_through_the_gateway() {
+    let app = spawn_app_with(&["--runner-access=gateway"]).await;
+    let run = run_browser_client(&app.api.base)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert!(run.ok, "the browser client failed: {run:#?}");
+
+    let endpoint = run.endpoint.clone().unwrap();
+    let session = run.session_id.clone().unwrap();
+    let url = reqwest::Url::parse(&endpoint).unwrap();
+    let host = url.host_str().unwrap();
+    let token = host
+        .strip_suffix(".runners.localhost")
+        .unwrap_or_else(|| panic!("{endpoint} is not under the gateway's domain"));
+    assert!(
+        token.len() >= 32 && !token.contains(&session),
+        "the token must be unguessable and not the session id: {endpoint}"
+    );
+    let api_port = reqwest::Url::parse(&app.api.base).unwrap().port();
+    assert_eq!(url.port(), api_port, "the gateway is on the service's port");
+    assert!(run.polling_handshake.unwrap().starts_with(r#"0{"sid":""#));
+    assert!(run.open_packet.unwrap().starts_with(r#"0{"sid":""#));
+    assert!(run.sent.as_deref().unwrap().starts_with(r#"42["echo",{"#));
+    assert_eq!(run.echoed, run.sent);
+}
