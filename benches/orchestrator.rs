@@ -1109,6 +1109,9 @@ async fn gateway(cx: &mut Context) -> Result<()> {
     let env = [
         ("RUNNER_ACCESS", "gateway".to_owned()),
         ("DOCKER_IMAGE_NAME", image),
+        // The stand-in runner spends a thread per connection, and the idle
+        // sockets below are hundreds of them.
+        ("RUNNER_PIDS_LIMIT", "4096".to_owned()),
     ];
     let service = cx.part_service("gateway", &env).await?;
     service.provision(Some("gateway-session")).await?;

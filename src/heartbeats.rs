@@ -193,7 +193,12 @@ impl Heartbeats {
                 admission: cache.admissions,
             };
             cache.sessions.insert(runner.session_id.clone(), seen);
-            let route = Route::of(runner.token, runner.host_port, runner.node_host.as_deref());
+            let route = Route::of(
+                runner.token,
+                runner.host_port,
+                runner.node_host.as_deref(),
+                runner.address.as_deref(),
+            );
             cache.set_route(&runner.session_id, route);
         }
     }
@@ -390,6 +395,7 @@ mod tests {
             token: token.to_owned(),
             host_port,
             node_host: None,
+            address: None,
         };
         heartbeats.replace_all(
             vec![
@@ -415,7 +421,7 @@ mod tests {
     }
 
     fn route(token: &str, port: u16) -> Option<Route> {
-        Route::of(token.to_owned(), Some(port), None)
+        Route::of(token.to_owned(), Some(port), None, None)
     }
 
     #[test]

@@ -336,6 +336,7 @@ fn found<'a>(
         host_port: container.host_port,
         network_mode: &container.network_mode,
         node: container.node.as_ref(),
+        address: container.address.as_deref(),
     };
     let entry = AuditEntry {
         session_id: &container.session_id,
@@ -682,7 +683,7 @@ impl Reconciler {
                     let host = runner.node.map(|node| node.host.as_str());
                     let route = tokens
                         .remove(runner.session_id)
-                        .and_then(|token| Route::of(token, runner.host_port, host));
+                        .and_then(|token| Route::of(token, runner.host_port, host, runner.address));
                     self.lifecycle()
                         .track_running(runner.session_id, runner.kind, route);
                     let kept = entry.action == AuditAction::Kept;
@@ -817,6 +818,7 @@ mod tests {
             network_mode: NetworkMode::Default,
             created,
             node: None,
+            address: None,
         }
     }
 

@@ -322,6 +322,7 @@ impl MemoryBackend {
                 network_mode: spec.network_mode.clone(),
                 created: i64::try_from(sequence).unwrap_or(i64::MAX),
                 node: None,
+                address: None,
             },
         );
         Ok(id)
@@ -396,6 +397,7 @@ impl RunnerBackend for MemoryBackend {
             id,
             host_port: port,
             node: None,
+            address: None,
         })
     }
 

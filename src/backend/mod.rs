@@ -64,6 +64,9 @@ pub struct StartedRunner {
     /// The node it runs on, for a backend that spreads runners over nodes;
     /// `None`: the one engine's host (`RUNNERS_HOST`).
     pub node: Option<RunnerNode>,
+    /// Where this service reaches the runner's port itself (its container's
+    /// address on its network, `ip:3000`), if the backend knows one.
+    pub address: Option<String>,
 }
 
 /// The node of a runner on a backend with several (Swarm).
@@ -94,6 +97,8 @@ pub struct ObservedRunner {
     pub created: i64,
     /// See [`StartedRunner::node`].
     pub node: Option<RunnerNode>,
+    /// See [`StartedRunner::address`].
+    pub address: Option<String>,
 }
 
 /// A runner of this instance that stopped or vanished, as the engine's

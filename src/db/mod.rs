@@ -116,6 +116,8 @@ pub struct RunningRunner {
     pub token: String,
     pub host_port: Option<u16>,
     pub node_host: Option<String>,
+    /// See [`StartedRunner::address`].
+    pub address: Option<String>,
 }
 
 /// Who changed a runner; the `actor` column of the audit log.
@@ -222,6 +224,7 @@ pub struct FoundRunner<'a> {
     pub network_mode: &'a NetworkMode,
     pub pooled: bool,
     pub node: Option<&'a RunnerNode>,
+    pub address: Option<&'a str>,
     /// Its row's token when kept, a fresh one when adopted (a kept row
     /// keeps its own whatever this says).
     pub token: String,
@@ -543,7 +546,7 @@ impl Db {
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "UPDATE runners SET state = 'running', container_id = ?2, host_port = ?3, \
-             updated_at = ?4, last_heartbeat_at = ?4, node = ?5, node_host = ?6 \
+             updated_at = ?4, last_heartbeat_at = ?4, node = ?5, node_host = ?6, address = ?7 \
              WHERE session_id = ?1",
         )
         .bind(session_id)
@@ -552,6 +555,7 @@ impl Db {
         .bind(&now)
         .bind(started.node.as_ref().map(|node| &node.name))
         .bind(started.node.as_ref().map(|node| &node.host))
+        .bind(started.address.as_deref())
         .execute(&mut *transaction)
         .await?;
         insert_audit(
@@ -573,7 +577,7 @@ impl Db {
     /// the set that answers heartbeats at start (see `heartbeats`).
     pub async fn running_sessions(&self) -> Result<Vec<RunningRunner>, DbError> {
         sqlx::query_as(
-            "SELECT session_id, kind, token, host_port, node_host FROM runners \
+            "SELECT session_id, kind, token, host_port, node_host, address FROM runners \
              WHERE state = 'running'",
         )
         .fetch_all(&self.pool)
@@ -690,6 +694,7 @@ impl Db {
                 "pooled": runner.pooled,
                 "node": runner.node.map(|node| &node.name),
                 "node_host": runner.node.map(|node| &node.host),
+                "address": runner.address,
                 "token": runner.token,
             })
         }));
@@ -716,16 +721,16 @@ impl Db {
         let tokens: Vec<(String, String)> = sqlx::query_as(
             "INSERT INTO runners (session_id, kind, state, container_name, container_id, \
              host_port, network_mode, created_at, updated_at, last_heartbeat_at, pooled, \
-             node, node_host, token) \
+             node, node_host, token, address) \
              SELECT value ->> 'session_id', value ->> 'kind', 'running', \
                 value ->> 'container_name', value ->> 'container_id', value ->> 'host_port', \
                 value ->> 'network_mode', ?1, ?1, ?1, value ->> 'pooled', \
-                value ->> 'node', value ->> 'node_host', value ->> 'token' \
+                value ->> 'node', value ->> 'node_host', value ->> 'token', value ->> 'address' \
              FROM json_each(?2) WHERE true \
              ON CONFLICT (session_id) DO UPDATE SET state = 'running', \
              container_name = excluded.container_name, container_id = excluded.container_id, \
              host_port = excluded.host_port, node = excluded.node, \
-             node_host = excluded.node_host, updated_at = excluded.updated_at, \
+             node_host = excluded.node_host, address = excluded.address, updated_at = excluded.updated_at, \
              last_heartbeat_at = MAX(runners.last_heartbeat_at, excluded.last_heartbeat_at) \
              RETURNING session_id, token",
         )

@@ -66,15 +66,23 @@ pub struct Route {
 }
 
 impl Route {
-    /// The route of a runner published on `host_port`, on `node_host` (a
-    /// Swarm node) or else on this host's loopback; `None` without a port
-    /// (an isolated runner).
-    pub fn of(token: String, host_port: Option<u16>, node_host: Option<&str>) -> Option<Self> {
+    /// The route of a runner: straight to its container's `address` when
+    /// the backend knows it (one hop, as a client going through the
+    /// engine's port proxy makes), else to its published `host_port` on
+    /// `node_host` (a Swarm node) or on this host's loopback; `None`
+    /// without a port (an isolated runner).
+    pub fn of(
+        token: String,
+        host_port: Option<u16>,
+        node_host: Option<&str>,
+        address: Option<&str>,
+    ) -> Option<Self> {
         let port = host_port?;
-        let address = match node_host {
-            Some(host) if host.contains(':') => format!("[{host}]:{port}"),
-            Some(host) => format!("{host}:{port}"),
-            None => format!("127.0.0.1:{port}"),
+        let address = match (address, node_host) {
+            (Some(address), _) => address.to_owned(),
+            (None, Some(host)) if host.contains(':') => format!("[{host}]:{port}"),
+            (None, Some(host)) => format!("{host}:{port}"),
+            (None, None) => format!("127.0.0.1:{port}"),
         };
         Some(Self {
             token,

@@ -268,7 +268,12 @@ impl Runners {
         }
         let node_host = started.node.as_ref().map(|node| node.host.as_str());
         let endpoint = self.endpoint(started.host_port, node_host, &token);
-        let route = Route::of(token, started.host_port, node_host);
+        let route = Route::of(
+            token,
+            started.host_port,
+            node_host,
+            started.address.as_deref(),
+        );
         self.lifecycle.track_running(session.as_str(), kind, route);
         tracing::info!(session_id = %session, container_id = %started.id,
             host_port = ?started.host_port, "runner provisioned");

@@ -92,6 +92,13 @@ impl DockerBackend {
                         .filter(|port| port.private_port == RUNNER_PORT)
                         .map(|port| (port.ip.as_deref(), port.public_port)),
                 );
+                let address = summary
+                    .network_settings
+                    .as_ref()
+                    .and_then(|settings| settings.networks.as_ref())
+                    .and_then(|networks| {
+                        super::runner_address(networks.values().map(|n| n.ip_address.as_deref()))
+                    });
                 Some(ObservedRunner {
                     id: summary.id?,
                     name: summary
@@ -113,6 +120,7 @@ impl DockerBackend {
                     ),
                     created: summary.created.unwrap_or_default(),
                     node: None,
+                    address,
                 })
             })
             .collect())

@@ -93,18 +93,21 @@ impl DockerBackend {
         &self,
         container_id: &str,
         runner: &RunnerSpec<'_>,
-    ) -> Result<Option<u16>, BollardError> {
+    ) -> Result<(Option<u16>, Option<String>), BollardError> {
         self.docker.start_container(container_id, None).await?;
         if runner.network_mode.is_isolated() {
-            return Ok(None);
+            return Ok((None, None));
         }
         let inspected = self.docker.inspect_container(container_id, None).await?;
-        let bindings = inspected
-            .network_settings
-            .and_then(|settings| settings.ports)
+        let settings = inspected.network_settings.unwrap_or_default();
+        let address = settings.networks.as_ref().and_then(|networks| {
+            runner_address(networks.values().map(|n| n.ip_address.as_deref()))
+        });
+        let bindings = settings
+            .ports
             .and_then(|mut ports| ports.remove(RUNNER_PORT_KEY).flatten())
             .unwrap_or_default();
-        Ok(self.spec.pick_host_port(bindings.iter().map(|binding| {
+        let host_port = self.spec.pick_host_port(bindings.iter().map(|binding| {
             (
                 binding.host_ip.as_deref(),
                 binding
@@ -112,8 +115,17 @@ impl DockerBackend {
                     .as_deref()
                     .and_then(|port| port.parse().ok()),
             )
-        })))
+        }));
+        Ok((host_port, address))
     }
+}
+
+/// The runner's port at its container's address on its network (a runner
+/// joins one), which this service reaches from the engine's host.
+pub(super) fn runner_address<'a>(ips: impl Iterator<Item = Option<&'a str>>) -> Option<String> {
+    ips.flatten()
+        .find(|ip| !ip.is_empty())
+        .map(|ip| format!("{ip}:{}", super::RUNNER_PORT))
 }
 
 /// A client for `DOCKER_HOST` (or Docker's defaults), connected lazily.
@@ -131,7 +143,7 @@ pub(super) fn client(settings: &Settings) -> Result<Docker, EngineError> {
 impl RunnerBackend for DockerBackend {
     async fn start(&self, runner: &RunnerSpec<'_>) -> Result<StartedRunner, EngineError> {
         let id = self.create(runner).await?;
-        let host_port = self
+        let (host_port, address) = self
             .start_and_read_port(&id, runner)
             .await
             .map_err(|error| classify_start_error(error, &self.spec.image, runner.network_mode))?;
@@ -143,6 +155,7 @@ impl RunnerBackend for DockerBackend {
             id,
             host_port,
             node: None,
+            address,
         })
     }
 

@@ -136,6 +136,8 @@ impl SwarmBackend {
                             id: service_id.to_owned(),
                             host_port: Some(host_port),
                             node,
+                            // Reached on its node's published port.
+                            address: None,
                         });
                     }
                     Some(

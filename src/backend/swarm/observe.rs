@@ -121,6 +121,7 @@ fn observed(
             .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
             .map_or(0, |at| at.timestamp()),
         node,
+        address: None,
     })
 }
 
