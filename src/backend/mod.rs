@@ -11,6 +11,7 @@
 pub mod docker;
 mod error;
 pub mod health;
+pub mod labels;
 pub mod memory;
 mod network_mode;
 pub mod swarm;

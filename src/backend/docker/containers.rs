@@ -1,5 +1,6 @@
 //! Finding and removing this instance's runner containers.
 
+use crate::backend::labels;
 use std::collections::HashMap;
 
 use bollard::models::ContainerSummaryStateEnum;
@@ -9,9 +10,9 @@ use bollard::query_parameters::{
 
 use super::DockerBackend;
 use super::error::status_of;
-use super::spec::kind_of;
+use crate::backend::labels::kind_of;
 use crate::backend::{EngineError, NetworkMode, ObservedRunner, RUNNER_PORT, Stop};
-use crate::config::{POOLED_LABEL, SESSION_LABEL};
+use crate::config::SESSION_LABEL;
 
 impl DockerBackend {
     /// Stops a container as `stop` says, then removes it by force (which
@@ -110,7 +111,7 @@ impl DockerBackend {
                     session_id: labels.get(SESSION_LABEL)?.clone(),
                     running: summary.state == Some(ContainerSummaryStateEnum::RUNNING),
                     kind: kind_of(&labels),
-                    pooled: labels.get(POOLED_LABEL).is_some_and(|v| v == "true"),
+                    pooled: labels::pooled(&labels),
                     host_port,
                     network_mode: NetworkMode::from(
                         summary

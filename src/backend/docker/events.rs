@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use futures_util::StreamExt;
 
 use super::DockerBackend;
-use super::spec::kind_of;
+use crate::backend::labels::kind_of;
 use crate::backend::{EngineError, RunnerEvent, RunnerEvents};
 use crate::config::SESSION_LABEL;
 

@@ -2,17 +2,14 @@
 //! of its `HostConfig`. Pure, so every setting's effect is unit-tested
 //! without an engine.
 
+use crate::backend::labels;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, ResourcesUlimits};
 
 use crate::backend::{RUNNER_PORT, RunnerSpec};
-use crate::config::{
-    DEFAULT_INSTANCE, INSTANCE_LABEL, POOLED_LABEL, RunnerLimits, SESSION_LABEL, SINGLETON_LABEL,
-    Settings,
-};
-use crate::session::RunnerKind;
+use crate::config::{RunnerLimits, Settings};
 
 /// The runner port as the engine names it in port maps.
 pub(super) const RUNNER_PORT_KEY: &str = "3000/tcp";
@@ -43,16 +40,7 @@ impl ContainerSpec {
 
     /// The create request for a runner.
     pub fn body(&self, runner: &RunnerSpec<'_>) -> ContainerCreateBody {
-        let mut labels = HashMap::from([
-            (SESSION_LABEL.to_owned(), runner.session_id.to_owned()),
-            (INSTANCE_LABEL.to_owned(), self.instance.clone()),
-        ]);
-        if runner.kind == RunnerKind::Singleton {
-            labels.insert(SINGLETON_LABEL.to_owned(), "true".to_owned());
-        }
-        if runner.pooled {
-            labels.insert(POOLED_LABEL.to_owned(), "true".to_owned());
-        }
+        let labels = labels::of(runner, &self.instance);
         let (exposed_ports, port_bindings) = if runner.network_mode.is_isolated() {
             (None, None)
         } else {
@@ -157,23 +145,9 @@ impl ContainerSpec {
         fallback
     }
 
-    /// Runners carry this instance's label; those that carry only the
-    /// session label were started by the first orchestrator and belong to
-    /// the default instance.
+    /// Whether the labels mark a runner of this instance.
     pub(super) fn owns(&self, labels: &HashMap<String, String>) -> bool {
-        match labels.get(INSTANCE_LABEL) {
-            Some(owner) => *owner == self.instance,
-            None => self.instance == DEFAULT_INSTANCE,
-        }
-    }
-}
-
-/// The kind a runner's labels say it is.
-pub(super) fn kind_of(labels: &HashMap<String, String>) -> RunnerKind {
-    if labels.get(SINGLETON_LABEL).is_some_and(|v| v == "true") {
-        RunnerKind::Singleton
-    } else {
-        RunnerKind::Session
+        labels::owned_by(labels, &self.instance)
     }
 }
 
@@ -181,6 +155,11 @@ pub(super) fn kind_of(labels: &HashMap<String, String>) -> RunnerKind {
 mod tests {
     use super::*;
     use crate::backend::NetworkMode;
+    use crate::backend::labels::kind_of;
+    use crate::config::{
+        DEFAULT_INSTANCE, INSTANCE_LABEL, POOLED_LABEL, SESSION_LABEL, SINGLETON_LABEL,
+    };
+    use crate::session::RunnerKind;
 
     fn settings(args: &[&str]) -> Settings {
         let args = ["orchestrator", "--orchestrator-id=ci-1"]

@@ -3,6 +3,7 @@
 //! running only if its task runs, is meant to, and its node is `ready`: a
 //! lost node's tasks read `running` for a long while after it went down.
 
+use crate::backend::labels;
 use std::collections::HashMap;
 
 use bollard::models::{
@@ -13,10 +14,7 @@ use bollard::query_parameters::{ListServicesOptionsBuilder, ListTasksOptionsBuil
 use super::SwarmBackend;
 use super::spec::RUNNERS_HOST_LABEL;
 use crate::backend::{EngineError, NetworkMode, ObservedRunner, RUNNER_PORT, RunnerNode};
-use crate::config::{
-    DEFAULT_INSTANCE, INSTANCE_LABEL, POOLED_LABEL, SESSION_LABEL, SINGLETON_LABEL,
-};
-use crate::session::RunnerKind;
+use crate::config::SESSION_LABEL;
 
 impl SwarmBackend {
     /// This instance's runners, all or one session's.
@@ -35,7 +33,7 @@ impl SwarmBackend {
             .list_services(Some(options))
             .await?
             .into_iter()
-            .filter(|service| owned_by(labels_of(service), &self.template.instance))
+            .filter(|service| labels::owned_by(&labels_of(service), &self.template.instance))
             .collect();
         if services.is_empty() {
             return Ok(Vec::new());
@@ -107,12 +105,8 @@ fn observed(
         name: spec.name.clone().unwrap_or_default(),
         session_id: labels.get(SESSION_LABEL)?.clone(),
         running,
-        kind: if labels.get(SINGLETON_LABEL).is_some_and(|v| v == "true") {
-            RunnerKind::Singleton
-        } else {
-            RunnerKind::Session
-        },
-        pooled: labels.get(POOLED_LABEL).is_some_and(|v| v == "true"),
+        kind: labels::kind_of(&labels),
+        pooled: labels::pooled(&labels),
         host_port: published_port(&status).or_else(|| service_port(service)),
         network_mode: NetworkMode::Default,
         created: service
@@ -201,18 +195,10 @@ fn labels_of(service: &Service) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// As with containers: runners without an instance label belong to the
-/// default instance.
-fn owned_by(labels: HashMap<String, String>, instance: &str) -> bool {
-    match labels.get(INSTANCE_LABEL) {
-        Some(owner) => owner == instance,
-        None => instance == DEFAULT_INSTANCE,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DEFAULT_INSTANCE, INSTANCE_LABEL};
     use bollard::models::{
         EndpointPortConfig, NodeDescription, NodeSpec, NodeStatus, ObjectVersion, PortStatus,
         ServiceSpec,
@@ -328,8 +314,8 @@ mod tests {
 
     #[test]
     fn services_of_other_instances_are_not_ours() {
-        assert!(owned_by(labels_of(&service("s")), "ci"));
-        assert!(!owned_by(labels_of(&service("s")), "other"));
-        assert!(owned_by(HashMap::new(), DEFAULT_INSTANCE));
+        assert!(labels::owned_by(&labels_of(&service("s")), "ci"));
+        assert!(!labels::owned_by(&labels_of(&service("s")), "other"));
+        assert!(labels::owned_by(&HashMap::new(), DEFAULT_INSTANCE));
     }
 }

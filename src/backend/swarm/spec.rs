@@ -3,7 +3,6 @@
 //! a container on one engine where Swarm can carry it. Pure, so every
 //! setting's effect is unit-tested without a swarm.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::models::{
@@ -13,12 +12,8 @@ use bollard::models::{
     TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
 
-use crate::backend::{RUNNER_PORT, RunnerSpec};
-use crate::config::{
-    BackendKind, INSTANCE_LABEL, POOLED_LABEL, RunnerLimits, SESSION_LABEL, SINGLETON_LABEL,
-    Settings,
-};
-use crate::session::RunnerKind;
+use crate::backend::{RUNNER_PORT, RunnerSpec, labels};
+use crate::config::{BackendKind, RunnerLimits, Settings};
 
 /// The node label that names the host clients reach a node's runners on.
 pub const RUNNERS_HOST_LABEL: &str = "taylored.runners-host";
@@ -47,7 +42,7 @@ impl ServiceTemplate {
     /// The service for `runner`, from the image `image_id` (an ID, so that
     /// nodes never ask a registry), published on `host_port` of its node.
     pub fn service(&self, runner: &RunnerSpec<'_>, image_id: &str, host_port: u16) -> ServiceSpec {
-        let labels = self.labels(runner);
+        let labels = labels::of(runner, &self.instance);
         let limits = &self.limits;
         let container = TaskSpecContainerSpec {
             image: Some(image_id.to_owned()),
@@ -126,21 +121,6 @@ impl ServiceTemplate {
             ..Default::default()
         }
     }
-
-    /// On the service and on its containers, so that both can be found.
-    fn labels(&self, runner: &RunnerSpec<'_>) -> HashMap<String, String> {
-        let mut labels = HashMap::from([
-            (SESSION_LABEL.to_owned(), runner.session_id.to_owned()),
-            (INSTANCE_LABEL.to_owned(), self.instance.clone()),
-        ]);
-        if runner.kind == RunnerKind::Singleton {
-            labels.insert(SINGLETON_LABEL.to_owned(), "true".to_owned());
-        }
-        if runner.pooled {
-            labels.insert(POOLED_LABEL.to_owned(), "true".to_owned());
-        }
-        labels
-    }
 }
 
 /// Settings a Swarm service cannot carry on Engine 20.10 (API 1.41): they
@@ -173,6 +153,8 @@ pub fn unsupported_settings(settings: &Settings) -> Vec<&'static str> {
 mod tests {
     use super::*;
     use crate::backend::NetworkMode;
+    use crate::config::{INSTANCE_LABEL, POOLED_LABEL, SESSION_LABEL, SINGLETON_LABEL};
+    use crate::session::RunnerKind;
 
     fn settings(args: &[&str]) -> Settings {
         let args = [

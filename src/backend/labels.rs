@@ -1,0 +1,50 @@
+//! The labels that mark a runner as this instance's, for every backend: on
+//! a container, or on a Swarm service and its containers. A restart finds
+//! its runners by them and learns what each one is.
+
+use std::collections::HashMap;
+
+use super::RunnerSpec;
+use crate::config::{
+    DEFAULT_INSTANCE, INSTANCE_LABEL, POOLED_LABEL, SESSION_LABEL, SINGLETON_LABEL,
+};
+use crate::session::RunnerKind;
+
+/// The labels of `runner`, started by `instance`.
+pub fn of(runner: &RunnerSpec<'_>, instance: &str) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        (SESSION_LABEL.to_owned(), runner.session_id.to_owned()),
+        (INSTANCE_LABEL.to_owned(), instance.to_owned()),
+    ]);
+    if runner.kind == RunnerKind::Singleton {
+        labels.insert(SINGLETON_LABEL.to_owned(), "true".to_owned());
+    }
+    if runner.pooled {
+        labels.insert(POOLED_LABEL.to_owned(), "true".to_owned());
+    }
+    labels
+}
+
+/// Runners carry their instance's label; those that carry only the session
+/// label were started by the first orchestrator and belong to the default
+/// instance.
+pub fn owned_by(labels: &HashMap<String, String>, instance: &str) -> bool {
+    match labels.get(INSTANCE_LABEL) {
+        Some(owner) => owner == instance,
+        None => instance == DEFAULT_INSTANCE,
+    }
+}
+
+/// The kind a runner's labels say it is.
+pub fn kind_of(labels: &HashMap<String, String>) -> RunnerKind {
+    if labels.get(SINGLETON_LABEL).is_some_and(|v| v == "true") {
+        RunnerKind::Singleton
+    } else {
+        RunnerKind::Session
+    }
+}
+
+/// Whether the labels mark a warm-pool runner.
+pub fn pooled(labels: &HashMap<String, String>) -> bool {
+    labels.get(POOLED_LABEL).is_some_and(|v| v == "true")
+}
