@@ -84,6 +84,22 @@ label_values! {
     }
 }
 
+label_values! {
+    /// How the gateway answered a request for a runner's host.
+    GatewayResult {
+        Proxied => "proxied",
+        WebSocket => "websocket",
+        NotFound => "not_found",
+        Unreachable => "unreachable",
+        NotReady => "not_ready",
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GatewayLabel {
+    result: GatewayResult,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProvisionLabel {
     result: ProvisionResult,
@@ -129,6 +145,8 @@ pub struct Metrics {
     reconcile_actions: Family<ActionLabel, Counter>,
     engine_errors: Family<KindLabel, Counter>,
     runner_limit: Gauge,
+    gateway_requests: Family<GatewayLabel, Counter>,
+    gateway_tunnels: Gauge,
 }
 
 impl Default for Metrics {
@@ -195,7 +213,22 @@ impl Default for Metrics {
             "MAX_CONCURRENT_RUNNERS in force (0: no limit), set once the engine was first reached",
             runner_limit.clone(),
         );
+        let gateway_requests = Family::<GatewayLabel, Counter>::default();
+        registry.register(
+            "gateway_requests",
+            "Requests for runners' hosts by how the gateway answered (proxied, websocket, \
+             not_found, unreachable, not_ready)",
+            gateway_requests.clone(),
+        );
+        let gateway_tunnels = Gauge::default();
+        registry.register(
+            "gateway_open_websockets",
+            "WebSocket tunnels the gateway carries now",
+            gateway_tunnels.clone(),
+        );
         Self {
+            gateway_requests,
+            gateway_tunnels,
             registry,
             runners,
             provisions,
@@ -254,6 +287,18 @@ impl Metrics {
         self.engine_errors.get_or_create(&KindLabel { kind }).inc();
     }
 
+    pub fn gateway_request(&self, result: GatewayResult) {
+        self.gateway_requests
+            .get_or_create(&GatewayLabel { result })
+            .inc();
+    }
+
+    /// Counts an open WebSocket tunnel until the returned guard is dropped.
+    pub fn gateway_tunnel(&self) -> TunnelOpen {
+        self.gateway_tunnels.inc();
+        TunnelOpen(self.gateway_tunnels.clone())
+    }
+
     pub fn runner_limit(&self, limit: u32) {
         self.runner_limit.set(i64::from(limit));
     }
@@ -273,6 +318,17 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// An open gateway tunnel, counted in `orchestrator_gateway_open_websockets`
+/// for as long as it lives.
+#[derive(Debug)]
+pub struct TunnelOpen(Gauge);
+
+impl Drop for TunnelOpen {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

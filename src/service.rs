@@ -82,6 +82,7 @@ impl Service {
                 self.heartbeats.running().clone(),
                 readiness.clone(),
                 shutdown,
+                Arc::clone(&self.metrics),
             )
         });
         Front::new(self.router(readiness), gateway)

@@ -41,6 +41,7 @@ pub use host::{Destination, destination};
 use crate::config::Settings;
 use crate::heartbeats::Heartbeats;
 use crate::http::ApiError;
+use crate::metrics::{GatewayResult, Metrics};
 use crate::readiness::{Phase, Readiness};
 
 /// How long a runner may take to accept a connection before it counts as
@@ -172,6 +173,7 @@ pub struct Gateway {
     activity_interval: Duration,
     /// Ends open WebSocket tunnels when the service stops.
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Gateway {
@@ -180,6 +182,7 @@ impl Gateway {
         routes: Heartbeats,
         readiness: Readiness,
         shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -193,21 +196,34 @@ impl Gateway {
             head_timeout: settings.request_timeout,
             activity_interval: activity_interval(settings.inactivity_timeout),
             shutdown,
+            metrics,
         }
     }
 
-    async fn proxy(
+    async fn proxy(self: Arc<Self>, token: String, request: Request<Incoming>) -> Response<Body> {
+        let metrics = Arc::clone(&self.metrics);
+        let (response, result) = self.forward(token, request).await;
+        metrics.gateway_request(result);
+        response
+    }
+
+    /// The runner's answer, or the gateway's own, and which it was.
+    async fn forward(
         self: Arc<Self>,
         token: String,
         mut request: Request<Incoming>,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, GatewayResult) {
         // Before the startup reconcile the running set is empty: a 404 would
         // tell a client its runner is gone when it is about to be kept.
         if let Phase::Starting(reason) = self.readiness.phase() {
-            return ApiError::NotReady(reason).into_response();
+            return (
+                ApiError::NotReady(reason).into_response(),
+                GatewayResult::NotReady,
+            );
         }
         let Some(address) = self.routes.visit(&token, Utc::now()) else {
-            return ApiError::NoRunnerAtHost.into_response();
+            let answer = ApiError::NoRunnerAtHost.into_response();
+            return (answer, GatewayResult::NotFound);
         };
         let client = request
             .extensions()
@@ -221,7 +237,10 @@ impl Gateway {
             .path_and_query()
             .map_or("/", |path| path.as_str());
         let Ok(uri) = Uri::try_from(format!("http://{address}{path}")) else {
-            return ApiError::RouteNotFound.into_response();
+            return (
+                ApiError::RouteNotFound.into_response(),
+                GatewayResult::NotFound,
+            );
         };
         *request.uri_mut() = uri;
         let answered = tokio::time::timeout(self.head_timeout, self.client.request(request)).await;
@@ -229,28 +248,31 @@ impl Gateway {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 tracing::debug!(%address, %error, "runner not answering");
-                return ApiError::RunnerUnreachable(format!("{error}")).into_response();
+                let answer = ApiError::RunnerUnreachable(format!("{error}")).into_response();
+                return (answer, GatewayResult::Unreachable);
             }
             Err(_) => {
                 let reason = format!("no answer within {} s", self.head_timeout.as_secs());
-                return ApiError::RunnerUnreachable(reason).into_response();
+                let answer = ApiError::RunnerUnreachable(reason).into_response();
+                return (answer, GatewayResult::Unreachable);
             }
         };
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let kept_upgrade = headers::strip_hop_by_hop(response.headers_mut());
-        match (client_upgrade, switched) {
+        let result = match (client_upgrade, switched) {
             (Some(client_upgrade), true) if kept_upgrade.is_some() => {
                 let runner_upgrade = hyper::upgrade::on(&mut response);
                 tokio::spawn(self.tunnel(token, client_upgrade, runner_upgrade));
+                GatewayResult::WebSocket
             }
             (_, true) => {
                 // A switch nobody asked for cannot be carried.
-                return ApiError::RunnerUnreachable("an unrequested protocol switch".into())
-                    .into_response();
+                let answer = ApiError::RunnerUnreachable("an unrequested protocol switch".into());
+                return (answer.into_response(), GatewayResult::Unreachable);
             }
-            _ => {}
-        }
-        response.map(Body::new)
+            _ => GatewayResult::Proxied,
+        };
+        (response.map(Body::new), result)
     }
 
     /// Carries an upgraded connection (a WebSocket) both ways until either
@@ -264,6 +286,7 @@ impl Gateway {
                 return;
             }
         };
+        let _open = self.metrics.gateway_tunnel();
         let (mut client, mut runner) = (TokioIo::new(client), TokioIo::new(runner));
         let copy = tokio::io::copy_bidirectional(&mut client, &mut runner);
         tokio::pin!(copy);

@@ -330,3 +330,52 @@ fn a_route_goes_straight_to_the_container_when_its_address_is_known() {
     assert_eq!(route(None, Some("fd00::3")), "[fd00::3]:40000");
     assert!(Route::of("t".into(), None, None, Some("172.18.0.5:3000")).is_none());
 }
+
+/// Polls the service's metrics until `line` appears (a tunnel is counted
+/// once both sides have upgraded, just after the 101).
+async fn metrics_show(world: &World, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = world.harness.service.metrics.render(&[]);
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{line}` in the metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_counts_its_answers_and_its_open_websockets() {
+    let world = World::new(&[]).await;
+    let (status, _) = world.get_json(&world.host(&world.token), "/headers").await;
+    assert_eq!(status, 200);
+    let unknown = world.host(&"0".repeat(32));
+    assert_eq!(world.get_json(&unknown, "/").await.0, 404);
+    metrics_show(
+        &world,
+        r#"orchestrator_gateway_requests_total{result="proxied"} 1"#,
+    )
+    .await;
+    metrics_show(
+        &world,
+        r#"orchestrator_gateway_requests_total{result="not_found"} 1"#,
+    )
+    .await;
+
+    let mut socket = world.websocket(&world.token).await;
+    metrics_show(
+        &world,
+        r#"orchestrator_gateway_requests_total{result="websocket"} 1"#,
+    )
+    .await;
+    metrics_show(&world, "orchestrator_gateway_open_websockets 1").await;
+    socket.close(None).await.unwrap();
+    while socket.next().await.is_some() {}
+    // The client's connection ends, as a browser's does after the close.
+    drop(socket);
+    metrics_show(&world, "orchestrator_gateway_open_websockets 0").await;
+}
