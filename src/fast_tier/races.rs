@@ -6,21 +6,29 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use futures_util::future::join_all;
 
-use super::{Service, audit, deprovision_request, provision_request, send};
+use super::{Answer, Service, audit, deprovision_request, provision_request, send};
 use crate::db::RunnerState;
 use crate::reaper::ReapOutcome;
+
+/// A provision of `session` sent on its own task, to race with others.
+fn in_flight_provision(service: &Service, session: &str) -> tokio::task::JoinHandle<Answer> {
+    tokio::spawn(send(
+        service.router.clone(),
+        provision_request(Some(session), None),
+    ))
+}
+
+/// A deprovision of `session` sent on its own task.
+fn in_flight_deprovision(service: &Service, session: &str) -> tokio::task::JoinHandle<Answer> {
+    tokio::spawn(send(service.router.clone(), deprovision_request(session)))
+}
 
 #[tokio::test]
 async fn concurrent_provisions_of_one_session_get_one_runner() {
     let service = Service::new(&[]).await;
     service.backend().hold_starts();
     let requests: Vec<_> = (0..20)
-        .map(|_| {
-            tokio::spawn(send(
-                service.router.clone(),
-                provision_request(Some("s-1"), None),
-            ))
-        })
+        .map(|_| in_flight_provision(&service, "s-1"))
         .collect();
     super::held_starts(service.backend(), 1).await;
     assert_eq!(
@@ -86,10 +94,7 @@ async fn concurrent_claims_of_the_warm_pool_get_distinct_runners() {
 async fn a_heartbeat_during_a_provision_is_404_until_the_runner_runs() {
     let service = Service::new(&[]).await;
     service.backend().hold_starts();
-    let provision = tokio::spawn(send(
-        service.router.clone(),
-        provision_request(Some("s-1"), None),
-    ));
+    let provision = in_flight_provision(&service, "s-1");
     super::held_starts(service.backend(), 1).await;
     assert_eq!(service.heartbeat("s-1").await.status, StatusCode::NOT_FOUND);
     service.backend().release_starts();
@@ -122,10 +127,7 @@ async fn a_heartbeat_during_the_reapers_removal_is_404_and_the_next_provision_is
         service.existing_row("s-1").await.state,
         RunnerState::Removing
     );
-    let provision = tokio::spawn(send(
-        service.router.clone(),
-        provision_request(Some("s-1"), None),
-    ));
+    let provision = in_flight_provision(&service, "s-1");
     service.backend().release_removes();
 
     let outcome = sweep.await.unwrap().unwrap();
@@ -210,12 +212,9 @@ async fn a_heartbeat_before_the_reapers_removal_spares_the_runner() {
 async fn a_deprovision_during_a_provision_of_the_session_removes_what_it_made() {
     let service = Service::new(&[]).await;
     service.backend().hold_starts();
-    let provision = tokio::spawn(send(
-        service.router.clone(),
-        provision_request(Some("s-1"), None),
-    ));
+    let provision = in_flight_provision(&service, "s-1");
     super::held_starts(service.backend(), 1).await;
-    let deprovision = tokio::spawn(send(service.router.clone(), deprovision_request("s-1")));
+    let deprovision = in_flight_deprovision(&service, "s-1");
     service.backend().release_starts();
 
     let provisioned = provision.await.unwrap();
@@ -238,12 +237,9 @@ async fn a_provision_during_a_deprovision_of_the_session_gets_a_fresh_runner() {
     let service = Service::new(&[]).await;
     let old = service.provisioned("s-1").await;
     service.backend().hold_removes();
-    let deprovision = tokio::spawn(send(service.router.clone(), deprovision_request("s-1")));
+    let deprovision = in_flight_deprovision(&service, "s-1");
     super::held_removes(service.backend(), 1).await;
-    let provision = tokio::spawn(send(
-        service.router.clone(),
-        provision_request(Some("s-1"), None),
-    ));
+    let provision = in_flight_provision(&service, "s-1");
     service.backend().release_removes();
 
     assert_eq!(deprovision.await.unwrap().status, StatusCode::OK);
@@ -262,9 +258,9 @@ async fn concurrent_deprovisions_remove_once() {
     let service = Service::new(&[]).await;
     service.provisioned("s-1").await;
     service.backend().hold_removes();
-    let first = tokio::spawn(send(service.router.clone(), deprovision_request("s-1")));
+    let first = in_flight_deprovision(&service, "s-1");
     super::held_removes(service.backend(), 1).await;
-    let second = tokio::spawn(send(service.router.clone(), deprovision_request("s-1")));
+    let second = in_flight_deprovision(&service, "s-1");
     service.backend().release_removes();
 
     assert_eq!(first.await.unwrap().status, StatusCode::OK);
@@ -281,10 +277,7 @@ async fn concurrent_deprovisions_remove_once() {
 async fn the_engine_going_away_mid_start_is_503_and_nothing_leaks() {
     let service = Service::new(&[]).await;
     service.backend().hold_starts();
-    let provision = tokio::spawn(send(
-        service.router.clone(),
-        provision_request(Some("s-1"), None),
-    ));
+    let provision = in_flight_provision(&service, "s-1");
     super::held_starts(service.backend(), 1).await;
     service.backend().set_reachable(false);
     service.backend().release_starts();

@@ -2,7 +2,7 @@
 //! the Angular client does: provision, heartbeat, then Socket.IO at the
 //! endpoint the provision returned, over polling and over a WebSocket.
 
-use crate::helpers::{run_browser_client, spawn_app, spawn_app_with};
+use crate::helpers::{BrowserRun, run_browser_client, spawn_app, spawn_app_with};
 
 /// `scheme://host:port` of a URL.
 fn origin(url: &str) -> String {
@@ -10,13 +10,28 @@ fn origin(url: &str) -> String {
     url.origin().ascii_serialization()
 }
 
-#[tokio::test]
-async fn a_browser_on_another_origin_provisions_and_talks_to_its_runner() {
-    let app = spawn_app().await;
-    let run = run_browser_client(&app.api.base)
+/// A browser client run that must pass every step.
+async fn passing_run(api_base: &str) -> BrowserRun {
+    let run = run_browser_client(api_base)
         .await
         .unwrap_or_else(|error| panic!("{error}"));
     assert!(run.ok, "the browser client failed: {run:#?}");
+    run
+}
+
+/// The page did Socket.IO's polling handshake, then a websocket-transport
+/// open and echo.
+fn assert_socket_io_round_trip(run: BrowserRun) {
+    assert!(run.polling_handshake.unwrap().starts_with(r#"0{"sid":""#));
+    assert!(run.open_packet.unwrap().starts_with(r#"0{"sid":""#));
+    assert!(run.sent.as_deref().unwrap().starts_with(r#"42["echo",{"#));
+    assert_eq!(run.echoed, run.sent);
+}
+
+#[tokio::test]
+async fn a_browser_on_another_origin_provisions_and_talks_to_its_runner() {
+    let app = spawn_app().await;
+    let run = passing_run(&app.api.base).await;
 
     let endpoint = run.endpoint.clone().unwrap();
     let session = run.session_id.clone().unwrap();
@@ -31,10 +46,7 @@ async fn a_browser_on_another_origin_provisions_and_talks_to_its_runner() {
         endpoint.ends_with(&format!(":{}", row.host_port.unwrap())),
         "{endpoint} is not the runner of {row:?}"
     );
-    assert!(run.polling_handshake.unwrap().starts_with(r#"0{"sid":""#));
-    assert!(run.open_packet.unwrap().starts_with(r#"0{"sid":""#));
-    assert!(run.sent.as_deref().unwrap().starts_with(r#"42["echo",{"#));
-    assert_eq!(run.echoed, run.sent);
+    assert_socket_io_round_trip(run);
 }
 
 /// The control: the same page is stopped by CORS when the API does not
@@ -59,10 +71,7 @@ async fn a_browser_on_an_origin_the_api_refuses_gets_no_runner() {
 #[tokio::test]
 async fn a_browser_talks_to_its_runner_through_the_gateway() {
     let app = spawn_app_with(&["--runner-access=gateway"]).await;
-    let run = run_browser_client(&app.api.base)
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
-    assert!(run.ok, "the browser client failed: {run:#?}");
+    let run = passing_run(&app.api.base).await;
 
     let endpoint = run.endpoint.clone().unwrap();
     let session = run.session_id.clone().unwrap();
@@ -77,8 +86,5 @@ async fn a_browser_talks_to_its_runner_through_the_gateway() {
     );
     let api_port = reqwest::Url::parse(&app.api.base).unwrap().port();
     assert_eq!(url.port(), api_port, "the gateway is on the service's port");
-    assert!(run.polling_handshake.unwrap().starts_with(r#"0{"sid":""#));
-    assert!(run.open_packet.unwrap().starts_with(r#"0{"sid":""#));
-    assert!(run.sent.as_deref().unwrap().starts_with(r#"42["echo",{"#));
-    assert_eq!(run.echoed, run.sent);
+    assert_socket_io_round_trip(run);
 }

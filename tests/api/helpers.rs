@@ -11,7 +11,7 @@ use std::time::Duration;
 
 #[path = "../support/mod.rs"]
 mod support;
-pub use support::browser::run_browser_client;
+pub use support::browser::{BrowserRun, run_browser_client};
 pub use support::cleanup::docker;
 use support::cleanup::{instance_containers, remove_instances_blocking};
 use support::images::{TestImages, build_images};

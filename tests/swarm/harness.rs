@@ -165,17 +165,7 @@ impl Swarm {
 
 impl Service {
     pub async fn provision(&self, session: &str) -> Result<(u16, Value), String> {
-        let response = self
-            .http
-            .post(format!("{}/api/runner/provision", self.base))
-            .header("X-Session-Id", session)
-            .json(&json!({}))
-            .send()
-            .await
-            .map_err(|error| error.to_string())?;
-        let status = response.status().as_u16();
-        let body = response.json().await.map_err(|error| error.to_string())?;
-        Ok((status, body))
+        self.provision_request(Some(session), json!({})).await
     }
 
     /// A provision as the browser makes its first one: no session id.
@@ -185,13 +175,22 @@ impl Service {
 
     /// A provision with this JSON body and no session header.
     pub async fn provision_body(&self, body: Value) -> Result<(u16, Value), String> {
-        let response = self
+        self.provision_request(None, body).await
+    }
+
+    async fn provision_request(
+        &self,
+        session: Option<&str>,
+        body: Value,
+    ) -> Result<(u16, Value), String> {
+        let mut request = self
             .http
             .post(format!("{}/api/runner/provision", self.base))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|error| error.to_string())?;
+            .json(&body);
+        if let Some(session) = session {
+            request = request.header("X-Session-Id", session);
+        }
+        let response = request.send().await.map_err(|error| error.to_string())?;
         let status = response.status().as_u16();
         let body = response.json().await.map_err(|error| error.to_string())?;
         Ok((status, body))
