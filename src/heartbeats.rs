@@ -10,9 +10,9 @@
 //! [`Heartbeats::take_unflushed`] hands the changed times to one transaction
 //! every `HEARTBEAT_FLUSH_INTERVAL_MS`.
 //!
-//! The set follows the rows' `running` state. It is loaded from the running
-//! rows at start ([`Heartbeats::replace_all`], before runner requests are
-//! served); a session is admitted ([`Heartbeats::admit`]) once its row has
+//! The set follows the rows' `running` state. At start it is made of what
+//! the startup reconcile keeps and adopts, in the same step as their rows
+//! are written and before runner requests are served; a session is admitted ([`Heartbeats::admit`]) once its row has
 //! become `running` (a provision, a warm runner, a runner the reconciler
 //! keeps or adopts), and every path that takes a row out of `running`
 //! (deprovision, reaper, drift reconcile) forgets the session first, under
@@ -292,9 +292,9 @@ impl HeartbeatWriter {
     }
 
     /// Replaces the set that answers heartbeats with the database's running
-    /// rows, and returns how many there are. Called at start, once the
-    /// startup reconcile has recorded what it keeps and before runner
-    /// requests are served.
+    /// rows, and returns how many there are: for tests and benchmarks that
+    /// write rows behind the service's back (a start fills the set from its
+    /// reconcile instead).
     pub async fn load_running(&self) -> Result<usize, DbError> {
         let running = self.db.running_sessions().await?;
         let count = running.len();

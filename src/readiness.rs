@@ -1,17 +1,45 @@
 //! Whether the service may serve runner requests yet: only once the startup
 //! reconcile has made the database and the engine agree.
+//!
+//! A runner request that arrives while that reconcile runs (it takes
+//! milliseconds) waits for it rather than being refused: a restart is then
+//! invisible to clients, who get their answer a few milliseconds late
+//! instead of a 503. Once the reconcile has failed (the engine is down) or
+//! a worker has given up, requests are refused at once with the reason.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::reconcile::Summary;
 
+/// What a runner request is told while the startup reconcile runs.
+const RECONCILING: &str = "the startup reconcile is running";
+
+/// How long a runner request waits for a startup reconcile that is running.
+/// It takes milliseconds, or seconds on an engine with thousands of
+/// containers; beyond this the request is answered 503 rather than held.
+pub const RECONCILE_PATIENCE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
-    /// Not reconciled yet; the text says what it is waiting for.
+    /// The first startup reconcile is running: runner requests wait for it.
+    Reconciling,
+    /// Not serving runner requests; the text says what it is waiting for.
     Starting(String),
     Ready(Summary),
+}
+
+impl Phase {
+    /// Why runner requests are not served, unless they are.
+    pub fn not_ready(&self) -> Option<String> {
+        match self {
+            Phase::Reconciling => Some(RECONCILING.to_owned()),
+            Phase::Starting(reason) => Some(reason.clone()),
+            Phase::Ready(_) => None,
+        }
+    }
 }
 
 /// Shared by the startup task (which moves it forward), the HTTP layer
@@ -28,9 +56,7 @@ pub struct Readiness {
 impl Default for Readiness {
     fn default() -> Self {
         Self {
-            phase: Arc::new(watch::Sender::new(Phase::Starting(
-                "the startup reconcile has not run yet".to_owned(),
-            ))),
+            phase: Arc::new(watch::Sender::new(Phase::Reconciling)),
             repaired: Arc::new(watch::Sender::new(None)),
         }
     }
@@ -66,6 +92,31 @@ impl Readiness {
         self.phase.borrow().clone()
     }
 
+    /// Whether a runner request may be served now, or once the startup
+    /// reconcile running now is done (waiting at most `patience`);
+    /// otherwise why not.
+    pub async fn admit(&self, patience: Duration) -> Result<(), String> {
+        if let Some(refused) = self.admit_now() {
+            return refused;
+        }
+        let mut receiver = self.phase.subscribe();
+        let settled = receiver.wait_for(|phase| !matches!(phase, Phase::Reconciling));
+        match tokio::time::timeout(patience, settled).await {
+            Ok(Ok(phase)) => phase.not_ready().map_or(Ok(()), Err),
+            Ok(Err(_)) => Err("the service is stopping".to_owned()),
+            Err(_) => Err(format!("{RECONCILING} (waited {patience:?})")),
+        }
+    }
+
+    /// [`Readiness::admit`] without waiting: `None` while reconciling.
+    fn admit_now(&self) -> Option<Result<(), String>> {
+        match &*self.phase.borrow() {
+            Phase::Ready(_) => Some(Ok(())),
+            Phase::Starting(reason) => Some(Err(reason.clone())),
+            Phase::Reconciling => None,
+        }
+    }
+
     /// Resolves once ready, with what the startup reconcile did.
     pub async fn wait_ready(&self) -> Summary {
         let mut receiver = self.phase.subscribe();
@@ -75,7 +126,7 @@ impl Readiness {
             .expect("the sender lives as long as self");
         match &*phase {
             Phase::Ready(summary) => *summary,
-            Phase::Starting(_) => unreachable!("waited for Ready"),
+            Phase::Reconciling | Phase::Starting(_) => unreachable!("waited for Ready"),
         }
     }
 }
@@ -85,9 +136,47 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn requests_wait_for_the_startup_reconcile_and_are_served_after_it() {
+        let readiness = Readiness::default();
+        let request = tokio::spawn({
+            let readiness = readiness.clone();
+            async move { readiness.admit(Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!request.is_finished());
+        readiness.ready(Summary::default());
+        assert_eq!(request.await.unwrap(), Ok(()));
+        assert_eq!(readiness.admit(Duration::ZERO).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_startup_reconcile_refuses_waiting_and_new_requests() {
+        let readiness = Readiness::default();
+        let request = tokio::spawn({
+            let readiness = readiness.clone();
+            async move { readiness.admit(Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        readiness.waiting("engine down".to_owned());
+        assert_eq!(request.await.unwrap(), Err("engine down".to_owned()));
+        assert_eq!(
+            readiness.admit(Duration::from_secs(60)).await,
+            Err("engine down".to_owned())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_for_the_startup_reconcile_only_so_long() {
+        let readiness = Readiness::default();
+        let refused = readiness.admit(Duration::from_secs(2)).await.unwrap_err();
+        assert!(refused.starts_with(RECONCILING), "{refused}");
+        assert_eq!(readiness.phase().not_ready(), Some(RECONCILING.to_owned()));
+    }
+
+    #[tokio::test]
     async fn waiters_wake_when_ready() {
         let readiness = Readiness::default();
-        assert!(matches!(readiness.phase(), Phase::Starting(_)));
+        assert_eq!(readiness.phase(), Phase::Reconciling);
         let waiter = tokio::spawn({
             let readiness = readiness.clone();
             async move { readiness.wait_ready().await }

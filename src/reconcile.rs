@@ -398,6 +398,8 @@ pub enum ReconcileError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Unwritten(#[from] Unwritten),
 }
 
 /// What the reconciler uses: the records, the engine, the lifecycle's
@@ -445,9 +447,15 @@ impl Reconciler {
     /// and handed back as [`Repairs`] to run after the service is ready, so
     /// that a restart never waits for the engine to kill containers.
     pub async fn run_startup(&self) -> Result<(Summary, Repairs), ReconcileError> {
-        self.backend().ensure_network().await?;
-        let rows = self.db().all().await?;
-        let containers = self.backend().list().await?;
+        // The engine's list is the slow part (its cost grows with the
+        // containers); the rows and the network are asked for meanwhile.
+        let (network, rows, containers) = tokio::join!(
+            self.backend().ensure_network(),
+            self.db().all(),
+            self.backend().list()
+        );
+        network?;
+        let (rows, containers) = (rows?, containers?);
         let now = Utc::now();
         let mut later: BTreeMap<(String, RunnerKind), Deferred> = BTreeMap::new();
         let mut settled = Vec::with_capacity(rows.len());
@@ -484,8 +492,11 @@ impl Reconciler {
                 _ => None,
             })
             .collect();
-        // (The heartbeat set is loaded from the rows after this.)
-        let summary = self.apply_marking(&now_actions, removing).await;
+        // The running set that heartbeats are answered from is made of
+        // what this reconcile keeps and adopts, nothing from before. A
+        // failed write fails the reconcile, which is then run again.
+        self.lifecycle().forget_all_running();
+        let summary = self.apply_marking(&now_actions, removing).await?;
         let mut batches = Vec::with_capacity(later.len());
         for ((session, kind), work) in later {
             let guard = self.lifecycle().lock_session(&session, kind).await;
@@ -599,13 +610,31 @@ impl Reconciler {
     /// Carries out a plan. A failed container removal never lets its row be
     /// dropped: the row is kept in `removing` so that the reaper retries.
     pub async fn apply(&self, actions: Vec<Action>) -> Summary {
-        self.apply_marking(&actions, Vec::new()).await
+        match self.apply_marking(&actions, Vec::new()).await {
+            Ok(summary) => summary,
+            Err(Unwritten {
+                mut summary,
+                changes,
+                error,
+            }) => {
+                summary.failed += changes;
+                for _ in 0..changes {
+                    self.count(ReconcileAction::Failed);
+                }
+                tracing::error!(%error, changes, "could not write a reconcile's row changes");
+                summary
+            }
+        }
     }
 
     /// [`Reconciler::apply`], also taking the rows of `removing` out of
     /// `running` in the same transaction. Containers are removed first; then
     /// every row change is written in one transaction.
-    async fn apply_marking(&self, actions: &[Action], removing: Vec<&str>) -> Summary {
+    async fn apply_marking(
+        &self,
+        actions: &[Action],
+        removing: Vec<&str>,
+    ) -> Result<Summary, Unwritten> {
         let mut summary = Summary::default();
         let mut unremoved: HashSet<&str> = HashSet::new();
         let mut changes = RowChanges {
@@ -700,15 +729,26 @@ impl Reconciler {
                 }
             }
             Err(error) => {
-                summary.failed += changes.len();
-                for _ in 0..changes.len() {
-                    self.count(ReconcileAction::Failed);
-                }
-                tracing::error!(%error, changes = changes.len(), "could not write a reconcile's row changes");
+                return Err(Unwritten {
+                    summary,
+                    changes: changes.len(),
+                    error,
+                });
             }
         }
-        summary
+        Ok(summary)
     }
+}
+
+/// A reconcile's row changes that could not be written: what it did before
+/// (container removals) and how many changes were lost.
+#[derive(Debug, thiserror::Error)]
+#[error("could not write {changes} row changes: {error}")]
+pub struct Unwritten {
+    summary: Summary,
+    changes: usize,
+    #[source]
+    error: DbError,
 }
 
 #[cfg(test)]

@@ -195,9 +195,6 @@ async fn run_background(service: Service, supervisor: Supervisor, shutdown: Canc
     // The reconcile just reached the engine: requests must not fail fast on
     // a stale "unreachable" from before it came back.
     service.health.mark_reachable();
-    if !load_running(&service.heartbeats, &readiness, &shutdown).await {
-        return;
-    }
     readiness.ready(summary);
     tracing::info!(%summary, "ready");
     let first_checks = first_checks(&service.runners, &service.backend);
@@ -248,37 +245,6 @@ async fn first_checks(runners: &Runners, backend: &Arc<dyn RunnerBackend>) {
     // provision. The service stays up; `/readyz` names it until built.
     if let Ok(false) = backend.image_present().await {
         tracing::warn!("{}", backend.missing_image_hint());
-    }
-}
-
-/// Loads the running sessions that heartbeats are answered from (see
-/// `heartbeats`), retrying with backoff: serving without them would answer
-/// 404 to every kept runner's heartbeat. `false` if shut down first.
-async fn load_running(
-    heartbeats: &HeartbeatWriter,
-    readiness: &Readiness,
-    shutdown: &CancellationToken,
-) -> bool {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        match heartbeats.load_running().await {
-            Ok(running) => {
-                tracing::info!(running, "running runners loaded");
-                return true;
-            }
-            Err(error) => {
-                let reason = format!(
-                    "could not load the running runners ({error}); retrying in {backoff:?}"
-                );
-                tracing::warn!("{reason}");
-                readiness.waiting(reason);
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_STARTUP_BACKOFF);
     }
 }
 

@@ -574,7 +574,7 @@ impl Db {
     }
 
     /// Every running runner, with what the gateway needs to route to it:
-    /// the set that answers heartbeats at start (see `heartbeats`).
+    /// what the running set that answers heartbeats holds (see `heartbeats`).
     pub async fn running_sessions(&self) -> Result<Vec<RunningRunner>, DbError> {
         sqlx::query_as(
             "SELECT session_id, kind, token, host_port, node_host, address FROM runners \

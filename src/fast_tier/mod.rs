@@ -168,13 +168,12 @@ impl Service {
     }
 
     /// What a restart on this database and engine does before it serves:
-    /// the startup reconcile, then the running sessions loaded for
-    /// heartbeats. Its deferred repairs are run to the end too, and the
+    /// the startup reconcile, which also fills the running set that
+    /// heartbeats are answered from. Its deferred repairs are run to the end too, and the
     /// summaries of both parts returned.
     pub async fn restart(&self, policy: OrphanPolicy) -> (Summary, Summary) {
         let reconciler = self.reconciler_with(policy);
         let (before, repairs) = reconciler.run_startup().await.expect("a startup reconcile");
-        self.load_running().await.expect("running rows");
         let after = repairs.run(&reconciler).await;
         (before, after)
     }

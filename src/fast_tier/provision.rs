@@ -374,23 +374,60 @@ async fn an_unavailable_engine_answers_503_with_retry_after_until_it_is_back() {
 #[tokio::test]
 async fn runner_requests_wait_for_the_startup_reconcile() {
     let service = Service::starting(&[]).await;
-    for answer in [
-        service.provision(Some("s-1")).await,
-        service.heartbeat("s-1").await,
-        service.deprovision("s-1").await,
-    ] {
-        answer.error(StatusCode::SERVICE_UNAVAILABLE, "NOT_READY");
-        assert_eq!(answer.headers["retry-after"], "5");
-    }
+    // Held while it runs, not refused: a restart costs clients a few
+    // milliseconds, not an error.
+    let (provision, heartbeat) = (
+        tokio::spawn(send_later(&service, "provision")),
+        tokio::spawn(send_later(&service, "heartbeat")),
+    );
+    tokio::task::yield_now().await;
+    assert!(!provision.is_finished() && !heartbeat.is_finished());
     assert_eq!(service.backend().calls().start, 0);
-    // Liveness answers meanwhile.
+    // Liveness answers meanwhile; readiness says why not yet.
     let live = service.send(get("/")).await;
     assert_eq!(
         (live.status, live.body.as_str()),
         (StatusCode::OK, Some("Orchestrator service is running!"))
     );
+    let ready = service.send(get("/readyz")).await;
+    let why = ready.error(StatusCode::SERVICE_UNAVAILABLE, "NOT_READY");
+    assert!(why.contains("startup reconcile is running"), "{why}");
     service.readiness.ready(Default::default());
-    service.provisioned("s-1").await;
+    assert_eq!(provision.await.unwrap().status, StatusCode::CREATED);
+    // Sent at the same time as the provision: either order is a right answer.
+    let heartbeat = heartbeat.await.unwrap().status;
+    assert!(
+        [StatusCode::OK, StatusCode::NOT_FOUND].contains(&heartbeat),
+        "{heartbeat}"
+    );
+}
+
+/// A provision or heartbeat of `s-1`, sent on its own task.
+fn send_later(service: &Service, what: &str) -> impl Future<Output = super::Answer> + use<> {
+    let router = service.router.clone();
+    let request = match what {
+        "provision" => super::provision_request(Some("s-1"), None),
+        _ => super::heartbeat_request("s-1"),
+    };
+    super::send(router, request)
+}
+
+#[tokio::test]
+async fn runner_requests_are_refused_while_the_service_cannot_reconcile() {
+    let service = Service::starting(&[]).await;
+    service
+        .readiness
+        .waiting("startup reconcile failed (engine down); retrying in 1s".to_owned());
+    for answer in [
+        service.provision(Some("s-1")).await,
+        service.heartbeat("s-1").await,
+        service.deprovision("s-1").await,
+    ] {
+        let message = answer.error(StatusCode::SERVICE_UNAVAILABLE, "NOT_READY");
+        assert!(message.contains("engine down"), "{answer:?}");
+        assert_eq!(answer.headers["retry-after"], "5");
+    }
+    assert_eq!(service.backend().calls().start, 0);
 }
 
 #[tokio::test]

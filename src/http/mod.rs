@@ -33,7 +33,7 @@ use crate::config::AllowedOrigins;
 use crate::db::Db;
 use crate::lifecycle::{Heartbeat, Provisioned, RunnerError, Runners};
 use crate::metrics::Metrics;
-use crate::readiness::{Phase, Readiness};
+use crate::readiness::{RECONCILE_PATIENCE, Readiness};
 use crate::service::Service;
 use crate::session::SessionId;
 
@@ -124,7 +124,9 @@ pub fn router(service: &Service, readiness: Readiness) -> Router {
 
 /// Runner requests wait for the startup reconcile: before it, a heartbeat
 /// could answer 404 for a runner about to be adopted (and the browser never
-/// heartbeats again after a 404). The first argument of every runner
+/// heartbeats again after a 404). One that arrives while it runs is held
+/// until it is done (see `readiness`); one that arrives while the service
+/// cannot reconcile is answered 503. The first argument of every runner
 /// handler, so it answers before any input is read; an extractor rather
 /// than a route middleware, which would box the route and its future for
 /// every request.
@@ -137,10 +139,11 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(_: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match Readiness::from_ref(state).phase() {
-            Phase::Ready(_) => Ok(Self),
-            Phase::Starting(reason) => Err(ApiError::NotReady(reason)),
-        }
+        Readiness::from_ref(state)
+            .admit(RECONCILE_PATIENCE)
+            .await
+            .map(|()| Self)
+            .map_err(ApiError::NotReady)
     }
 }
 
@@ -155,7 +158,7 @@ async fn readyz(
     State(readiness): State<Readiness>,
     State(checks): State<ReadinessChecks>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if let Phase::Starting(reason) = readiness.phase() {
+    if let Some(reason) = readiness.phase().not_ready() {
         return Err(ApiError::NotReady(reason));
     }
     if let Err(error) = checks.db.check_writable().await {

@@ -261,6 +261,12 @@ impl Lifecycle {
         self.heartbeats.admit(session_id, kind, Utc::now(), route);
     }
 
+    /// Empties the running set, before a startup reconcile fills it with
+    /// what it keeps and adopts.
+    pub fn forget_all_running(&self) {
+        self.heartbeats.replace_all(Vec::new(), Utc::now());
+    }
+
     /// Called before a runner's row stops being `running`, so that its
     /// heartbeats answer that it has none.
     pub fn forget_heartbeats(&self, session_id: &str) {

@@ -308,6 +308,40 @@ async fn engine_down_at_start_delays_readiness_until_it_returns() {
     );
 }
 
+#[tokio::test]
+async fn a_request_during_the_startup_reconcile_waits_for_it_instead_of_503() {
+    let proxy = EngineProxy::start().await;
+    let env = TestEnv::new();
+    let app = env.spawn(&[&proxy.docker_host()]).await;
+    assert_eq!(app.api.provision(Some("kept")).await.status, 201);
+    let env = app.stop().await;
+
+    // The engine does not answer yet: the startup reconcile waits for its
+    // list, and a heartbeat that arrives meanwhile waits for the reconcile.
+    proxy.hold();
+    let app = env.start(&[&proxy.docker_host()]).await;
+    let api = app.api.clone();
+    let mut heartbeat = tokio::spawn(async move { api.heartbeat("kept").await });
+    let ready = app.api.get("/readyz").await;
+    assert_eq!((ready.status, ready.error()), (503, "NOT_READY"));
+    assert!(
+        ready.message().contains("startup reconcile is running"),
+        "{ready:?}"
+    );
+    assert_eq!(app.readiness.phase(), Phase::Reconciling);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut heartbeat)
+            .await
+            .is_err(),
+        "answered before the startup reconcile"
+    );
+
+    proxy.release();
+    let answered = heartbeat.await.unwrap();
+    assert_eq!(answered.status, 200, "{answered:?}");
+    assert_eq!(app.readiness.wait_ready().await.kept, 1);
+}
+
 /// Runs the binary on `database_url` and expects it to refuse to start.
 fn refuses_to_start(database_url: &str, expected: &str) {
     let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))

@@ -282,7 +282,7 @@ async fn kept_runners_answer_after_a_restart_without_reading_the_database() {
     assert_eq!(app.api.heartbeat("deprovisioned").await.status, 404);
 }
 
-/// `Runners::load_running` makes the set exactly the database's running
+/// `HeartbeatWriter::load_running` makes the set exactly the database's running
 /// rows, whatever it held before.
 #[tokio::test]
 async fn loading_the_running_rows_replaces_the_set() {
