@@ -249,6 +249,13 @@ struct ServiceConfig<'a> {
 }
 
 async fn spawn_service(config: &ServiceConfig<'_>) -> Result<Service> {
+    let mut service = spawn_listening(config).await?;
+    service.wait_ready().await?;
+    Ok(service)
+}
+
+/// [`spawn_service`] until it listens, before its startup reconcile is done.
+async fn spawn_listening(config: &ServiceConfig<'_>) -> Result<Service> {
     let mut command = service_command(
         &config.db_path.display().to_string(),
         config.instance,
@@ -260,12 +267,12 @@ async fn spawn_service(config: &ServiceConfig<'_>) -> Result<Service> {
     for (key, value) in config.extra_env {
         command.env(key, value);
     }
-    let process = ServiceProcess::spawn(command, Duration::from_secs(600))
+    let process = ServiceProcess::spawn_listening(command, Duration::from_secs(600))
         .await
         .map_err(anyhow::Error::msg)?;
     Ok(Service {
         base: format!("http://127.0.0.1:{}", process.port),
-        summary: process.logs.field("ready", "summary").unwrap_or_default(),
+        summary: String::new(),
         process,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
@@ -276,6 +283,20 @@ async fn spawn_service(config: &ServiceConfig<'_>) -> Result<Service> {
 }
 
 impl Service {
+    /// Waits for the "ready" log line and takes its reconcile summary.
+    async fn wait_ready(&mut self) -> Result<()> {
+        self.process
+            .wait_ready(Duration::from_secs(600))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        self.summary = self
+            .process
+            .logs
+            .field("ready", "summary")
+            .unwrap_or_default();
+        Ok(())
+    }
+
     /// From spawn to the "ready" log line (startup reconcile done).
     fn spawn_to_ready(&self) -> Duration {
         self.process.spawn_to_ready
@@ -796,9 +817,10 @@ async fn crash_mid_burst(cx: &mut Context, empty_restart: Duration) -> Result<()
     let _ = in_flight.await;
     let found = container_ids(&cx.docker, &instance).await.len();
 
-    let service = spawn_service(&config).await?;
-    let ready = service.spawn_to_ready();
-    // Every session is answered at once: 200 (kept) or 404 (gone).
+    // Every session heartbeats as soon as the service listens, before its
+    // startup reconcile is done: each is held until then and answered 200
+    // (kept) or 404 (gone), never 503.
+    let mut service = spawn_listening(&config).await?;
     let answers = futures_util::future::join_all(sessions.iter().map(|session| {
         let request = service
             .client
@@ -812,22 +834,25 @@ async fn crash_mid_burst(cx: &mut Context, empty_restart: Duration) -> Result<()
                 .map(|response| response.status().as_u16());
             (status, started.elapsed())
         }
-    }))
-    .await;
+    }));
+    let (answers, ready) = tokio::join!(answers, service.wait_ready());
+    ready?;
+    let ready = service.spawn_to_ready();
     let mut all_answered = Duration::ZERO;
     let (mut kept, mut gone) = (0, 0);
     for (status, at) in answers {
         match status {
             Ok(200) => kept += 1,
             Ok(404) => gone += 1,
-            other => anyhow::bail!("a heartbeat after the crash answered {other:?}"),
+            other => anyhow::bail!("a heartbeat sent during the restart answered {other:?}"),
         }
         all_answered = all_answered.max(at);
     }
     let (repaired, summary) = service.wait_repaired().await?;
     println!(
         "  kill mid-burst of {burst}: {found} containers then; ready {:.0} ms after spawn \
-         ({}), every session answered by {:.0} ms ({kept} x 200, {gone} x 404), \
+         ({}); heartbeats sent as it listened: every session answered by {:.0} ms \
+         ({kept} x 200, {gone} x 404, none refused), \
          repairs done at {:.0} ms ({summary})",
         ms(ready),
         service.summary,

@@ -128,7 +128,8 @@ pub struct ServiceProcess {
     pub logs: Logs,
     /// When it was spawned.
     pub started: Instant,
-    /// From spawn to the `ready` line (the startup reconcile done).
+    /// From spawn to the `ready` line (the startup reconcile done); zero
+    /// until [`ServiceProcess::wait_ready`].
     pub spawn_to_ready: Duration,
     child: Child,
 }
@@ -136,7 +137,23 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Spawns `command` (a [`service_command`]) and waits, at most `limit`
     /// for each, until it listens and is ready.
-    pub async fn spawn(mut command: Command, limit: Duration) -> Result<Self, String> {
+    pub async fn spawn(command: Command, limit: Duration) -> Result<Self, String> {
+        let mut process = Self::spawn_listening(command, limit).await?;
+        process.wait_ready(limit).await?;
+        Ok(process)
+    }
+
+    /// Waits, at most `limit`, for the `ready` line (the startup reconcile
+    /// done) and records when it came.
+    pub async fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
+        self.logs.wait_for("ready", limit).await?;
+        self.spawn_to_ready = self.started.elapsed();
+        Ok(())
+    }
+
+    /// [`ServiceProcess::spawn`] up to its `listening` line only: runner
+    /// requests sent now are held until the startup reconcile is done.
+    pub async fn spawn_listening(mut command: Command, limit: Duration) -> Result<Self, String> {
         let started = Instant::now();
         let mut child = command
             .spawn()
@@ -156,8 +173,6 @@ impl ServiceProcess {
             .next()
             .and_then(|port| port.parse().ok())
             .ok_or_else(|| format!("no port in {listening}"))?;
-        process.logs.wait_for("ready", limit).await?;
-        process.spawn_to_ready = started.elapsed();
         Ok(process)
     }
 
