@@ -3,12 +3,17 @@
 # static binaries built on the host, packed by the Dockerfiles'
 # `runtime-prebuilt` targets: no registry needed), must provision a runner and
 # keep it, with the same endpoint, across `docker-compose restart` and across
-# `down` + `up` (the database lives in the named volume).
+# `down` + `up` (the database lives in the named volume). Then the `gateway`
+# profile's service must give a runner reachable only through its own port
+# (`<token>.runners.localhost`), published on the loopback alone, on a runner
+# network without inter-container traffic, and answer 404 for it once
+# deprovisioned.
 #
 # Everything it creates is scoped to one unique compose project, instance id
 # (ORCHESTRATOR_ID) and image tags, and removed on exit, also on failure.
 #
-#   tests/compose/smoke.sh          SMOKE_PORT=21301 (host port of the service)
+#   tests/compose/smoke.sh          SMOKE_PORT=21301 (host port of the service),
+#                                   SMOKE_GATEWAY_PORT=21302 (the gateway service's)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -28,6 +33,11 @@ export ORCHESTRATOR_TARGET=runtime-prebuilt
 export RUNNER_TARGET=runtime-prebuilt
 export RUNNER_CONTEXT=./tests/runner
 export ORCHESTRATOR_HOST_PORT="$port"
+# The gateway profile's service (host networking: it listens on the host).
+gateway_port="${SMOKE_GATEWAY_PORT:-21302}"
+export GATEWAY_ORCHESTRATOR_ID="${project}-gateway"
+# Given to the gateway service only (the others keep the default bridge).
+runner_network="${project}-runners"
 export PORT=3001
 export RUNNERS_HOST=http://127.0.0.1
 # A runner without a row after `down` + `up` means the volume lost the
@@ -63,9 +73,9 @@ fail() {
     exit 1
 }
 
-runner_containers() {
+runner_containers() { # [INSTANCE]
     docker ps --all --quiet --no-trunc \
-        --filter "label=taylored-orchestrator-id=${ORCHESTRATOR_ID}" \
+        --filter "label=taylored-orchestrator-id=${1:-$ORCHESTRATOR_ID}" \
         --filter "label=taylored-runner-session-id" | sort
 }
 
@@ -77,13 +87,14 @@ cleanup() {
         compose logs --no-color --tail=200 orchestrator 2>&1 || true
     fi
     step "cleanup: stack, volume, runners, images"
-    compose down --volumes --remove-orphans --timeout 10 2>&1 || true
+    compose --profile gateway down --volumes --remove-orphans --timeout 10 2>&1 || true
     local runners
-    runners=$(runner_containers)
-    if [ -n "$runners" ]; then
+    runners="$(runner_containers) $(runner_containers "$GATEWAY_ORCHESTRATOR_ID")"
+    if [ -n "${runners// /}" ]; then
         # shellcheck disable=SC2086
         docker rm --force $runners >/dev/null || true
     fi
+    docker network rm "$runner_network" >/dev/null 2>&1 || true
     docker image rm "$ORCHESTRATOR_IMAGE" "$RUNNER_IMAGE" >/dev/null 2>&1 || true
     echo "smoke test finished in $((SECONDS - started_at)) s (exit $status)"
     exit "$status"
@@ -94,6 +105,9 @@ trap 'exit 143' TERM
 
 if ss -Htln "sport = :${port}" | grep -q .; then
     fail "host port ${port} is in use; set SMOKE_PORT to a free port"
+fi
+if ss -Htln "sport = :${gateway_port}" | grep -q .; then
+    fail "host port ${gateway_port} is in use; set SMOKE_GATEWAY_PORT to a free port"
 fi
 
 step "build the static binaries on the host (target/static, tests/runner/target/static)"
@@ -217,5 +231,47 @@ compose up --detach 2>&1
 wait_ready
 check_same_runner
 compose logs --no-color orchestrator 2>&1 | grep -i 'reconcil' | tail -n 3 || true
+
+step "the gateway profile: a runner reached only through the service's port"
+PORT="$gateway_port" RUNNER_NETWORK="$runner_network" \
+    compose --profile gateway up --detach orchestrator-gateway 2>&1
+gateway="http://127.0.0.1:${gateway_port}"
+for _ in $(seq 1 60); do
+    curl --silent --fail --max-time 2 "$gateway/readyz" >/dev/null && break
+    sleep 1
+done
+curl --silent --fail --max-time 2 "$gateway/readyz" >/dev/null \
+    || fail "the gateway service is not ready within 60 s"
+answer=$(curl --silent --max-time 30 --write-out ' %{http_code}' --request POST \
+    --header 'Content-Type: application/json' --header "X-Session-Id: gw-${session}" \
+    --data '{}' "$gateway/api/runner/provision")
+echo "provision through the gateway service → ${answer}"
+[ "${answer##* }" = 201 ] || fail "provision on the gateway service: expected HTTP 201"
+gateway_endpoint=$(jq --raw-output .endpoint <<<"${answer% *}")
+runner_host=${gateway_endpoint#http://}
+runner_host=${runner_host%%:*}
+[[ "$runner_host" =~ ^[0-9a-f]{32}\.runners\.localhost$ ]] \
+    || fail "endpoint ${gateway_endpoint} is not http://<token>.runners.localhost:${gateway_port}"
+[ "${gateway_endpoint##*:}" = "$gateway_port" ] || fail "endpoint ${gateway_endpoint}: not the service's port"
+resolve=(--resolve "${runner_host}:${gateway_port}:127.0.0.1")
+reply=$(curl --silent --fail --max-time 5 "${resolve[@]}" "$gateway_endpoint/") \
+    || fail "the runner does not answer through the gateway"
+echo "runner through the gateway (${gateway_endpoint}) answers: ${reply}"
+gateway_runner=$(runner_containers "$GATEWAY_ORCHESTRATOR_ID")
+bindings=$(docker inspect --format '{{json .HostConfig.PortBindings}}' "$gateway_runner")
+echo "runner port bindings: ${bindings}; networks: $(docker inspect --format \
+    '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}' "$gateway_runner")"
+jq --exit-status 'all(.[][]; .HostIp == "127.0.0.1")' <<<"$bindings" >/dev/null \
+    || fail "the runner's port is published beyond the loopback: ${bindings}"
+[ "$(docker network inspect --format '{{index .Options "com.docker.network.bridge.enable_icc"}}' \
+    "$runner_network")" = false ] || fail "RUNNER_NETWORK ${runner_network} lets runners reach each other"
+answer=$(curl --silent --max-time 30 --write-out '%{http_code}' --output /dev/null --request POST \
+    --header 'Content-Type: application/json' --data "{\"sessionId\":\"gw-${session}\"}" \
+    "$gateway/api/runner/deprovision")
+[ "$answer" = 200 ] || fail "deprovision on the gateway service: HTTP ${answer}"
+status=$(curl --silent --max-time 5 --output /dev/null --write-out '%{http_code}' \
+    "${resolve[@]}" "$gateway_endpoint/")
+echo "after deprovision, the runner's host answers ${status}"
+[ "$status" = 404 ] || fail "a deprovisioned runner's host answered ${status}, not 404"
 
 step "passed: image ${size} bytes, $((SECONDS - started_at)) s"
