@@ -297,6 +297,23 @@ impl Service {
         Ok(())
     }
 
+    /// Where a start's time went: to listening (database open, port
+    /// bound), and the startup reconcile's reads (rows and the engine's
+    /// list, at once) and whole, from its log line.
+    fn startup_times(&self) -> String {
+        let reconcile = |field| {
+            (self.process.logs)
+                .field("startup reconcile finished", field)
+                .unwrap_or_default()
+        };
+        format!(
+            "listening at {:.1} ms; reconcile {} ms, of which rows and engine list {} ms",
+            ms(self.process.spawn_to_listening),
+            reconcile("took_ms"),
+            reconcile("read_ms")
+        )
+    }
+
     /// From spawn to the "ready" log line (startup reconcile done).
     fn spawn_to_ready(&self) -> Duration {
         self.process.spawn_to_ready
@@ -715,7 +732,11 @@ async fn restart(cx: &mut Context) -> Result<()> {
     spawn_service(&config).await?.stop().await?;
     let empty = spawn_service(&config).await?;
     let baseline = empty.spawn_to_ready();
-    println!("  0 runners: ready {:.0} ms after spawn", ms(baseline));
+    println!(
+        "  0 runners: ready {:.0} ms after spawn ({})",
+        ms(baseline),
+        empty.startup_times()
+    );
     crash_mid_burst(cx, baseline).await?;
     let mut service = empty;
     let mut have = 0;
@@ -851,10 +872,11 @@ async fn crash_mid_burst(cx: &mut Context, empty_restart: Duration) -> Result<()
     let (repaired, summary) = service.wait_repaired().await?;
     println!(
         "  kill mid-burst of {burst}: {found} containers then; ready {:.0} ms after spawn \
-         ({}); heartbeats sent as it listened: every session answered by {:.0} ms \
+         ({}; {}); heartbeats sent as it listened: every session answered by {:.0} ms \
          ({kept} x 200, {gone} x 404, none refused), \
          repairs done at {:.0} ms ({summary})",
         ms(ready),
+        service.startup_times(),
         service.summary,
         ms(all_answered),
         ms(repaired)

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, stream};
@@ -449,6 +449,7 @@ impl Reconciler {
     pub async fn run_startup(&self) -> Result<(Summary, Repairs), ReconcileError> {
         // The engine's list is the slow part (its cost grows with the
         // containers); the rows and the network are asked for meanwhile.
+        let started = Instant::now();
         let (network, rows, containers) = tokio::join!(
             self.backend().ensure_network(),
             self.db().all(),
@@ -456,6 +457,7 @@ impl Reconciler {
         );
         network?;
         let (rows, containers) = (rows?, containers?);
+        let read = started.elapsed();
         let now = Utc::now();
         let mut later: BTreeMap<(String, RunnerKind), Deferred> = BTreeMap::new();
         let mut settled = Vec::with_capacity(rows.len());
@@ -503,8 +505,11 @@ impl Reconciler {
             batches.push(Batch { guard, work });
         }
         let repairs = Repairs { batches };
+        // How long the engine's list took against the rest, for operators
+        // wondering why a start was slow.
         tracing::info!(%summary, rows = rows.len(), containers = containers.len(),
             removals_left = repairs.removals(), unsettled = unsettled.len(),
+            read_ms = millis(read), took_ms = millis(started.elapsed()),
             "startup reconcile finished");
         Ok((summary, repairs))
     }
@@ -738,6 +743,11 @@ impl Reconciler {
         }
         Ok(summary)
     }
+}
+
+/// A duration in milliseconds, to a hundredth, for log fields.
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 100_000.0).round() / 100.0
 }
 
 /// A reconcile's row changes that could not be written: what it did before

@@ -128,6 +128,8 @@ pub struct ServiceProcess {
     pub logs: Logs,
     /// When it was spawned.
     pub started: Instant,
+    /// From spawn to the `listening` line (database open, port bound).
+    pub spawn_to_listening: Duration,
     /// From spawn to the `ready` line (the startup reconcile done); zero
     /// until [`ServiceProcess::wait_ready`].
     pub spawn_to_ready: Duration,
@@ -163,10 +165,12 @@ impl ServiceProcess {
             port: 0,
             logs,
             started,
+            spawn_to_listening: Duration::ZERO,
             spawn_to_ready: Duration::ZERO,
             child,
         };
         let listening = process.logs.wait_for("listening", limit).await?;
+        process.spawn_to_listening = started.elapsed();
         let address = listening["address"].as_str().unwrap_or_default();
         process.port = address
             .rsplit(':')
