@@ -135,14 +135,20 @@ impl Readiness {
 mod tests {
     use super::*;
 
+    /// A runner request's admission on a task of its own, once it waits.
+    async fn a_request_waiting(
+        readiness: &Readiness,
+    ) -> tokio::task::JoinHandle<Result<(), String>> {
+        let readiness = readiness.clone();
+        let request = tokio::spawn(async move { readiness.admit(Duration::from_secs(60)).await });
+        tokio::task::yield_now().await;
+        request
+    }
+
     #[tokio::test]
     async fn requests_wait_for_the_startup_reconcile_and_are_served_after_it() {
         let readiness = Readiness::default();
-        let request = tokio::spawn({
-            let readiness = readiness.clone();
-            async move { readiness.admit(Duration::from_secs(60)).await }
-        });
-        tokio::task::yield_now().await;
+        let request = a_request_waiting(&readiness).await;
         assert!(!request.is_finished());
         readiness.ready(Summary::default());
         assert_eq!(request.await.unwrap(), Ok(()));
@@ -152,11 +158,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_startup_reconcile_refuses_waiting_and_new_requests() {
         let readiness = Readiness::default();
-        let request = tokio::spawn({
-            let readiness = readiness.clone();
-            async move { readiness.admit(Duration::from_secs(60)).await }
-        });
-        tokio::task::yield_now().await;
+        let request = a_request_waiting(&readiness).await;
         readiness.waiting("engine down".to_owned());
         assert_eq!(request.await.unwrap(), Err("engine down".to_owned()));
         assert_eq!(
