@@ -1,10 +1,10 @@
 //! Request extractors that turn every malformed input into an [`ApiError`]
 //! before a handler runs, so nothing unvalidated reaches Docker or the DB.
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::HeaderMap;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
@@ -34,7 +34,9 @@ where
 
     async fn from_request(request: Request, _: &S) -> Result<Self, Self::Rejection> {
         // Refused before any of it is read: the client may not even send it.
-        if declared_length(request.headers()).is_some_and(|length| length > BODY_LIMIT_BYTES) {
+        // hyper has the body's size from its `Content-Length` (which it has
+        // checked), so the header is not read again.
+        if request.body().size_hint().lower() > BODY_LIMIT_BYTES as u64 {
             return Err(ApiError::PayloadTooLarge);
         }
         let declared_json = declared_json(request.headers());
@@ -59,11 +61,18 @@ where
 /// bodies of this API arrive in one frame, which is taken as it is rather
 /// than collected into a new buffer (a heartbeat's body is a few dozen
 /// bytes, and it is the request that comes by the thousand).
+///
+/// A body of known length ends with its last byte, so no frame is asked
+/// for after it: hyper's body channel would be polled once more for the end
+/// it has already told.
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     let mut frames = body.into_data_stream();
     let mut whole: Option<Bytes> = None;
     let mut more: Option<Vec<u8>> = None;
-    while let Some(frame) = frames.next().await {
+    while !frames.is_end_stream() {
+        let Some(frame) = frames.next().await else {
+            break;
+        };
         let frame = frame.map_err(|error| {
             ApiError::MalformedJson(format!("Failed to buffer the request body: {error}"))
         })?;
@@ -90,27 +99,28 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     })
 }
 
-/// The `Content-Length` (hyper has checked it is a number, if present).
-fn declared_length(headers: &HeaderMap) -> Option<usize> {
-    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+/// `None` without a content type; otherwise whether it is JSON
+/// (`application/json`, `application/*+json`, any parameters, any case).
+/// Compares in place rather than lowercasing a copy: every body pays it.
+fn declared_json(headers: &HeaderMap) -> Option<bool> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().unwrap_or_default();
+    let end = value.bytes().position(|b| b == b';').unwrap_or(value.len());
+    let essence = value[..end].trim_ascii();
+    Some(
+        essence.eq_ignore_ascii_case("application/json")
+            || (starts_with_ignore_case(essence, "application/")
+                && ends_with_ignore_case(essence, "+json")),
+    )
 }
 
-/// `None` without a content type; otherwise whether it is JSON
-/// (`application/json`, `application/*+json`, any parameters).
-fn declared_json(headers: &HeaderMap) -> Option<bool> {
-    let value = headers.get(CONTENT_TYPE)?;
-    let essence = value
-        .to_str()
-        .unwrap_or_default()
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    Some(
-        essence == "application/json"
-            || (essence.starts_with("application/") && essence.ends_with("+json")),
-    )
+fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+    text.len() >= prefix.len()
+        && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
+    text.len() >= suffix.len()
+        && text.as_bytes()[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 /// The optional, validated `X-Session-Id` header. An empty header counts as
@@ -167,6 +177,15 @@ mod tests {
             declared_json(&with_type("application/merge-patch+json")),
             Some(true)
         );
+        assert_eq!(
+            declared_json(&with_type(" APPLICATION/VND.API+JSON ;charset=utf-8")),
+            Some(true)
+        );
+        assert_eq!(declared_json(&with_type("application/+json")), Some(true));
+        assert_eq!(declared_json(&with_type("application/json5")), Some(false));
+        assert_eq!(declared_json(&with_type("text/json")), Some(false));
+        assert_eq!(declared_json(&with_type("+json")), Some(false));
+        assert_eq!(declared_json(&with_type("")), Some(false));
         assert_eq!(declared_json(&with_type("text/plain")), Some(false));
         assert_eq!(
             declared_json(&with_type("application/x-www-form-urlencoded")),
@@ -174,20 +193,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn declared_lengths() {
-        let with_length = |value: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(CONTENT_LENGTH, HeaderValue::from_str(value).unwrap());
-            headers
-        };
-        assert_eq!(declared_length(&HeaderMap::new()), None);
-        assert_eq!(
-            declared_length(&with_length("16384")),
-            Some(BODY_LIMIT_BYTES)
-        );
-        assert_eq!(declared_length(&with_length("10000000")), Some(10_000_000));
-        assert_eq!(declared_length(&with_length("-1")), None);
+    /// A body sent as these frames.
+    fn chunked<const N: usize>(chunks: [String; N]) -> Body {
+        let frames = chunks.map(|chunk| Ok::<_, std::io::Error>(Bytes::from(chunk)));
+        Body::from_stream(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_in_one_frame_or_many() {
+        let whole = read_body(Body::from(r#"{"sessionId":"s"}"#)).await.unwrap();
+        assert_eq!(whole, r#"{"sessionId":"s"}"#);
+        let parts = [r#"{"sess"#, r#"ionId""#, r#":"s"}"#].map(String::from);
+        assert_eq!(read_body(chunked(parts)).await.unwrap(), whole);
+        assert!(read_body(Body::empty()).await.unwrap().is_empty());
+        let half = "x".repeat(BODY_LIMIT_BYTES / 2 + 1);
+        assert!(matches!(
+            read_body(chunked([half.clone(), half])).await,
+            Err(ApiError::PayloadTooLarge)
+        ));
     }
 
     #[test]
