@@ -23,7 +23,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, Operation};
 pub use extract::SESSION_HEADER;
-use extract::{OptionalJson, SessionHeader, parse_optional};
+use extract::{OptionalJson, SessionBody, SessionHeader};
 pub use linger::LINGER_IDLE;
 pub use serve::serve;
 
@@ -221,12 +221,6 @@ struct ProvisionRequest {
     network_mode: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SessionRequest {
-    session_id: Option<String>,
-}
-
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ProvisionResponse {
@@ -292,7 +286,7 @@ async fn deprovision(
     State(ReuseRunnerMode(reuse_runner_mode)): State<ReuseRunnerMode>,
     State(runners): State<Arc<Runners>>,
     header: SessionHeader,
-    OptionalJson(request): OptionalJson<SessionRequest>,
+    body: SessionBody,
 ) -> Result<Json<MessageResponse>, ApiError> {
     // The shared runner outlives every session, so the mode is checked
     // before anything else, as the first orchestrator did.
@@ -301,7 +295,7 @@ async fn deprovision(
             "Deprovisioning is disabled in REUSE_RUNNER_MODE.",
         ));
     }
-    let session = required_session(request, header, Operation::Deprovision)?;
+    let session = required_session(body, header, Operation::Deprovision)?;
     let message = format!("Runner for session {session} deprovisioned successfully.");
     run_to_completion(async move { runners.deprovision(&session).await }).await?;
     Ok(MessageResponse::new(message))
@@ -311,9 +305,9 @@ async fn heartbeat(
     _: Ready,
     State(runners): State<Arc<Runners>>,
     header: SessionHeader,
-    OptionalJson(request): OptionalJson<SessionRequest>,
+    body: SessionBody,
 ) -> Result<Json<MessageResponse>, ApiError> {
-    let session = required_session(request, header, Operation::Heartbeat)?;
+    let session = required_session(body, header, Operation::Heartbeat)?;
     Ok(match runners.heartbeat(&session)? {
         Heartbeat::Session => {
             MessageResponse::new(format!("Heartbeat received for session {session}."))
@@ -325,12 +319,11 @@ async fn heartbeat(
 /// The body's `sessionId` wins over the `X-Session-Id` header, as in the
 /// first orchestrator (`req.body.sessionId || req.headers['x-session-id']`).
 fn required_session(
-    request: SessionRequest,
+    SessionBody(body): SessionBody,
     SessionHeader(header): SessionHeader,
     operation: Operation,
 ) -> Result<SessionId, ApiError> {
-    let from_body = parse_optional(request.session_id.as_deref().unwrap_or_default())?;
-    from_body
+    body?
         .or(header)
         .ok_or(ApiError::SessionIdRequired(operation))
 }
@@ -401,6 +394,28 @@ mod tests {
             (status, &body["error"]),
             (StatusCode::NOT_FOUND, &"RUNNER_NOT_FOUND".into())
         );
+    }
+
+    #[test]
+    fn the_body_session_wins_over_the_header() {
+        let id = |raw: &str| SessionId::parse(raw).unwrap();
+        let required = |body, header: Option<&str>| {
+            let header = SessionHeader(header.map(id));
+            required_session(SessionBody(body), header, Operation::Heartbeat)
+        };
+        assert_eq!(required(Ok(Some(id("b"))), Some("h")).unwrap(), id("b"));
+        assert_eq!(required(Ok(None), Some("h")).unwrap(), id("h"));
+        assert!(matches!(
+            required(Ok(None), None),
+            Err(ApiError::SessionIdRequired(Operation::Heartbeat))
+        ));
+        let invalid = Err(ApiError::InvalidSessionId(
+            crate::session::InvalidSessionId::NotVisibleAscii,
+        ));
+        assert!(matches!(
+            required(invalid, Some("h")),
+            Err(ApiError::InvalidSessionId(_))
+        ));
     }
 
     #[tokio::test]
