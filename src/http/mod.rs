@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Json, Router};
@@ -229,16 +229,60 @@ struct ProvisionResponse {
     session_id: String,
 }
 
-#[derive(Debug, Serialize)]
-struct MessageResponse {
-    message: String,
-}
+/// A `{"message": ...}` answer, written straight into its body rather than
+/// formatted into a `String` and serialized: a heartbeat's answer is the
+/// one sent by the thousand. Its texts are fixed and need no escaping; a
+/// session id is visible ASCII, in which JSON escapes only `"` and `\`.
+/// The bytes are what serde_json wrote for `{ message: String }`.
+struct MessageResponse(Vec<u8>);
 
 impl MessageResponse {
-    fn new(message: impl Into<String>) -> Json<Self> {
-        Json(Self {
-            message: message.into(),
-        })
+    const START: &str = r#"{"message":""#;
+    const END: &str = r#""}"#;
+
+    /// A fixed text.
+    fn new(text: &'static str) -> Self {
+        Self::write(text, "", "")
+    }
+
+    /// Fixed texts around a session id.
+    fn about(before: &'static str, session: &SessionId, after: &'static str) -> Self {
+        Self::write(before, session.as_str(), after)
+    }
+
+    /// `id` is visible ASCII (a session id's), escaped here.
+    fn write(before: &'static str, id: &str, after: &'static str) -> Self {
+        debug_assert!(
+            [before, after].iter().all(|text| !text
+                .bytes()
+                .any(|b| b.is_ascii_control() || b == b'"' || b == b'\\')),
+            "a fixed text that needs escaping"
+        );
+        let mut body = Vec::with_capacity(
+            Self::START.len() + before.len() + 2 * id.len() + after.len() + Self::END.len(),
+        );
+        body.extend_from_slice(Self::START.as_bytes());
+        body.extend_from_slice(before.as_bytes());
+        for byte in id.bytes() {
+            if matches!(byte, b'"' | b'\\') {
+                body.push(b'\\');
+            }
+            body.push(byte);
+        }
+        body.extend_from_slice(after.as_bytes());
+        body.extend_from_slice(Self::END.as_bytes());
+        Self(body)
+    }
+}
+
+impl IntoResponse for MessageResponse {
+    fn into_response(self) -> Response {
+        let mut response = Response::new(self.0.into());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
     }
 }
 
@@ -287,7 +331,7 @@ async fn deprovision(
     State(runners): State<Arc<Runners>>,
     header: SessionHeader,
     body: SessionBody,
-) -> Result<Json<MessageResponse>, ApiError> {
+) -> Result<MessageResponse, ApiError> {
     // The shared runner outlives every session, so the mode is checked
     // before anything else, as the first orchestrator did.
     if reuse_runner_mode {
@@ -296,9 +340,13 @@ async fn deprovision(
         ));
     }
     let session = required_session(body, header, Operation::Deprovision)?;
-    let message = format!("Runner for session {session} deprovisioned successfully.");
+    let answer = MessageResponse::about(
+        "Runner for session ",
+        &session,
+        " deprovisioned successfully.",
+    );
     run_to_completion(async move { runners.deprovision(&session).await }).await?;
-    Ok(MessageResponse::new(message))
+    Ok(answer)
 }
 
 async fn heartbeat(
@@ -306,11 +354,11 @@ async fn heartbeat(
     State(runners): State<Arc<Runners>>,
     header: SessionHeader,
     body: SessionBody,
-) -> Result<Json<MessageResponse>, ApiError> {
+) -> Result<MessageResponse, ApiError> {
     let session = required_session(body, header, Operation::Heartbeat)?;
     Ok(match runners.heartbeat(&session)? {
         Heartbeat::Session => {
-            MessageResponse::new(format!("Heartbeat received for session {session}."))
+            MessageResponse::about("Heartbeat received for session ", &session, ".")
         }
         Heartbeat::Singleton => MessageResponse::new("Heartbeat received for singleton runner."),
     })
@@ -394,6 +442,59 @@ mod tests {
             (status, &body["error"]),
             (StatusCode::NOT_FOUND, &"RUNNER_NOT_FOUND".into())
         );
+    }
+
+    /// What `Json(MessageResponse { message })` answered before.
+    fn serialized(message: String) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Owned {
+            message: String,
+        }
+        serde_json::to_vec(&Owned { message }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn messages_are_the_json_that_serde_wrote() {
+        let ids = [
+            "wrk-known",
+            r#"say"hi""#,
+            r"back\slash",
+            r#"\""#,
+            r#"""#,
+            r"\",
+            "!#$%&'()*+,-./:;<=>?@[]^_`{|}~",
+        ];
+        for raw in ids {
+            let session = SessionId::parse(raw).unwrap();
+            let answer = MessageResponse::about("Heartbeat received for session ", &session, ".");
+            let expected = serialized(format!("Heartbeat received for session {raw}."));
+            assert_eq!(answer.0, expected, "{raw:?}");
+            let value: serde_json::Value = serde_json::from_slice(&answer.0).unwrap();
+            assert_eq!(
+                value["message"],
+                format!("Heartbeat received for session {raw}.")
+            );
+        }
+        let text = "Heartbeat received for singleton runner.";
+        assert_eq!(MessageResponse::new(text).0, serialized(text.to_owned()));
+
+        let response = MessageResponse::new(text).into_response();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(body, serialized(text.to_owned()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_session_id_is_escaped_as_serde_escapes_it(raw in "[!-~]{1,128}") {
+            let session = SessionId::parse(&raw).unwrap();
+            let answer = MessageResponse::about("Runner for session ", &session, " deprovisioned successfully.");
+            let expected = serialized(format!("Runner for session {raw} deprovisioned successfully."));
+            proptest::prop_assert_eq!(answer.0, expected);
+        }
     }
 
     #[test]
