@@ -2,7 +2,8 @@
 //! All of them are JSON `{"error": CODE, "message": ...}`; a 500 adds
 //! `details` only outside production, decided by [`show_details`] alone.
 
-use axum::Json;
+use std::borrow::Cow;
+
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -78,7 +79,7 @@ pub enum ApiError {
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
-    message: String,
+    message: Cow<'static, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     details: Option<&'a str>,
 }
@@ -196,57 +197,76 @@ impl ApiError {
         }
     }
 
-    fn message(&self) -> String {
+    /// Most messages are fixed texts, borrowed rather than copied.
+    fn message(&self) -> Cow<'static, str> {
         match self {
             ApiError::SessionIdRequired(Operation::Deprovision) => {
-                "Session ID is required for deprovisioning.".to_owned()
+                "Session ID is required for deprovisioning.".into()
             }
             ApiError::SessionIdRequired(Operation::Heartbeat) => {
-                "Session ID is required for heartbeat.".to_owned()
+                "Session ID is required for heartbeat.".into()
             }
-            ApiError::InvalidSessionId(reason) => reason.to_string(),
-            ApiError::InvalidNetworkMode(reason) => (*reason).to_owned(),
-            ApiError::RunnerNotFound => "No active runner found for this session ID.".to_owned(),
+            ApiError::InvalidSessionId(reason) => reason.to_string().into(),
+            ApiError::InvalidNetworkMode(reason) => (*reason).into(),
+            ApiError::RunnerNotFound => "No active runner found for this session ID.".into(),
             ApiError::NoRunnerAtHost => {
-                "No active runner at this address; it may have been removed.".to_owned()
+                "No active runner at this address; it may have been removed.".into()
             }
             ApiError::RunnerUnreachable(reason) => {
-                format!("The runner is not answering ({reason}).")
+                format!("The runner is not answering ({reason}).").into()
             }
             ApiError::SingletonNotFound => {
-                "Singleton runner not found or session ID mismatch.".to_owned()
+                "Singleton runner not found or session ID mismatch.".into()
             }
-            ApiError::ImageNotFound(image) => format!(
-                "Docker image {image} not found. Ensure it has been built, typically by the 'runner-builder' service."
-            ),
-            ApiError::NetworkNotFound(network) => format!("Docker network {network} not found."),
+            ApiError::ImageNotFound(image) => {
+                let hint = "Ensure it has been built, typically by the 'runner-builder' service.";
+                format!("Docker image {image} not found. {hint}").into()
+            }
+            ApiError::NetworkNotFound(network) => {
+                format!("Docker network {network} not found.").into()
+            }
             ApiError::MalformedJson(reason) => {
-                format!("The request body is not valid JSON: {reason}")
+                format!("The request body is not valid JSON: {reason}").into()
             }
             ApiError::UnexpectedJson(reason) => {
-                format!("The request body has an unexpected shape: {reason}")
+                format!("The request body has an unexpected shape: {reason}").into()
             }
             ApiError::UnsupportedMediaType => {
-                "The request body must be JSON (Content-Type: application/json).".to_owned()
+                "The request body must be JSON (Content-Type: application/json).".into()
             }
-            ApiError::PayloadTooLarge => "The request body is too large.".to_owned(),
-            ApiError::RouteNotFound => "No such endpoint.".to_owned(),
-            ApiError::MethodNotAllowed => "This method is not allowed on this endpoint.".to_owned(),
-            ApiError::Timeout => "The request took too long.".to_owned(),
-            ApiError::Internal { .. } => "An unexpected error occurred on the server.".to_owned(),
+            ApiError::PayloadTooLarge => "The request body is too large.".into(),
+            ApiError::RouteNotFound => "No such endpoint.".into(),
+            ApiError::MethodNotAllowed => "This method is not allowed on this endpoint.".into(),
+            ApiError::Timeout => "The request took too long.".into(),
+            ApiError::Internal { .. } => "An unexpected error occurred on the server.".into(),
             ApiError::DockerUnavailable => {
                 "The Docker Engine is unavailable; runners cannot be started or removed right now."
-                    .to_owned()
+                    .into()
             }
-            ApiError::NotReady(reason) => format!("The orchestrator is not ready yet: {reason}"),
+            ApiError::NotReady(reason) => {
+                format!("The orchestrator is not ready yet: {reason}").into()
+            }
             ApiError::RunnerLimitReached => {
-                "The maximum number of runners is reached; try again later.".to_owned()
+                "The maximum number of runners is reached; try again later.".into()
             }
             ApiError::RateLimited(wait) => {
-                format!("Too many provisions from this client; try again in {wait} s.")
+                format!("Too many provisions from this client; try again in {wait} s.").into()
             }
         }
     }
+}
+
+/// A JSON answer, serialized straight into its body (what `Json` gives,
+/// without its buffer and the header it sets first and then replaces).
+fn json_response(status: StatusCode, body: &ErrorBody<'_>) -> Response {
+    let bytes = serde_json::to_vec(body).expect("an error body always serialises");
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 impl IntoResponse for ApiError {
@@ -257,7 +277,7 @@ impl IntoResponse for ApiError {
             details: None,
         };
         // axum adds the `Allow` header to 405s itself.
-        let mut response = (self.status(), Json(body)).into_response();
+        let mut response = json_response(self.status(), &body);
         if let ApiError::Internal {
             details: Some(details),
         } = &self
@@ -275,5 +295,42 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body of `(status, Json(body)).into_response()` with the message
+    /// as an owned `String`, as the answers were made before.
+    #[derive(Serialize)]
+    struct Owned {
+        error: &'static str,
+        message: String,
+    }
+
+    #[tokio::test]
+    async fn error_answers_are_the_json_they_were() {
+        let errors = [
+            ApiError::RunnerNotFound,
+            ApiError::SessionIdRequired(Operation::Heartbeat),
+            ApiError::MalformedJson("expected `:` at line 1 column 5 \"\\".to_owned()),
+            ApiError::NotReady("the engine is down".to_owned()),
+        ];
+        for error in errors {
+            let (status, code, message) = (error.status(), error.code(), error.message());
+            let response = error.into_response();
+            assert_eq!(response.status(), status);
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let expected = Owned {
+                error: code,
+                message: message.into_owned(),
+            };
+            assert_eq!(body, serde_json::to_vec(&expected).unwrap());
+        }
     }
 }
