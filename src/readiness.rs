@@ -2,6 +2,7 @@
 //! reconcile has made the database and the engine agree.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
@@ -20,6 +21,8 @@ pub enum Phase {
 #[derive(Debug, Clone)]
 pub struct Readiness {
     phase: Arc<watch::Sender<Phase>>,
+    /// Whether `phase` is `Ready`, for [`Readiness::not_ready`].
+    ready: Arc<AtomicBool>,
     /// What the startup reconcile did in all, once the removals it left
     /// for after readiness are done too.
     repaired: Arc<watch::Sender<Option<Summary>>>,
@@ -31,6 +34,7 @@ impl Default for Readiness {
             phase: Arc::new(watch::Sender::new(Phase::Starting(
                 "the startup reconcile has not run yet".to_owned(),
             ))),
+            ready: Arc::new(AtomicBool::new(false)),
             repaired: Arc::new(watch::Sender::new(None)),
         }
     }
@@ -38,11 +42,13 @@ impl Default for Readiness {
 
 impl Readiness {
     pub fn waiting(&self, reason: String) {
+        self.ready.store(false, Ordering::Release);
         self.phase.send_replace(Phase::Starting(reason));
     }
 
     pub fn ready(&self, summary: Summary) {
         self.phase.send_replace(Phase::Ready(summary));
+        self.ready.store(true, Ordering::Release);
     }
 
     /// The startup repairs are done; `total` counts them and what was done
@@ -64,6 +70,20 @@ impl Readiness {
 
     pub fn phase(&self) -> Phase {
         self.phase.borrow().clone()
+    }
+
+    /// Why the service is not ready yet, `None` once it is. Every runner
+    /// request asks, on every worker: while ready, the answer is one load of
+    /// a flag that no request writes, rather than the watch's lock (a write
+    /// to memory that the workers share) and a copy of the phase.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        match &*self.phase.borrow() {
+            Phase::Starting(reason) => Some(reason.clone()),
+            Phase::Ready(_) => None,
+        }
     }
 
     /// Resolves once ready, with what the startup reconcile did.
@@ -88,6 +108,7 @@ mod tests {
     async fn waiters_wake_when_ready() {
         let readiness = Readiness::default();
         assert!(matches!(readiness.phase(), Phase::Starting(_)));
+        assert!(readiness.not_ready().is_some());
         let waiter = tokio::spawn({
             let readiness = readiness.clone();
             async move { readiness.wait_ready().await }
@@ -98,6 +119,7 @@ mod tests {
             ..Summary::default()
         };
         readiness.ready(summary);
+        assert_eq!(readiness.not_ready(), None);
         assert_eq!(waiter.await.unwrap(), summary);
         let total = Summary {
             containers_removed: 3,
@@ -105,5 +127,7 @@ mod tests {
         };
         readiness.repaired(total);
         assert_eq!(readiness.wait_repaired().await, total);
+        readiness.waiting("a worker ended".to_owned());
+        assert_eq!(readiness.not_ready().as_deref(), Some("a worker ended"));
     }
 }

@@ -42,7 +42,7 @@ use crate::config::Settings;
 use crate::heartbeats::Heartbeats;
 use crate::http::ApiError;
 use crate::metrics::{GatewayResult, Metrics};
-use crate::readiness::{Phase, Readiness};
+use crate::readiness::Readiness;
 
 /// How long a runner may take to accept a connection before it counts as
 /// not answering.
@@ -215,7 +215,7 @@ impl Gateway {
     ) -> (Response<Body>, GatewayResult) {
         // Before the startup reconcile the running set is empty: a 404 would
         // tell a client its runner is gone when it is about to be kept.
-        if let Phase::Starting(reason) = self.readiness.phase() {
+        if let Some(reason) = self.readiness.not_ready() {
             return (
                 ApiError::NotReady(reason).into_response(),
                 GatewayResult::NotReady,

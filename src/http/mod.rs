@@ -127,19 +127,17 @@ pub fn router(service: &Service, readiness: Readiness) -> Router {
 /// heartbeats again after a 404). The first argument of every runner
 /// handler, so it answers before any input is read; an extractor rather
 /// than a route middleware, which would box the route and its future for
-/// every request.
+/// every request. It borrows the state's `Readiness` rather than cloning it
+/// (as `FromRef` would): reference counts are writes that the workers share.
 struct Ready;
 
-impl<S: Send + Sync> FromRequestParts<S> for Ready
-where
-    Readiness: FromRef<S>,
-{
+impl FromRequestParts<AppState> for Ready {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match Readiness::from_ref(state).phase() {
-            Phase::Ready(_) => Ok(Self),
-            Phase::Starting(reason) => Err(ApiError::NotReady(reason)),
+    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match state.readiness.not_ready() {
+            None => Ok(Self),
+            Some(reason) => Err(ApiError::NotReady(reason)),
         }
     }
 }
