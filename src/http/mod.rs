@@ -44,9 +44,35 @@ pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// What the handlers share; each extracts only the part it uses.
-#[derive(Clone, FromRef)]
-struct AppState {
+///
+/// axum clones the state for every request, and every reference count a
+/// clone bumps is a write to memory that all workers share (a dozen `Arc`s
+/// when the parts sat side by side): behind one `Arc`, a request bumps one.
+#[derive(Clone)]
+struct AppState(Arc<StateParts>);
+
+struct StateParts {
     /// Extractors clone it for every request, so it sits behind one `Arc`.
+    runners: Arc<Runners>,
+    readiness: Readiness,
+    checks: ReadinessChecks,
+    scrape: Scrape,
+    reuse_runner_mode: ReuseRunnerMode,
+}
+
+/// `State<Part>` for each part of the state, as `#[derive(FromRef)]` gives
+/// for the fields of a struct.
+macro_rules! state_parts {
+    ($($field:ident: $part:ty),* $(,)?) => {$(
+        impl FromRef<AppState> for $part {
+            fn from_ref(state: &AppState) -> Self {
+                state.0.$field.clone()
+            }
+        }
+    )*};
+}
+
+state_parts! {
     runners: Arc<Runners>,
     readiness: Readiness,
     checks: ReadinessChecks,
@@ -82,7 +108,7 @@ pub fn router(service: &Service, readiness: Readiness) -> Router {
             ApiError::Timeout
         }))
         .timeout(settings.request_timeout);
-    let state = AppState {
+    let state = AppState(Arc::new(StateParts {
         runners: Arc::new(service.runners.clone()),
         readiness,
         checks: ReadinessChecks {
@@ -95,7 +121,7 @@ pub fn router(service: &Service, readiness: Readiness) -> Router {
             metrics: Arc::clone(&service.metrics),
         },
         reuse_runner_mode: ReuseRunnerMode(settings.reuse_runner_mode),
-    };
+    }));
     let runner_api = Router::new()
         .route(
             "/api/runner/provision",
@@ -135,7 +161,7 @@ impl FromRequestParts<AppState> for Ready {
     type Rejection = ApiError;
 
     async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        match state.readiness.not_ready() {
+        match state.0.readiness.not_ready() {
             None => Ok(Self),
             Some(reason) => Err(ApiError::NotReady(reason)),
         }
