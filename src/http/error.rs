@@ -127,7 +127,7 @@ impl From<DbError> for ApiError {
 /// Outside production, writes a 500's details into its body: the one place
 /// that decides whether clients learn what went wrong inside (the router
 /// adds it unless `NODE_ENV=production`).
-pub async fn show_details(response: Response) -> Response {
+pub fn show_details(response: Response) -> Response {
     let Some(Details(details)) = response.extensions().get::<Details>().cloned() else {
         return response;
     };
@@ -308,6 +308,36 @@ mod tests {
     struct Owned {
         error: &'static str,
         message: String,
+    }
+
+    async fn body(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn details_are_shown_for_internal_errors_only() {
+        let internal = ApiError::Internal {
+            details: Some("the engine said no".to_owned()),
+        };
+        let shown = show_details(internal.into_response());
+        assert_eq!(shown.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body(shown).await,
+            serde_json::json!({
+                "error": "SERVER_ERROR",
+                "message": "An unexpected error occurred on the server.",
+                "details": "the engine said no",
+            })
+        );
+        let hidden = ApiError::Internal {
+            details: Some("the engine said no".to_owned()),
+        };
+        assert!(body(hidden.into_response()).await.get("details").is_none());
+        let other = show_details(ApiError::RunnerNotFound.into_response());
+        assert_eq!(body(other).await["error"], "RUNNER_NOT_FOUND");
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{BoxError, Json, Router};
 use serde::{Deserialize, Serialize};
 use tower::ServiceBuilder;
+use tower::util::MapResponseLayer;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -144,7 +145,9 @@ pub fn router(service: &Service, readiness: Readiness) -> Router {
     if settings.is_production() {
         router
     } else {
-        router.layer(axum::middleware::map_response(error::show_details))
+        // A plain map: axum's `middleware::map_response` boxes a future for
+        // every request to run a function that awaits nothing.
+        router.layer(MapResponseLayer::new(error::show_details))
     }
 }
 
