@@ -18,7 +18,6 @@ use axum::routing::{get, post};
 use axum::{BoxError, Json, Router};
 use serde::{Deserialize, Serialize};
 use tower::ServiceBuilder;
-use tower::util::MapResponseLayer;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -102,13 +101,25 @@ struct ReuseRunnerMode(bool);
 
 pub fn router(service: &Service, readiness: Readiness) -> Router {
     let settings = &service.settings;
+    // Production never shows clients what went wrong inside.
+    let show_details = !settings.is_production();
+    // One stack, added once: every `Router::layer` wraps each route again,
+    // in a boxed service that is cloned and called for every request.
     let middleware = ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
         .layer(cors(&settings.cors_allowed_origins))
         .layer(HandleErrorLayer::new(|_: BoxError| async {
             ApiError::Timeout
         }))
-        .timeout(settings.request_timeout);
+        .timeout(settings.request_timeout)
+        // A plain map of the handlers' answers: axum's
+        // `middleware::map_response` boxes a future for every request to
+        // run a function that awaits nothing.
+        .map_response(move |response: Response| match show_details {
+            true => error::show_details(response),
+            false => response,
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
     let state = AppState(Arc::new(StateParts {
         runners: Arc::new(service.runners.clone()),
         readiness,
@@ -130,7 +141,7 @@ pub fn router(service: &Service, readiness: Readiness) -> Router {
         )
         .route("/api/runner/deprovision", post(deprovision))
         .route("/api/runner/heartbeat", post(heartbeat));
-    let router = Router::new()
+    Router::new()
         .route("/", get(liveness))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -138,17 +149,8 @@ pub fn router(service: &Service, readiness: Readiness) -> Router {
         .merge(runner_api)
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware)
-        .with_state(state);
-    // Production never shows clients what went wrong inside.
-    if settings.is_production() {
-        router
-    } else {
-        // A plain map: axum's `middleware::map_response` boxes a future for
-        // every request to run a function that awaits nothing.
-        router.layer(MapResponseLayer::new(error::show_details))
-    }
+        .with_state(state)
 }
 
 /// Runner requests wait for the startup reconcile: before it, a heartbeat
