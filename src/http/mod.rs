@@ -51,6 +51,7 @@ const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 #[derive(Clone)]
 struct AppState(Arc<StateParts>);
 
+/// The parts of [`AppState`].
 struct StateParts {
     /// Extractors clone it for every request, so it sits behind one `Arc`.
     runners: Arc<Runners>,
@@ -112,12 +113,15 @@ pub fn router(service: &Service, readiness: Readiness) -> Router {
             ApiError::Timeout
         }))
         .timeout(settings.request_timeout)
-        // A plain map of the handlers' answers: axum's
-        // `middleware::map_response` boxes a future for every request to
-        // run a function that awaits nothing.
-        .map_response(move |response: Response| match show_details {
-            true => error::show_details(response),
-            false => response,
+        // The handlers' answers, the only ones with a 500's details, in a
+        // plain map: axum's `middleware::map_response` boxes a future for
+        // every request to run a function that awaits nothing.
+        .map_response(move |response: Response| {
+            if show_details {
+                error::show_details(response)
+            } else {
+                response
+            }
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
     let state = AppState(Arc::new(StateParts {
