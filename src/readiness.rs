@@ -8,6 +8,7 @@
 //! a worker has given up, requests are refused at once with the reason.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -48,6 +49,8 @@ impl Phase {
 #[derive(Debug, Clone)]
 pub struct Readiness {
     phase: Arc<watch::Sender<Phase>>,
+    /// Whether `phase` is `Ready`, for [`Readiness::admit`].
+    ready: Arc<AtomicBool>,
     /// What the startup reconcile did in all, once the removals it left
     /// for after readiness are done too.
     repaired: Arc<watch::Sender<Option<Summary>>>,
@@ -57,6 +60,7 @@ impl Default for Readiness {
     fn default() -> Self {
         Self {
             phase: Arc::new(watch::Sender::new(Phase::Reconciling)),
+            ready: Arc::new(AtomicBool::new(false)),
             repaired: Arc::new(watch::Sender::new(None)),
         }
     }
@@ -64,11 +68,13 @@ impl Default for Readiness {
 
 impl Readiness {
     pub fn waiting(&self, reason: String) {
+        self.ready.store(false, Ordering::Release);
         self.phase.send_replace(Phase::Starting(reason));
     }
 
     pub fn ready(&self, summary: Summary) {
         self.phase.send_replace(Phase::Ready(summary));
+        self.ready.store(true, Ordering::Release);
     }
 
     /// The startup repairs are done; `total` counts them and what was done
@@ -94,8 +100,14 @@ impl Readiness {
 
     /// Whether a runner request may be served now, or once the startup
     /// reconcile running now is done (waiting at most `patience`);
-    /// otherwise why not.
+    /// otherwise why not. Every runner request asks, on every worker: while
+    /// ready, the answer is one load of a flag that no request writes,
+    /// rather than the watch's lock (a write to memory that the workers
+    /// share) and a copy of the phase.
     pub async fn admit(&self, patience: Duration) -> Result<(), String> {
+        if self.ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
         if let Some(refused) = self.admit_now() {
             return refused;
         }
@@ -189,6 +201,7 @@ mod tests {
             ..Summary::default()
         };
         readiness.ready(summary);
+        assert_eq!(readiness.admit(Duration::ZERO).await, Ok(()));
         assert_eq!(waiter.await.unwrap(), summary);
         let total = Summary {
             containers_removed: 3,
@@ -196,5 +209,11 @@ mod tests {
         };
         readiness.repaired(total);
         assert_eq!(readiness.wait_repaired().await, total);
+        // A worker that gave up takes readiness back.
+        readiness.waiting("a worker ended".to_owned());
+        assert_eq!(
+            readiness.admit(Duration::from_secs(60)).await,
+            Err("a worker ended".to_owned())
+        );
     }
 }

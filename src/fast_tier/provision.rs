@@ -477,6 +477,13 @@ async fn the_shared_runner_mode_answers_as_the_first_orchestrator() {
             json!({ "message": "Deprovisioning is disabled in REUSE_RUNNER_MODE." })
         )
     );
+    // Answered before the session id is looked at, even a bad one.
+    let bad_id = json_post(
+        "/api/runner/deprovision",
+        None,
+        Some(json!({ "sessionId": "not an id" })),
+    );
+    assert_eq!(service.send(bad_id).await.body, refused.body);
     service.running_runner("first");
     assert_eq!(
         service.existing_row("first").await.kind,

@@ -2,7 +2,8 @@
 //! All of them are JSON `{"error": CODE, "message": ...}`; a 500 adds
 //! `details` only outside production, decided by [`show_details`] alone.
 
-use axum::Json;
+use std::borrow::Cow;
+
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -78,7 +79,7 @@ pub enum ApiError {
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
-    message: String,
+    message: Cow<'static, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     details: Option<&'a str>,
 }
@@ -126,7 +127,7 @@ impl From<DbError> for ApiError {
 /// Outside production, writes a 500's details into its body: the one place
 /// that decides whether clients learn what went wrong inside (the router
 /// adds it unless `NODE_ENV=production`).
-pub async fn show_details(response: Response) -> Response {
+pub fn show_details(response: Response) -> Response {
     let Some(Details(details)) = response.extensions().get::<Details>().cloned() else {
         return response;
     };
@@ -196,56 +197,96 @@ impl ApiError {
         }
     }
 
-    fn message(&self) -> String {
+    /// Most messages are fixed texts, borrowed rather than copied.
+    fn message(&self) -> Cow<'static, str> {
         match self {
             ApiError::SessionIdRequired(Operation::Deprovision) => {
-                "Session ID is required for deprovisioning.".to_owned()
+                "Session ID is required for deprovisioning.".into()
             }
             ApiError::SessionIdRequired(Operation::Heartbeat) => {
-                "Session ID is required for heartbeat.".to_owned()
+                "Session ID is required for heartbeat.".into()
             }
-            ApiError::InvalidSessionId(reason) => reason.to_string(),
-            ApiError::InvalidNetworkMode(reason) => (*reason).to_owned(),
-            ApiError::RunnerNotFound => "No active runner found for this session ID.".to_owned(),
+            ApiError::InvalidSessionId(reason) => reason.to_string().into(),
+            ApiError::InvalidNetworkMode(reason) => (*reason).into(),
+            ApiError::RunnerNotFound => "No active runner found for this session ID.".into(),
             ApiError::NoRunnerAtHost => {
-                "No active runner at this address; it may have been removed.".to_owned()
+                "No active runner at this address; it may have been removed.".into()
             }
             ApiError::RunnerUnreachable(reason) => {
-                format!("The runner is not answering ({reason}).")
+                format!("The runner is not answering ({reason}).").into()
             }
             ApiError::SingletonNotFound => {
-                "Singleton runner not found or session ID mismatch.".to_owned()
+                "Singleton runner not found or session ID mismatch.".into()
             }
-            ApiError::ImageNotFound(image) => format!(
-                "Docker image {image} not found. Ensure it has been built, typically by the 'runner-builder' service."
-            ),
-            ApiError::NetworkNotFound(network) => format!("Docker network {network} not found."),
+            ApiError::ImageNotFound(image) => {
+                let hint = "Ensure it has been built, typically by the 'runner-builder' service.";
+                format!("Docker image {image} not found. {hint}").into()
+            }
+            ApiError::NetworkNotFound(network) => {
+                format!("Docker network {network} not found.").into()
+            }
             ApiError::MalformedJson(reason) => {
-                format!("The request body is not valid JSON: {reason}")
+                format!("The request body is not valid JSON: {reason}").into()
             }
             ApiError::UnexpectedJson(reason) => {
-                format!("The request body has an unexpected shape: {reason}")
+                format!("The request body has an unexpected shape: {reason}").into()
             }
             ApiError::UnsupportedMediaType => {
-                "The request body must be JSON (Content-Type: application/json).".to_owned()
+                "The request body must be JSON (Content-Type: application/json).".into()
             }
-            ApiError::PayloadTooLarge => "The request body is too large.".to_owned(),
-            ApiError::RouteNotFound => "No such endpoint.".to_owned(),
-            ApiError::MethodNotAllowed => "This method is not allowed on this endpoint.".to_owned(),
-            ApiError::Timeout => "The request took too long.".to_owned(),
-            ApiError::Internal { .. } => "An unexpected error occurred on the server.".to_owned(),
+            ApiError::PayloadTooLarge => "The request body is too large.".into(),
+            ApiError::RouteNotFound => "No such endpoint.".into(),
+            ApiError::MethodNotAllowed => "This method is not allowed on this endpoint.".into(),
+            ApiError::Timeout => "The request took too long.".into(),
+            ApiError::Internal { .. } => "An unexpected error occurred on the server.".into(),
             ApiError::DockerUnavailable => {
                 "The Docker Engine is unavailable; runners cannot be started or removed right now."
-                    .to_owned()
+                    .into()
             }
-            ApiError::NotReady(reason) => format!("The orchestrator is not ready yet: {reason}"),
+            ApiError::NotReady(reason) => {
+                format!("The orchestrator is not ready yet: {reason}").into()
+            }
             ApiError::RunnerLimitReached => {
-                "The maximum number of runners is reached; try again later.".to_owned()
+                "The maximum number of runners is reached; try again later.".into()
             }
             ApiError::RateLimited(wait) => {
-                format!("Too many provisions from this client; try again in {wait} s.")
+                format!("Too many provisions from this client; try again in {wait} s.").into()
             }
         }
+    }
+}
+
+/// A JSON answer, serialized straight into its body (what `Json` gives,
+/// without its buffer and the header it sets first and then replaces).
+fn json_response(status: StatusCode, body: &ErrorBody<'_>) -> Response {
+    let mut response = Response::new(Body::from(error_json(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// What serde_json writes for `body`. Most errors (an unknown session's
+/// heartbeat among them) have no details and texts that JSON takes as they
+/// are: those are put together directly, in about half the instructions.
+fn error_json(body: &ErrorBody<'_>) -> Vec<u8> {
+    /// Written as it is in a JSON string: no `"`, `\` or control character.
+    fn plain(text: &str) -> bool {
+        !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
+    }
+    match body.details {
+        None if plain(body.error) && plain(&body.message) => [
+            r#"{"error":""#,
+            body.error,
+            r#"","message":""#,
+            &body.message,
+            r#""}"#,
+        ]
+        .concat()
+        .into_bytes(),
+        _ => serde_json::to_vec(body).expect("an error body always serialises"),
     }
 }
 
@@ -257,7 +298,7 @@ impl IntoResponse for ApiError {
             details: None,
         };
         // axum adds the `Allow` header to 405s itself.
-        let mut response = (self.status(), Json(body)).into_response();
+        let mut response = json_response(self.status(), &body);
         if let ApiError::Internal {
             details: Some(details),
         } = &self
@@ -275,5 +316,87 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body of `(status, Json(body)).into_response()` with the message
+    /// as an owned `String`, as the answers were made before.
+    #[derive(Serialize)]
+    struct Owned {
+        error: &'static str,
+        message: String,
+    }
+
+    async fn body(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn details_are_shown_for_internal_errors_only() {
+        let internal = ApiError::Internal {
+            details: Some("the engine said no".to_owned()),
+        };
+        let shown = show_details(internal.into_response());
+        assert_eq!(shown.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body(shown).await,
+            serde_json::json!({
+                "error": "SERVER_ERROR",
+                "message": "An unexpected error occurred on the server.",
+                "details": "the engine said no",
+            })
+        );
+        let hidden = ApiError::Internal {
+            details: Some("the engine said no".to_owned()),
+        };
+        assert!(body(hidden.into_response()).await.get("details").is_none());
+        let other = show_details(ApiError::RunnerNotFound.into_response());
+        assert_eq!(body(other).await["error"], "RUNNER_NOT_FOUND");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn error_bodies_are_what_serde_writes(
+            message in r#"[ -~]{0,60}|[\x00-\x7f"\\]{0,20}|\PC{0,20}"#,
+            details in proptest::option::of(r#"[ -~"\\]{0,20}"#),
+        ) {
+            let body = ErrorBody {
+                error: "RUNNER_NOT_FOUND",
+                message: message.into(),
+                details: details.as_deref(),
+            };
+            proptest::prop_assert_eq!(error_json(&body), serde_json::to_vec(&body).unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn error_answers_are_the_json_they_were() {
+        let errors = [
+            ApiError::RunnerNotFound,
+            ApiError::SessionIdRequired(Operation::Heartbeat),
+            ApiError::MalformedJson("expected `:` at line 1 column 5 \"\\".to_owned()),
+            ApiError::NotReady("the engine is down".to_owned()),
+        ];
+        for error in errors {
+            let (status, code, message) = (error.status(), error.code(), error.message());
+            let response = error.into_response();
+            assert_eq!(response.status(), status);
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let expected = Owned {
+                error: code,
+                message: message.into_owned(),
+            };
+            assert_eq!(body, serde_json::to_vec(&expected).unwrap());
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{BoxError, Json, Router};
@@ -23,7 +23,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, Operation};
 pub use extract::SESSION_HEADER;
-use extract::{OptionalJson, SessionHeader, parse_optional};
+use extract::{OptionalJson, SessionBody, SessionHeader};
 pub use linger::LINGER_IDLE;
 pub use serve::serve;
 
@@ -44,9 +44,36 @@ pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// What the handlers share; each extracts only the part it uses.
-#[derive(Clone, FromRef)]
-struct AppState {
+///
+/// axum clones the state for every request, and every reference count a
+/// clone bumps is a write to memory that all workers share (a dozen `Arc`s
+/// when the parts sat side by side): behind one `Arc`, a request bumps one.
+#[derive(Clone)]
+struct AppState(Arc<StateParts>);
+
+/// The parts of [`AppState`].
+struct StateParts {
     /// Extractors clone it for every request, so it sits behind one `Arc`.
+    runners: Arc<Runners>,
+    readiness: Readiness,
+    checks: ReadinessChecks,
+    scrape: Scrape,
+    reuse_runner_mode: ReuseRunnerMode,
+}
+
+/// `State<Part>` for each part of the state, as `#[derive(FromRef)]` gives
+/// for the fields of a struct.
+macro_rules! state_parts {
+    ($($field:ident: $part:ty),* $(,)?) => {$(
+        impl FromRef<AppState> for $part {
+            fn from_ref(state: &AppState) -> Self {
+                state.0.$field.clone()
+            }
+        }
+    )*};
+}
+
+state_parts! {
     runners: Arc<Runners>,
     readiness: Readiness,
     checks: ReadinessChecks,
@@ -75,14 +102,29 @@ struct ReuseRunnerMode(bool);
 
 pub fn router(service: &Service, readiness: Readiness) -> Router {
     let settings = &service.settings;
+    // Production never shows clients what went wrong inside.
+    let show_details = !settings.is_production();
+    // One stack, added once: every `Router::layer` wraps each route again,
+    // in a boxed service that is cloned and called for every request.
     let middleware = ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
         .layer(cors(&settings.cors_allowed_origins))
         .layer(HandleErrorLayer::new(|_: BoxError| async {
             ApiError::Timeout
         }))
-        .timeout(settings.request_timeout);
-    let state = AppState {
+        .timeout(settings.request_timeout)
+        // The handlers' answers, the only ones with a 500's details, in a
+        // plain map: axum's `middleware::map_response` boxes a future for
+        // every request to run a function that awaits nothing.
+        .map_response(move |response: Response| {
+            if show_details {
+                error::show_details(response)
+            } else {
+                response
+            }
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
+    let state = AppState(Arc::new(StateParts {
         runners: Arc::new(service.runners.clone()),
         readiness,
         checks: ReadinessChecks {
@@ -95,7 +137,7 @@ pub fn router(service: &Service, readiness: Readiness) -> Router {
             metrics: Arc::clone(&service.metrics),
         },
         reuse_runner_mode: ReuseRunnerMode(settings.reuse_runner_mode),
-    };
+    }));
     let runner_api = Router::new()
         .route(
             "/api/runner/provision",
@@ -103,7 +145,7 @@ pub fn router(service: &Service, readiness: Readiness) -> Router {
         )
         .route("/api/runner/deprovision", post(deprovision))
         .route("/api/runner/heartbeat", post(heartbeat));
-    let router = Router::new()
+    Router::new()
         .route("/", get(liveness))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -111,15 +153,8 @@ pub fn router(service: &Service, readiness: Readiness) -> Router {
         .merge(runner_api)
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware)
-        .with_state(state);
-    // Production never shows clients what went wrong inside.
-    if settings.is_production() {
-        router
-    } else {
-        router.layer(axum::middleware::map_response(error::show_details))
-    }
+        .with_state(state)
 }
 
 /// Runner requests wait for the startup reconcile: before it, a heartbeat
@@ -129,17 +164,15 @@ pub fn router(service: &Service, readiness: Readiness) -> Router {
 /// cannot reconcile is answered 503. The first argument of every runner
 /// handler, so it answers before any input is read; an extractor rather
 /// than a route middleware, which would box the route and its future for
-/// every request.
+/// every request. It borrows the state's `Readiness` rather than cloning it
+/// (as `FromRef` would): reference counts are writes that the workers share.
 struct Ready;
 
-impl<S: Send + Sync> FromRequestParts<S> for Ready
-where
-    Readiness: FromRef<S>,
-{
+impl FromRequestParts<AppState> for Ready {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Readiness::from_ref(state)
+    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        (state.0.readiness)
             .admit(RECONCILE_PATIENCE)
             .await
             .map(|()| Self)
@@ -224,12 +257,6 @@ struct ProvisionRequest {
     network_mode: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SessionRequest {
-    session_id: Option<String>,
-}
-
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ProvisionResponse {
@@ -238,16 +265,60 @@ struct ProvisionResponse {
     session_id: String,
 }
 
-#[derive(Debug, Serialize)]
-struct MessageResponse {
-    message: String,
-}
+/// A `{"message": ...}` answer, written straight into its body rather than
+/// formatted into a `String` and serialized: a heartbeat's answer is the
+/// one sent by the thousand. Its texts are fixed and need no escaping; a
+/// session id is visible ASCII, in which JSON escapes only `"` and `\`.
+/// The bytes are what serde_json wrote for `{ message: String }`.
+struct MessageResponse(Vec<u8>);
 
 impl MessageResponse {
-    fn new(message: impl Into<String>) -> Json<Self> {
-        Json(Self {
-            message: message.into(),
-        })
+    const START: &str = r#"{"message":""#;
+    const END: &str = r#""}"#;
+
+    /// A fixed text.
+    fn new(text: &'static str) -> Self {
+        Self::write(text, "", "")
+    }
+
+    /// Fixed texts around a session id.
+    fn about(before: &'static str, session: &SessionId, after: &'static str) -> Self {
+        Self::write(before, session.as_str(), after)
+    }
+
+    /// `id` is visible ASCII (a session id's), escaped here.
+    fn write(before: &'static str, id: &str, after: &'static str) -> Self {
+        debug_assert!(
+            [before, after].iter().all(|text| !text
+                .bytes()
+                .any(|b| b.is_ascii_control() || b == b'"' || b == b'\\')),
+            "a fixed text that needs escaping"
+        );
+        let mut body = Vec::with_capacity(
+            Self::START.len() + before.len() + 2 * id.len() + after.len() + Self::END.len(),
+        );
+        body.extend_from_slice(Self::START.as_bytes());
+        body.extend_from_slice(before.as_bytes());
+        for byte in id.bytes() {
+            if matches!(byte, b'"' | b'\\') {
+                body.push(b'\\');
+            }
+            body.push(byte);
+        }
+        body.extend_from_slice(after.as_bytes());
+        body.extend_from_slice(Self::END.as_bytes());
+        Self(body)
+    }
+}
+
+impl IntoResponse for MessageResponse {
+    fn into_response(self) -> Response {
+        let mut response = Response::new(self.0.into());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
     }
 }
 
@@ -295,8 +366,8 @@ async fn deprovision(
     State(ReuseRunnerMode(reuse_runner_mode)): State<ReuseRunnerMode>,
     State(runners): State<Arc<Runners>>,
     header: SessionHeader,
-    OptionalJson(request): OptionalJson<SessionRequest>,
-) -> Result<Json<MessageResponse>, ApiError> {
+    body: SessionBody,
+) -> Result<MessageResponse, ApiError> {
     // The shared runner outlives every session, so the mode is checked
     // before anything else, as the first orchestrator did.
     if reuse_runner_mode {
@@ -304,22 +375,26 @@ async fn deprovision(
             "Deprovisioning is disabled in REUSE_RUNNER_MODE.",
         ));
     }
-    let session = required_session(request, header, Operation::Deprovision)?;
-    let message = format!("Runner for session {session} deprovisioned successfully.");
+    let session = required_session(body, header, Operation::Deprovision)?;
+    let answer = MessageResponse::about(
+        "Runner for session ",
+        &session,
+        " deprovisioned successfully.",
+    );
     run_to_completion(async move { runners.deprovision(&session).await }).await?;
-    Ok(MessageResponse::new(message))
+    Ok(answer)
 }
 
 async fn heartbeat(
     _: Ready,
     State(runners): State<Arc<Runners>>,
     header: SessionHeader,
-    OptionalJson(request): OptionalJson<SessionRequest>,
-) -> Result<Json<MessageResponse>, ApiError> {
-    let session = required_session(request, header, Operation::Heartbeat)?;
+    body: SessionBody,
+) -> Result<MessageResponse, ApiError> {
+    let session = required_session(body, header, Operation::Heartbeat)?;
     Ok(match runners.heartbeat(&session)? {
         Heartbeat::Session => {
-            MessageResponse::new(format!("Heartbeat received for session {session}."))
+            MessageResponse::about("Heartbeat received for session ", &session, ".")
         }
         Heartbeat::Singleton => MessageResponse::new("Heartbeat received for singleton runner."),
     })
@@ -328,12 +403,11 @@ async fn heartbeat(
 /// The body's `sessionId` wins over the `X-Session-Id` header, as in the
 /// first orchestrator (`req.body.sessionId || req.headers['x-session-id']`).
 fn required_session(
-    request: SessionRequest,
+    SessionBody(body): SessionBody,
     SessionHeader(header): SessionHeader,
     operation: Operation,
 ) -> Result<SessionId, ApiError> {
-    let from_body = parse_optional(request.session_id.as_deref().unwrap_or_default())?;
-    from_body
+    body?
         .or(header)
         .ok_or(ApiError::SessionIdRequired(operation))
 }
@@ -404,6 +478,81 @@ mod tests {
             (status, &body["error"]),
             (StatusCode::NOT_FOUND, &"RUNNER_NOT_FOUND".into())
         );
+    }
+
+    /// What `Json(MessageResponse { message })` answered before.
+    fn serialized(message: String) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Owned {
+            message: String,
+        }
+        serde_json::to_vec(&Owned { message }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn messages_are_the_json_that_serde_wrote() {
+        let ids = [
+            "wrk-known",
+            r#"say"hi""#,
+            r"back\slash",
+            r#"\""#,
+            r#"""#,
+            r"\",
+            "!#$%&'()*+,-./:;<=>?@[]^_`{|}~",
+        ];
+        for raw in ids {
+            let session = SessionId::parse(raw).unwrap();
+            let answer = MessageResponse::about("Heartbeat received for session ", &session, ".");
+            let expected = serialized(format!("Heartbeat received for session {raw}."));
+            assert_eq!(answer.0, expected, "{raw:?}");
+            let value: serde_json::Value = serde_json::from_slice(&answer.0).unwrap();
+            assert_eq!(
+                value["message"],
+                format!("Heartbeat received for session {raw}.")
+            );
+        }
+        let text = "Heartbeat received for singleton runner.";
+        assert_eq!(MessageResponse::new(text).0, serialized(text.to_owned()));
+
+        let response = MessageResponse::new(text).into_response();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(body, serialized(text.to_owned()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_session_id_is_escaped_as_serde_escapes_it(raw in "[!-~]{1,128}") {
+            let session = SessionId::parse(&raw).unwrap();
+            let answer = MessageResponse::about("Runner for session ", &session, " deprovisioned successfully.");
+            let expected = serialized(format!("Runner for session {raw} deprovisioned successfully."));
+            proptest::prop_assert_eq!(answer.0, expected);
+        }
+    }
+
+    #[test]
+    fn the_body_session_wins_over_the_header() {
+        let id = |raw: &str| SessionId::parse(raw).unwrap();
+        let required = |body, header: Option<&str>| {
+            let header = SessionHeader(header.map(id));
+            required_session(SessionBody(body), header, Operation::Heartbeat)
+        };
+        assert_eq!(required(Ok(Some(id("b"))), Some("h")).unwrap(), id("b"));
+        assert_eq!(required(Ok(None), Some("h")).unwrap(), id("h"));
+        assert!(matches!(
+            required(Ok(None), None),
+            Err(ApiError::SessionIdRequired(Operation::Heartbeat))
+        ));
+        let invalid = Err(ApiError::InvalidSessionId(
+            crate::session::InvalidSessionId::NotVisibleAscii,
+        ));
+        assert!(matches!(
+            required(invalid, Some("h")),
+            Err(ApiError::InvalidSessionId(_))
+        ));
     }
 
     #[tokio::test]

@@ -65,7 +65,10 @@ pub async fn serve(
                 TowerToHyperService::new(service),
             )
             .with_upgrades();
-        let stop = shutdown.clone();
+        // A token of the connection's own: waiting on the shared one takes
+        // its locks, which every connection and worker shares, on every poll
+        // of every connection.
+        let stop = shutdown.child_token();
         connections.spawn(async move {
             tokio::pin!(connection);
             let ended = tokio::select! {
