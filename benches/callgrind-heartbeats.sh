@@ -16,9 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${SECONDS_EACH:-10}
-tag=$(docker images --format '{{.Tag}}' taylored-test-runner | grep -v -- - | head -1 || true)
-image=${1:-${tag:+taylored-test-runner:$tag}}
-[ -n "$image" ] || { echo "no runner image: run the tests once (they build it) or pass one" >&2; exit 1; }
+. benches/heartbeat-load.sh
+heartbeat_image "${1:-}"
 for tool in wrk valgrind callgrind_control; do
     command -v "$tool" >/dev/null || { echo "$tool is not installed (apt-get install wrk valgrind)" >&2; exit 1; }
 done
@@ -27,38 +26,12 @@ if [ -z "${BINARY:-}" ]; then
     cargo build --release --locked --quiet
     BINARY=target/release/orchestrator
 fi
-work=$(mktemp -d)
+heartbeat_workspace callgrind
 out=${OUT:-$work/out}
 mkdir -p "$out"
-instance="callgrind-$$"
-port=$((20000 + $$ % 20000))
-cleanup() {
-    [ -n "${pid:-}" ] && kill -INT "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-    docker ps -aq --filter "label=taylored-orchestrator-id=$instance" | xargs -r docker rm -f >/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-PORT=$port LISTEN_ADDRESS=127.0.0.1 DATABASE_URL="$work/o.db" ORCHESTRATOR_ID=$instance \
-    DOCKER_IMAGE_NAME=$image RUNNERS_HOST=127.0.0.1 RUNNER_BIND_ADDRESS=127.0.0.1 \
-    PROVISION_RATE_PER_MINUTE=0 LOG_FORMAT=json RUST_LOG=warn \
-    valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out.%p" "$BINARY" 2>"$work/log" &
-pid=$!
-base="http://127.0.0.1:$port"
-for _ in $(seq 1 600); do
-    curl -sf "$base/readyz" >/dev/null && break
-    sleep 0.2
-done
-curl -sf -X POST -H 'Content-Type: application/json' -H 'X-Session-Id: wrk-known' -d '{}' \
-    "$base/api/runner/provision" >/dev/null
-
-for session in wrk-known wrk-unknown; do
-    cat >"$work/$session.lua" <<EOF
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"sessionId":"$session"}'
-EOF
-done
+# SIGINT lets callgrind write its last counts before the service exits.
+STOP_SIGNAL=INT
+heartbeat_start valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out.%p" "$BINARY"
 
 load() { wrk -t1 -c32 -d"${seconds}s" "$@" | awk '/requests in/ { print $1 }'; }
 # Every path once before counting.

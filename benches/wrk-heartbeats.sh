@@ -14,42 +14,13 @@ cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 seconds=${WRK_SECONDS:-4}
 connections=${WRK_CONNECTIONS:-32}
-tag=$(docker images --format '{{.Tag}}' taylored-test-runner | grep -v -- - | head -1 || true)
-image=${1:-${tag:+taylored-test-runner:$tag}}
-[ -n "$image" ] || { echo "no runner image: run the tests once (they build it) or pass one" >&2; exit 1; }
+. benches/heartbeat-load.sh
+heartbeat_image "${1:-}"
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
 
 cargo build --release --locked --quiet
-work=$(mktemp -d)
-instance="wrk-$$"
-port=$((20000 + $$ % 20000))
-cleanup() {
-    [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-    docker ps -aq --filter "label=taylored-orchestrator-id=$instance" | xargs -r docker rm -f >/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-PORT=$port LISTEN_ADDRESS=127.0.0.1 DATABASE_URL="$work/o.db" ORCHESTRATOR_ID=$instance \
-    DOCKER_IMAGE_NAME=$image RUNNERS_HOST=127.0.0.1 RUNNER_BIND_ADDRESS=127.0.0.1 \
-    PROVISION_RATE_PER_MINUTE=0 LOG_FORMAT=json RUST_LOG=warn \
-    target/release/orchestrator 2>"$work/log" &
-pid=$!
-base="http://127.0.0.1:$port"
-for _ in $(seq 1 100); do
-    curl -sf "$base/readyz" >/dev/null && break
-    sleep 0.1
-done
-curl -sf -X POST -H 'Content-Type: application/json' -H 'X-Session-Id: wrk-known' -d '{}' \
-    "$base/api/runner/provision" >/dev/null
-
-for session in wrk-known wrk-unknown; do
-    cat >"$work/$session.lua" <<EOF
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"sessionId":"$session"}'
-EOF
-done
+heartbeat_workspace wrk
+heartbeat_start target/release/orchestrator
 
 rate() { wrk -t1 -c"$connections" -d"${seconds}s" "$@" | awk '/Requests\/sec/ { print $2 }'; }
 ratios_known=()
