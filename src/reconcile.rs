@@ -752,12 +752,13 @@ fn millis(duration: Duration) -> f64 {
 
 /// A reconcile's row changes that could not be written: what it did before
 /// (container removals) and how many changes were lost.
+/// (The database's error is in the message, not also a `source`, so that
+/// it is said once however the error is printed.)
 #[derive(Debug, thiserror::Error)]
 #[error("could not write {changes} row changes: {error}")]
 pub struct Unwritten {
     summary: Summary,
     changes: usize,
-    #[source]
     error: DbError,
 }
 
