@@ -973,10 +973,13 @@ async fn in_process_service(cx: &Context, url: &str, instance: &str) -> Result<I
         format!("--orchestrator-id={instance}"),
         format!("--docker-image-name={}", cx.image),
         "--runner-stop-timeout-seconds=1".to_owned(),
+        // Nothing runs in the background here to install rules.
+        "--runner-egress=all".to_owned(),
     ])?;
     let db = Db::connect(url).await?;
     let backend = taylored_orchestrator::backend::from_settings(&settings)?;
-    Ok(InProcess::new(db, backend, Arc::new(settings)))
+    let firewall = Arc::new(taylored_orchestrator::egress::Nft);
+    Ok(InProcess::new(db, backend, firewall, Arc::new(settings)))
 }
 
 /// Heartbeats of `BENCH_HB_SESSIONS` distinct running sessions against the

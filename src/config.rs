@@ -47,6 +47,21 @@ pub enum Command {
         #[arg(long, required = true)]
         dry_run: bool,
     },
+    /// This instance's egress rules (RUNNER_EGRESS) on the engine's host.
+    Egress {
+        #[command(subcommand)]
+        command: EgressCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EgressCommand {
+    /// Print the nftables ruleset this instance installs.
+    Show,
+    /// Install (or put back) the rules once, as the service does at start.
+    Apply,
+    /// Delete this instance's rules (its table); other instances' stay.
+    Remove,
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,6 +199,9 @@ pub struct Settings {
     #[command(flatten)]
     pub access: AccessSettings,
 
+    #[command(flatten)]
+    pub egress: crate::egress::EgressSettings,
+
     /// Host address that runner ports are published on.
     #[arg(
         long,
@@ -248,6 +266,15 @@ impl Settings {
         T: Into<std::ffi::OsString> + Clone,
     {
         Cli::try_parse_from(args).map(|cli| cli.settings)
+    }
+
+    /// The networks runners join under `RUNNER_EGRESS` (see `egress`).
+    pub fn egress_networks(&self) -> crate::egress::EgressNetworks {
+        crate::egress::EgressNetworks::new(
+            self.egress.runner_egress,
+            self.limits.runner_network.as_deref(),
+            &self.orchestrator_id,
+        )
     }
 
     pub fn is_production(&self) -> bool {
@@ -341,7 +368,9 @@ pub struct RunnerLimits {
     pub runner_tmpfs_size: i64,
 
     /// A Docker network for runners (created if missing, with traffic
-    /// between its containers off); unset: the engine's default bridge.
+    /// between its containers off); unset: `taylored-runners-<instance>`
+    /// under an enforced RUNNER_EGRESS, the engine's default bridge under
+    /// `all`.
     #[arg(long, env = "RUNNER_NETWORK", value_name = "RUNNER_NETWORK")]
     pub runner_network: Option<String>,
 }

@@ -6,6 +6,7 @@ pub mod capacity;
 pub mod config;
 pub mod db;
 pub mod drift;
+pub mod egress;
 #[cfg(test)]
 mod fast_tier;
 pub mod gateway;

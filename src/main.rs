@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
         Command::Healthcheck => return healthcheck::run(&cli.settings),
         Command::Runners { command } => operator::runners(command, &cli.settings).await,
         Command::Reconcile { dry_run: _ } => operator::reconcile_dry_run(&cli.settings).await,
+        Command::Egress { command } => operator::egress(command, &cli.settings).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -147,6 +147,15 @@ pub struct Metrics {
     runner_limit: Gauge,
     gateway_requests: Family<GatewayLabel, Counter>,
     gateway_tunnels: Gauge,
+    egress_policy: Family<PolicyLabel, Gauge>,
+    egress_enforced: Gauge,
+    egress_applied: Counter,
+    egress_repaired: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabel {
+    policy: &'static str,
 }
 
 impl Default for Metrics {
@@ -226,7 +235,35 @@ impl Default for Metrics {
             "WebSocket tunnels the gateway carries now",
             gateway_tunnels.clone(),
         );
+        let egress_policy = Family::<PolicyLabel, Gauge>::default();
+        registry.register(
+            "egress_policy",
+            "RUNNER_EGRESS in force (1 for the policy's label)",
+            egress_policy.clone(),
+        );
+        let egress_enforced = Gauge::default();
+        registry.register(
+            "egress_enforced",
+            "Whether the egress rules were in place at their last check (1) or not (0)",
+            egress_enforced.clone(),
+        );
+        let egress_applied = Counter::default();
+        registry.register(
+            "egress_rules_applied",
+            "Egress rule tables installed where there were none",
+            egress_applied.clone(),
+        );
+        let egress_repaired = Counter::default();
+        registry.register(
+            "egress_rules_repaired",
+            "Egress rule tables put back after they were changed by hand",
+            egress_repaired.clone(),
+        );
         Self {
+            egress_policy,
+            egress_enforced,
+            egress_applied,
+            egress_repaired,
             gateway_requests,
             gateway_tunnels,
             registry,
@@ -299,6 +336,24 @@ impl Metrics {
         TunnelOpen(self.gateway_tunnels.clone())
     }
 
+    pub fn egress_policy(&self, policy: &'static str) {
+        self.egress_policy
+            .get_or_create(&PolicyLabel { policy })
+            .set(1);
+    }
+
+    pub fn egress_enforced(&self, enforced: bool) {
+        self.egress_enforced.set(i64::from(enforced));
+    }
+
+    pub fn egress_applied(&self) {
+        self.egress_applied.inc();
+    }
+
+    pub fn egress_repaired(&self) {
+        self.egress_repaired.inc();
+    }
+
     pub fn runner_limit(&self, limit: u32) {
         self.runner_limit.set(i64::from(limit));
     }
@@ -347,6 +402,10 @@ mod tests {
         metrics.reconcile_action(ReconcileAction::Adopted);
         metrics.engine_error(EngineErrorKind::Unavailable);
         metrics.runner_limit(188);
+        metrics.egress_policy("public");
+        metrics.egress_enforced(true);
+        metrics.egress_applied();
+        metrics.egress_repaired();
         let text = metrics.render(&[("running".to_owned(), 3)]);
         for expected in [
             "orchestrator_runners{state=\"running\"} 3",
@@ -358,6 +417,10 @@ mod tests {
             "orchestrator_reconcile_actions_total{action=\"adopted\"} 1",
             "orchestrator_engine_errors_total{kind=\"unavailable\"} 1",
             "orchestrator_runner_limit 188",
+            "orchestrator_egress_policy{policy=\"public\"} 1",
+            "orchestrator_egress_enforced 1",
+            "orchestrator_egress_rules_applied_total 1",
+            "orchestrator_egress_rules_repaired_total 1",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }

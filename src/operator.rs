@@ -2,12 +2,15 @@
 //! service) and preview a reconcile without changing anything.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use anyhow::Context;
 
 use crate::backend;
-use crate::config::{RunnersCommand, Settings};
+use crate::config::{EgressCommand, RunnersCommand, Settings};
 use crate::db::{AuditRecord, Db, RunnerRow};
+use crate::egress::{Egress, Nft};
+use crate::metrics::Metrics;
 use crate::reconcile::{Action, Purpose, plan};
 
 pub async fn runners(command: RunnersCommand, settings: &Settings) -> anyhow::Result<()> {
@@ -48,6 +51,36 @@ pub async fn reconcile_dry_run(settings: &Settings) -> anyhow::Result<()> {
     let containers = backend.list().await?;
     let actions = plan(&rows, &containers, settings.orphan_policy, Purpose::Startup);
     println!("{}", describe_plan(rows.len(), containers.len(), &actions));
+    Ok(())
+}
+
+/// `orchestrator egress show|apply|remove`: this instance's rules, in the
+/// network namespace the command runs in (the engine host's).
+pub async fn egress(command: EgressCommand, settings: &Settings) -> anyhow::Result<()> {
+    let backend = backend::from_settings(settings)
+        .context("cannot set up the runner backend (DOCKER_HOST, RUNNER_BACKEND)")?;
+    let egress = Egress::new(settings, backend, Arc::new(Nft), Metrics::shared(), None);
+    match command {
+        EgressCommand::Show => {
+            let rules = egress.ruleset().await.map_err(anyhow::Error::msg)?;
+            print!("{}", rules.script());
+        }
+        EgressCommand::Apply => {
+            let checked = egress.check().await.map_err(anyhow::Error::msg)?;
+            println!(
+                "egress rules of `{}` ({}): {checked:?}",
+                settings.orchestrator_id, settings.egress.runner_egress
+            );
+        }
+        EgressCommand::Remove => {
+            let table = crate::egress::ruleset::table_name(&settings.orchestrator_id);
+            if egress.remove().await? {
+                println!("removed table inet {table}");
+            } else {
+                println!("no table inet {table}: nothing to remove");
+            }
+        }
+    }
     Ok(())
 }
 

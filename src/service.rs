@@ -12,6 +12,7 @@ use crate::backend::RunnerBackend;
 use crate::backend::health::EngineHealth;
 use crate::config::{OrphanPolicy, Settings};
 use crate::db::Db;
+use crate::egress::{Egress, Firewall};
 use crate::gateway::{Front, Gateway};
 use crate::heartbeats::{HeartbeatWriter, Heartbeats};
 use crate::lifecycle::{Lifecycle, Runners};
@@ -31,14 +32,28 @@ pub struct Service {
     pub lifecycle: Lifecycle,
     pub runners: Runners,
     pub heartbeats: HeartbeatWriter,
+    /// The egress rules of the runners' networks.
+    pub egress: Egress,
     /// Notified whenever a warm runner is claimed.
     warm_pool_refill: Arc<Notify>,
 }
 
 impl Service {
-    pub fn new(db: Db, backend: Arc<dyn RunnerBackend>, settings: Arc<Settings>) -> Self {
+    pub fn new(
+        db: Db,
+        backend: Arc<dyn RunnerBackend>,
+        firewall: Arc<dyn Firewall>,
+        settings: Arc<Settings>,
+    ) -> Self {
         let health = EngineHealth::new(Arc::clone(&backend));
         let metrics = Metrics::shared();
+        let egress = Egress::new(
+            &settings,
+            Arc::clone(&backend),
+            firewall,
+            Arc::clone(&metrics),
+            Some(db.clone()),
+        );
         let heartbeats = Heartbeats::default();
         let lifecycle = Lifecycle::new(
             db.clone(),
@@ -55,6 +70,7 @@ impl Service {
         );
         Self {
             heartbeats: HeartbeatWriter::new(heartbeats, db.clone(), Arc::clone(&metrics)),
+            egress,
             settings,
             db,
             backend,

@@ -16,6 +16,7 @@ use crate::backend::{self, RunnerBackend};
 use crate::config::Settings;
 use crate::db::Db;
 use crate::drift::{self, DriftWatcher};
+use crate::egress::{self, Nft};
 use crate::heartbeats::HeartbeatWriter;
 use crate::lifecycle::Runners;
 use crate::readiness::Readiness;
@@ -64,7 +65,7 @@ impl Application {
         public_port.get_or_insert(address.port());
         if settings.gateway_mode()
             && settings.runner_backend == crate::config::BackendKind::Docker
-            && settings.limits.runner_network.is_none()
+            && settings.egress_networks().default.is_none()
         {
             tracing::warn!(
                 "RUNNER_ACCESS=gateway without RUNNER_NETWORK: runners on the default bridge \
@@ -74,7 +75,7 @@ impl Application {
         Ok(Self {
             listener,
             address,
-            service: Service::new(db, backend, Arc::new(settings)),
+            service: Service::new(db, backend, Arc::new(Nft), Arc::new(settings)),
             readiness: Readiness::default(),
         })
     }
@@ -173,6 +174,9 @@ impl Application {
 async fn run_background(service: Service, supervisor: Supervisor, shutdown: CancellationToken) {
     let readiness = supervisor.readiness().clone();
     let settings = Arc::clone(&service.settings);
+    if !enforce_egress(&service, &readiness, &shutdown).await {
+        return;
+    }
     let reconciler = service.reconciler();
     let events_since = drift::now_seconds();
     let mut backoff = Duration::from_millis(500);
@@ -226,12 +230,56 @@ async fn run_background(service: Service, supervisor: Supervisor, shutdown: Canc
     let mut since = events_since;
     let interval = settings.reconcile_interval;
     let (watched, backend) = (reconciler.clone(), Arc::clone(&service.backend));
+    let (egress, guard_stop) = (service.egress.clone(), shutdown.clone());
     let watching = supervisor.supervise("drift watcher", move || {
         let watcher = DriftWatcher::new(watched.clone(), backend.clone(), interval, since);
         since = drift::now_seconds();
         watcher.run_until_stopped(shutdown.clone())
     });
-    tokio::join!(first_checks, repair, reaping, warming, watching);
+    let guarding = supervisor.supervise("egress guard", move || {
+        egress
+            .clone()
+            .run_until_stopped(interval, guard_stop.clone())
+    });
+    tokio::join!(first_checks, repair, reaping, warming, watching, guarding);
+}
+
+/// Installs the egress rules before any runner request is served (a runner
+/// started before them would run open), retrying with backoff while they
+/// cannot be: the service is then not ready, and says why. Under
+/// `RUNNER_EGRESS=all` a failure only keeps provisions from narrowing it.
+/// `false` if shutdown came first.
+async fn enforce_egress(
+    service: &Service,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> bool {
+    let policy = service.settings.egress.runner_egress;
+    if !policy.is_enforced() {
+        tracing::warn!("{}", egress::ALL_WARNING);
+    }
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match service.egress.check().await {
+            Ok(checked) => {
+                tracing::info!(%policy, ?checked, "egress rules in place");
+                return true;
+            }
+            Err(problem) if !policy.is_enforced() => {
+                tracing::warn!("{problem} (provisions cannot narrow egress until this is fixed)");
+                return true;
+            }
+            Err(problem) => {
+                tracing::error!("{problem}; retrying in {backoff:?}");
+                readiness.waiting(problem);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_STARTUP_BACKOFF);
+    }
 }
 
 /// Asked right after ready, not before: `docker info` is slow on a busy

@@ -9,6 +9,7 @@ use axum::Router;
 use crate::backend::memory::MemoryBackend;
 use crate::config::Settings;
 use crate::db::Db;
+use crate::egress::MemoryFirewall;
 use crate::lifecycle::Runners;
 use crate::readiness::Readiness;
 use crate::reaper::Reaper;
@@ -22,6 +23,8 @@ pub struct Harness {
     /// The API's side of the lifecycle (provision, heartbeat, deprovision).
     pub runners: Runners,
     pub backend: Arc<MemoryBackend>,
+    /// Where the egress rules go.
+    pub firewall: MemoryFirewall,
     /// Every part, as the service wires them.
     pub service: Service,
     _dir: tempfile::TempDir,
@@ -47,10 +50,17 @@ impl Harness {
             .await
             .expect("the database");
         let backend = Arc::new(MemoryBackend::new());
-        let service = Service::new(db, backend.clone(), Arc::new(settings));
+        let firewall = MemoryFirewall::default();
+        let service = Service::new(
+            db,
+            backend.clone(),
+            Arc::new(firewall.clone()),
+            Arc::new(settings),
+        );
         Self {
             runners: service.runners.clone(),
             backend,
+            firewall,
             service,
             _dir: dir,
         }

@@ -493,6 +493,13 @@ impl RunnerBackend for MemoryBackend {
     async fn ensure_network(&self) -> Result<(), EngineError> {
         self.call(|calls| &mut calls.ensure_network)
     }
+
+    /// The name the Docker backend gives a bridge it creates.
+    async fn runner_bridge(&self, network: &str) -> Result<String, EngineError> {
+        self.call(|calls| &mut calls.ensure_network)?;
+        self.add_network(network);
+        Ok(crate::egress::ruleset::bridge_name(network))
+    }
 }
 
 #[cfg(test)]

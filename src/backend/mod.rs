@@ -162,8 +162,14 @@ pub trait RunnerBackend: Send + Sync + fmt::Debug {
     /// derived from.
     async fn memory_total(&self) -> Result<u64, EngineError>;
 
-    /// Creates `RUNNER_NETWORK` if it is set and missing.
+    /// Creates the instance's runner network (`RUNNER_NETWORK`, or the
+    /// egress policy's) if there is one and it is missing.
     async fn ensure_network(&self) -> Result<(), EngineError>;
+
+    /// Creates a runner network if missing (a bridge, traffic between its
+    /// containers off) and names its bridge interface on the engine's host,
+    /// which the egress rules match.
+    async fn runner_bridge(&self, network: &str) -> Result<String, EngineError>;
 }
 
 /// The backend the settings ask for. Connects lazily: no request is made

@@ -159,6 +159,10 @@ pub enum AuditAction {
     EngineEvent,
     /// A warm runner handed to a client.
     ClaimedFromPool,
+    /// The egress rules installed where there were none.
+    EgressApplied,
+    /// The egress rules put back after they were changed.
+    EgressRepaired,
 }
 
 impl AuditAction {
@@ -174,6 +178,8 @@ impl AuditAction {
             AuditAction::Dropped => "dropped",
             AuditAction::EngineEvent => "engine_event",
             AuditAction::ClaimedFromPool => "claimed_from_pool",
+            AuditAction::EgressApplied => "egress_applied",
+            AuditAction::EgressRepaired => "egress_repaired",
         }
     }
 }

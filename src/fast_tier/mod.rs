@@ -8,6 +8,7 @@
 //! This file holds what the tests share; it is the one place that knows how
 //! the service's parts are put together.
 
+mod egress;
 mod limits;
 mod provision;
 mod races;
@@ -357,6 +358,10 @@ pub fn json_post(path: &str, session_header: Option<&str>, body: Option<Value>) 
         None => Body::empty(),
     };
     request.body(body).expect("a request")
+}
+
+pub fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).expect("a request")
 }
 
 pub fn provision_request(session: Option<&str>, body: Option<Value>) -> Request<Body> {

@@ -104,7 +104,8 @@ async fn an_isolated_runner_has_no_port_and_says_so() {
 
 #[tokio::test]
 async fn a_named_network_is_joined_only_if_it_exists() {
-    let service = Service::new(&[]).await;
+    // Only without egress rules: a named network would escape them.
+    let service = Service::new(&["--runner-egress=all"]).await;
     let refused = service
         .provision_with(Some("n-1"), json!({ "networkMode": "lab" }))
         .await;

@@ -32,6 +32,9 @@ pub enum ApiError {
     InvalidSessionId(InvalidSessionId),
     #[error("invalid network mode: {0}")]
     InvalidNetworkMode(&'static str),
+    /// A provision's `egress` that is unknown or would widen the policy.
+    #[error("invalid egress: {0}")]
+    InvalidEgress(String),
     #[error("runner not found")]
     RunnerNotFound,
     /// The gateway knows no running runner under this host name.
@@ -149,6 +152,7 @@ impl ApiError {
             ApiError::SessionIdRequired(_)
             | ApiError::InvalidSessionId(_)
             | ApiError::InvalidNetworkMode(_)
+            | ApiError::InvalidEgress(_)
             | ApiError::NetworkNotFound(_)
             | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::RunnerNotFound
@@ -176,6 +180,7 @@ impl ApiError {
             ApiError::SessionIdRequired(_) => "SESSION_ID_REQUIRED",
             ApiError::InvalidSessionId(_) => "INVALID_SESSION_ID",
             ApiError::InvalidNetworkMode(_) => "INVALID_NETWORK_MODE",
+            ApiError::InvalidEgress(_) => "INVALID_EGRESS",
             ApiError::RunnerNotFound | ApiError::SingletonNotFound | ApiError::NoRunnerAtHost => {
                 "RUNNER_NOT_FOUND"
             }
@@ -208,6 +213,7 @@ impl ApiError {
             }
             ApiError::InvalidSessionId(reason) => reason.to_string().into(),
             ApiError::InvalidNetworkMode(reason) => (*reason).into(),
+            ApiError::InvalidEgress(reason) => reason.clone().into(),
             ApiError::RunnerNotFound => "No active runner found for this session ID.".into(),
             ApiError::NoRunnerAtHost => {
                 "No active runner at this address; it may have been removed.".into()

@@ -31,6 +31,7 @@ use crate::backend::health::EngineHealth;
 use crate::backend::{NetworkMode, RunnerBackend};
 use crate::config::AllowedOrigins;
 use crate::db::Db;
+use crate::egress::{Egress, EgressPolicy};
 use crate::lifecycle::{Heartbeat, Provisioned, RunnerError, Runners};
 use crate::metrics::Metrics;
 use crate::readiness::{RECONCILE_PATIENCE, Readiness};
@@ -59,6 +60,7 @@ struct StateParts {
     checks: ReadinessChecks,
     scrape: Scrape,
     reuse_runner_mode: ReuseRunnerMode,
+    egress: Arc<Egress>,
 }
 
 /// `State<Part>` for each part of the state, as `#[derive(FromRef)]` gives
@@ -74,6 +76,7 @@ macro_rules! state_parts {
 }
 
 state_parts! {
+    egress: Arc<Egress>,
     runners: Arc<Runners>,
     readiness: Readiness,
     checks: ReadinessChecks,
@@ -84,6 +87,7 @@ state_parts! {
 /// What `/readyz` asks beyond the startup phase.
 #[derive(Clone)]
 struct ReadinessChecks {
+    egress: Arc<Egress>,
     db: Db,
     health: EngineHealth,
     backend: Arc<dyn RunnerBackend>,
@@ -127,7 +131,9 @@ pub fn router(service: &Service, readiness: Readiness) -> Router {
     let state = AppState(Arc::new(StateParts {
         runners: Arc::new(service.runners.clone()),
         readiness,
+        egress: Arc::new(service.egress.clone()),
         checks: ReadinessChecks {
+            egress: Arc::new(service.egress.clone()),
             db: service.db.clone(),
             health: service.health.clone(),
             backend: Arc::clone(&service.backend),
@@ -213,7 +219,13 @@ async fn readyz(
             )));
         }
     }
-    Ok(Json(serde_json::json!({ "status": "ready" })))
+    let egress = checks.egress.status();
+    if let (Some(problem), true) = (&egress.problem, egress.policy.is_enforced()) {
+        return Err(ApiError::NotReady(problem.clone()));
+    }
+    Ok(Json(
+        serde_json::json!({ "status": "ready", "egress": egress }),
+    ))
 }
 
 /// Every origin by default, as the first orchestrator answered (the browser
@@ -255,6 +267,9 @@ async fn liveness() -> &'static str {
 #[serde(rename_all = "camelCase")]
 struct ProvisionRequest {
     network_mode: Option<String>,
+    /// Narrows `RUNNER_EGRESS` for this runner (`none`, or `public` under
+    /// `all`).
+    egress: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -325,6 +340,7 @@ impl IntoResponse for MessageResponse {
 async fn provision(
     _: Ready,
     State(runners): State<Arc<Runners>>,
+    State(egress): State<Arc<Egress>>,
     SessionHeader(session): SessionHeader,
     OptionalJson(request): OptionalJson<ProvisionRequest>,
 ) -> Result<(StatusCode, Json<ProvisionResponse>), ApiError> {
@@ -332,6 +348,7 @@ async fn provision(
         Some(mode) => mode.parse().map_err(ApiError::InvalidNetworkMode)?,
         None => NetworkMode::Default,
     };
+    let network_mode = egress_network(&egress, request.egress.as_deref(), network_mode)?;
     let outcome =
         run_to_completion(async move { runners.provision(session, &network_mode).await }).await?;
     let (status, message, runner) = match outcome {
@@ -359,6 +376,30 @@ async fn provision(
             session_id: runner.session_id,
         }),
     ))
+}
+
+/// The network a provision's runner joins under the egress policy and the
+/// body's `egress`, which may narrow it only.
+fn egress_network(
+    egress: &Egress,
+    requested: Option<&str>,
+    mode: NetworkMode,
+) -> Result<NetworkMode, ApiError> {
+    let requested = requested
+        .map(|text| {
+            text.parse::<EgressPolicy>()
+                .map_err(|reason| ApiError::InvalidEgress(format!("egress: {reason}")))
+        })
+        .transpose()?;
+    let policy = egress.networks().policy;
+    let network = egress
+        .networks()
+        .network_for(requested, mode)
+        .map_err(|refusal| ApiError::InvalidEgress(refusal.to_string()))?;
+    if requested.is_some_and(|asked| asked != policy) {
+        egress.narrowing().map_err(ApiError::NotReady)?;
+    }
+    Ok(network)
 }
 
 async fn deprovision(

@@ -91,6 +91,8 @@ impl TestEnv {
             "--runner-stop-timeout-seconds=1".into(),
             // Tests provision in bursts from one address.
             "--provision-rate-per-minute=0".into(),
+            // Rules are proven in the egress tier's own namespaces.
+            "--runner-egress=all".into(),
         ];
         let overridden = |arg: &String| {
             let flag = arg.split('=').next().unwrap_or_default();

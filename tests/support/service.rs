@@ -32,6 +32,10 @@ pub fn service_command(database_url: &str, instance: &str, image: &str) -> Comma
         .env("PROVISION_RATE_PER_MINUTE", "0")
         .env("MAX_CONCURRENT_RUNNERS", "0")
         .env("LOG_FORMAT", "json")
+        // The API tiers run beside whatever else is on this host's engine:
+        // the egress tier (tests/egress) proves the rules in a namespace of
+        // its own.
+        .env("RUNNER_EGRESS", "all")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if let Ok(host) = std::env::var("DOCKER_HOST") {

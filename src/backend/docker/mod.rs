@@ -215,21 +215,57 @@ impl RunnerBackend for DockerBackend {
     /// With traffic between its containers off, so one runner cannot reach
     /// another.
     async fn ensure_network(&self) -> Result<(), EngineError> {
-        let Some(name) = &self.spec.limits.runner_network else {
-            return Ok(());
-        };
-        match self.docker.inspect_network(name, None).await {
-            Ok(_) => return Ok(()),
-            Err(error) if status_of(&error) == Some(404) => {}
-            Err(error) => return Err(error.into()),
+        match &self.spec.default_network {
+            Some(name) => self.runner_bridge(name).await.map(drop),
+            None => Ok(()),
         }
+    }
+
+    /// A network this service creates gets a bridge name derived from its
+    /// own (`com.docker.network.bridge.name`); one created by someone else
+    /// has Docker's `br-<id>`, or the name its options give.
+    async fn runner_bridge(&self, name: &str) -> Result<String, EngineError> {
+        let network = match self.docker.inspect_network(name, None).await {
+            Ok(network) => network,
+            Err(error) if status_of(&error) == Some(404) => {
+                self.create_network(name).await?;
+                self.docker.inspect_network(name, None).await?
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if network.driver.as_deref() != Some("bridge") {
+            return Err(EngineError::Refused(format!(
+                "the runner network {name} is a {} network; egress rules need a bridge",
+                network.driver.as_deref().unwrap_or("driverless")
+            )));
+        }
+        let named = network
+            .options
+            .as_ref()
+            .and_then(|options| options.get(BRIDGE_NAME_OPTION).cloned());
+        let id = network.id.unwrap_or_default();
+        Ok(named.unwrap_or_else(|| format!("br-{}", &id[..id.len().min(12)])))
+    }
+}
+
+/// The engine's option that names a bridge network's interface.
+const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+
+impl DockerBackend {
+    async fn create_network(&self, name: &str) -> Result<(), EngineError> {
         let request = NetworkCreateRequest {
-            name: name.clone(),
+            name: name.to_owned(),
             driver: Some("bridge".to_owned()),
-            options: Some(HashMap::from([(
-                "com.docker.network.bridge.enable_icc".to_owned(),
-                "false".to_owned(),
-            )])),
+            options: Some(HashMap::from([
+                (
+                    "com.docker.network.bridge.enable_icc".to_owned(),
+                    "false".to_owned(),
+                ),
+                (
+                    BRIDGE_NAME_OPTION.to_owned(),
+                    crate::egress::ruleset::bridge_name(name),
+                ),
+            ])),
             labels: Some(HashMap::from([(
                 INSTANCE_LABEL.to_owned(),
                 self.spec.instance.clone(),
@@ -238,7 +274,7 @@ impl RunnerBackend for DockerBackend {
         };
         match self.docker.create_network(request).await {
             Ok(_) => {
-                tracing::info!(network = %name, "created the runner network (inter-container traffic off)");
+                tracing::info!(network = %name, "created a runner network (inter-container traffic off)");
                 Ok(())
             }
             // Created meanwhile by another instance.

@@ -24,6 +24,11 @@ pub struct ContainerSpec {
     /// `RUNNER_INIT`: an init process as PID 1 of every runner.
     init: bool,
     pub(super) limits: RunnerLimits,
+    /// The network runners join unless their provision names one:
+    /// `RUNNER_NETWORK`, or the egress policy's (see `egress`).
+    pub(super) default_network: Option<String>,
+    /// `RUNNER_DNS`.
+    dns: Vec<IpAddr>,
 }
 
 impl ContainerSpec {
@@ -35,6 +40,8 @@ impl ContainerSpec {
             free_doors: settings.free_doors,
             init: settings.runner_init,
             limits: settings.limits.clone(),
+            default_network: settings.egress_networks().default,
+            dns: settings.egress.runner_dns.clone(),
         }
     }
 
@@ -50,7 +57,7 @@ impl ContainerSpec {
         let network_mode = runner
             .network_mode
             .as_stored()
-            .or(self.limits.runner_network.as_deref())
+            .or(self.default_network.as_deref())
             .map(str::to_owned);
         ContainerCreateBody {
             image: Some(self.image.clone()),
@@ -63,6 +70,8 @@ impl ContainerSpec {
                 // PID 1 forwards signals and reaps zombies: a runner whose
                 // server ignores SIGTERM as PID 1 (Node.js) still stops.
                 init: Some(self.init),
+                dns: (!self.dns.is_empty())
+                    .then(|| self.dns.iter().map(ToString::to_string).collect()),
                 ..self.confinement()
             }),
             ..Default::default()
@@ -265,7 +274,9 @@ mod tests {
         );
         assert_eq!(body.exposed_ports.unwrap(), [RUNNER_PORT_KEY]);
         let host = body.host_config.unwrap();
-        assert_eq!(host.network_mode, None);
+        // The egress policy's network (RUNNER_EGRESS=public by default).
+        assert_eq!(host.network_mode.as_deref(), Some("taylored-runners-ci-1"));
+        assert_eq!(host.dns, None);
         let bindings = host.port_bindings.unwrap();
         let binding = &bindings[RUNNER_PORT_KEY].as_ref().unwrap()[0];
         assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
@@ -334,6 +345,22 @@ mod tests {
         };
         assert_eq!(network(&named).as_deref(), Some("mine"));
         assert_eq!(network(&NetworkMode::Default).as_deref(), Some("runners"));
+    }
+
+    #[test]
+    fn under_egress_all_runners_stay_on_the_default_bridge_and_get_runner_dns() {
+        let settings = settings(&[
+            "--runner-egress=all",
+            "--runner-dns=11.11.11.11,2606:4700::1111",
+        ]);
+        let host = body(&settings, &NetworkMode::Default, RunnerKind::Session)
+            .host_config
+            .unwrap();
+        assert_eq!(host.network_mode, None);
+        assert_eq!(
+            host.dns.unwrap(),
+            ["11.11.11.11".to_owned(), "2606:4700::1111".to_owned()]
+        );
     }
 
     #[test]

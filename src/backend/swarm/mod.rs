@@ -294,4 +294,13 @@ impl RunnerBackend for SwarmBackend {
     async fn ensure_network(&self) -> Result<(), EngineError> {
         Ok(())
     }
+
+    /// Swarm runners are on their nodes' default bridges, which the
+    /// manager's rules cannot reach.
+    async fn runner_bridge(&self, _network: &str) -> Result<String, EngineError> {
+        Err(EngineError::Unsupported(
+            "RUNNER_BACKEND=swarm does not install egress rules on its nodes yet; run the \
+             service with RUNNER_EGRESS=all and firewall the nodes (README, Runners on Docker Swarm)",
+        ))
+    }
 }

@@ -20,6 +20,9 @@
 //! its PID; `GET /process/<pid>` answers with that process's state (`Z` for
 //! a zombie) or `gone`.
 //!
+//! Egress probes ([`probe`]): `GET /probe/tcp?addr=IP:PORT` and
+//! `GET /probe/dns?name=NAME` say what code inside the runner reaches.
+//!
 //! WebSocket as the real runner's Socket.IO server speaks it
 //! ([`engine_io`]): `/socket.io/` answers engine.io's polling handshake and
 //! upgrades to its websocket transport, which answers probes and pings,
@@ -28,6 +31,7 @@
 
 mod engine_io;
 mod http;
+mod probe;
 mod ws;
 
 use std::io::{BufReader, Write};
@@ -198,8 +202,11 @@ fn answer(mut stream: TcpStream, config: Config) -> std::io::Result<()> {
         stream.set_read_timeout(None)?;
         return websocket(&request, reader, stream, config);
     }
+    let probed = probe::answer(request.path(), |key| request.query(key).map(str::to_owned));
     let response = if request.path() == engine_io::PATH {
         engine_io::polling(&request, config.ping_interval)
+    } else if let Some(body) = probed {
+        Response::new("200 OK", "application/json", body)
     } else {
         runner_json(&request, config)
     };
