@@ -83,12 +83,12 @@ impl Ruleset {
             rules.add(
                 "forward",
                 format!("iifname \"{iface}\" jump out_{policy}"),
-                &format!("{iface}:forward"),
+                iface,
             );
             rules.add(
                 "input",
                 format!("iifname \"{iface}\" jump host_{policy}"),
-                &format!("{iface}:input"),
+                iface,
             );
         }
         for policy in [EgressPolicy::Public, EgressPolicy::None] {
@@ -155,7 +155,7 @@ impl Ruleset {
         Self {
             table,
             script,
-            comments: rules.comments,
+            comments: rules.comments(),
         }
     }
 
@@ -176,19 +176,32 @@ impl Ruleset {
 #[derive(Default)]
 struct Rules {
     chains: Vec<(String, Vec<String>)>,
-    comments: Vec<String>,
 }
 
 impl Rules {
     fn add(&mut self, chain: &str, rule: String, what: &str) {
-        let comment = format!("{COMMENT_PREFIX}{chain}:{what}");
-        let line = format!("{rule} comment \"{comment}\"");
+        let line = format!("{rule} comment \"{}\"", comment(chain, what));
         match self.chains.iter_mut().find(|(name, _)| name == chain) {
             Some((_, lines)) => lines.push(line),
             None => self.chains.push((chain.to_owned(), vec![line])),
         }
-        self.comments.push(comment);
     }
+
+    /// Chain by chain, as `nft` lists them.
+    fn comments(&self) -> Vec<String> {
+        self.chains
+            .iter()
+            .flat_map(|(_, lines)| lines.iter())
+            .filter_map(|line| {
+                let start = line.rfind(" comment \"")? + " comment \"".len();
+                Some(line[start..line.len() - 1].to_owned())
+            })
+            .collect()
+    }
+}
+
+fn comment(chain: &str, what: &str) -> String {
+    format!("{COMMENT_PREFIX}{chain}:{what}")
 }
 
 fn not_public(v4: bool) -> String {
@@ -246,7 +259,10 @@ mod tests {
         assert!(script.contains("iifname \"trpublic\" jump out_public"));
         assert!(script.contains("iifname \"trnone\" jump host_none"));
         assert!(script.contains("type filter hook forward priority -10; policy accept;"));
-        // Every rule is counted by its comment, and each is unique.
+        // Every rule is counted by its comment, chain by chain as `nft`
+        // lists them, and each is unique.
+        assert_eq!(rules.comments()[0], "taylored:forward:trpublic");
+        assert_eq!(rules.comments()[2], "taylored:input:trpublic");
         let mut comments = rules.comments().to_vec();
         assert_eq!(script.matches(COMMENT_PREFIX).count(), comments.len());
         comments.sort();
