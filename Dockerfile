@@ -9,6 +9,10 @@
 #                                    machines that cannot pull base images:
 #     RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/static \
 #       cargo build --release --locked --target x86_64-unknown-linux-gnu --bin orchestrator
+#     tests/compose/nft-root.sh target/static/nft-root
+#
+# Both carry `nft` and the libraries it loads (under /usr/sbin, /lib,
+# /lib64): the service installs its egress rules with it (RUNNER_EGRESS).
 #
 # The stage order matters for the legacy builder (DOCKER_BUILDKIT=0), which
 # builds every stage up to its target, used or not: `runtime-prebuilt` comes
@@ -22,6 +26,7 @@ ARG RUST_VERSION=1.94
 FROM scratch AS runtime-base
 # Runs as root: it needs the Docker socket, which is root-equivalent anyway.
 ENV PORT=3001 \
+    PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     LISTEN_ADDRESS=0.0.0.0 \
     DATABASE_URL=/data/orchestrator.db
 # The SQLite database (and its WAL) lives here: mount a named volume on it.
@@ -42,6 +47,7 @@ CMD ["serve"]
 # context) keeps the source list non-empty. The smoke test checks the binary.
 FROM runtime-base AS runtime-prebuilt
 COPY Cargo.toml target/static/x86_64-unknown-linux-gnu/release/orchestrato[r] /
+COPY Cargo.toml target/static/nft-roo[t] /
 
 # From source: the same static glibc binary, built in the official image.
 FROM rust:${RUST_VERSION}-slim AS builder
@@ -59,6 +65,10 @@ RUN mkdir src migrations \
     && rm -rf src
 COPY migrations migrations
 COPY src src
+COPY tests/compose/nft-root.sh ./
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends nftables \
+    && ./nft-root.sh /nft-root
 # COPY keeps the sources' old mtimes: touch them so cargo rebuilds the crate.
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --target x86_64-unknown-linux-gnu --bin orchestrator \
@@ -67,3 +77,4 @@ RUN touch src/main.rs src/lib.rs \
 
 FROM runtime-base AS runtime
 COPY --from=builder /orchestrator /orchestrator
+COPY --from=builder /nft-root/ /

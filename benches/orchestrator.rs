@@ -20,6 +20,7 @@
 //! Every container it starts carries an instance label of its own; a drop
 //! guard removes them all, also on panic.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -651,6 +652,78 @@ async fn cold(cx: &mut Context) -> Result<()> {
     ));
     service.finish().await?;
     remove_instance_containers(&raw_instance).await;
+    Ok(())
+}
+
+/// Cold provisions under `RUNNER_EGRESS=public` (a network of the
+/// instance's own, its rules installed in this host's nftables) against
+/// `all` (the default bridge, no rules), interleaved in one run. The rules
+/// and networks are removed afterwards.
+async fn egress(cx: &mut Context) -> Result<()> {
+    let public_env = [("RUNNER_EGRESS", "public".to_owned())];
+    let public = cx.part_service("egress-public", &public_env).await?;
+    let all = cx.part_service("egress-all", &[]).await?;
+    let public_instance = public.instance.clone();
+    let samples = cx.sizes.cold_samples;
+    println!(
+        "\n[egress] {samples} cold provisions under RUNNER_EGRESS=public interleaved with {samples} under all"
+    );
+    public.provision(Some("egress-warm-up")).await?;
+    all.provision(Some("egress-warm-up")).await?;
+    let (mut public_times, mut all_times) = (Vec::new(), Vec::new());
+    for i in 0..samples {
+        for turn in 0..2 {
+            let (service, times) = if (turn + i) % 2 == 0 {
+                (&public, &mut public_times)
+            } else {
+                (&all, &mut all_times)
+            };
+            let started = Instant::now();
+            service.provision(Some(&format!("egress-{i}"))).await?;
+            times.push(started.elapsed());
+        }
+    }
+    let (measured, baseline) = (percentile(&public_times, 0.5), percentile(&all_times, 0.5));
+    cx.push(figure(
+        "cold provision p50, RUNNER_EGRESS=public".to_owned(),
+        format!("{:.1} ms", ms(measured)),
+        format!("{:.1} ms under all", ms(baseline)),
+        ms(measured) / ms(baseline),
+        "-",
+        None,
+    ));
+    public.finish().await?;
+    all.finish().await?;
+    remove_egress(&cx.docker, &public_instance).await
+}
+
+/// `orchestrator egress remove` for `instance`, and its runner networks.
+async fn remove_egress(docker: &Docker, instance: &str) -> Result<()> {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["egress", "remove"])
+        .env("ORCHESTRATOR_ID", instance)
+        .env("RUST_LOG", "warn")
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "`orchestrator egress remove` failed: {status}"
+    );
+    let filters = HashMap::from([(
+        "label".to_owned(),
+        vec![format!("taylored-orchestrator-id={instance}")],
+    )]);
+    let networks = docker
+        .list_networks(Some(
+            bollard::query_parameters::ListNetworksOptionsBuilder::new()
+                .filters(&filters)
+                .build(),
+        ))
+        .await?;
+    for network in networks {
+        if let Some(id) = network.id {
+            docker.remove_network(&id).await?;
+        }
+    }
     Ok(())
 }
 
@@ -1287,10 +1360,11 @@ const DEBUG_BUILD_NOTE: &str = if cfg!(debug_assertions) {
 
 /// The parts, in the order they run; `cargo bench --bench orchestrator --
 /// cold warm` runs only those named.
-const PARTS: [&str; 7] = [
+const PARTS: [&str; 8] = [
     "throughput",
     "sessions",
     "cold",
+    "egress",
     "warm",
     "reaper",
     "restart",
@@ -1307,6 +1381,7 @@ async fn bench(cx: &mut Context) -> Result<()> {
             "throughput" => throughput(cx).await?,
             "sessions" => sessions(cx).await?,
             "cold" => cold(cx).await?,
+            "egress" => egress(cx).await?,
             "warm" => warm_pool(cx).await?,
             "reaper" => reaper(cx).await?,
             "gateway" => gateway(cx).await?,

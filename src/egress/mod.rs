@@ -203,6 +203,9 @@ pub struct Egress {
     /// `egress apply` on a host without the service's database.
     db: Option<Db>,
     status: Arc<Mutex<EgressStatus>>,
+    /// Under `all`, whether a provision has narrowed the policy yet: until
+    /// then there is nothing to install (no network, no table).
+    narrowed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Egress {
@@ -232,7 +235,15 @@ impl Egress {
             metrics,
             db,
             status: Arc::new(Mutex::new(status)),
+            narrowed: Arc::default(),
         }
+    }
+
+    /// Whether there are rules to keep: always under an enforced policy,
+    /// under `all` once a provision narrowed it.
+    fn needed(&self) -> bool {
+        self.networks.policy.is_enforced()
+            || self.narrowed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn networks(&self) -> &EgressNetworks {
@@ -243,9 +254,16 @@ impl Egress {
         self.status.lock().expect("egress status").clone()
     }
 
-    /// Whether provisions may narrow the policy (its networks and rules are
-    /// in place); the reason if not.
-    pub fn narrowing(&self) -> Result<(), String> {
+    /// Makes sure a provision may narrow the policy: its networks and rules
+    /// in place (installed now, under `all`, for the first one); the reason
+    /// if they are not.
+    pub async fn narrowing(&self) -> Result<(), String> {
+        if !self
+            .narrowed
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.check().await?;
+        }
         match &self.status().problem {
             None => Ok(()),
             Some(problem) => Err(problem.clone()),
@@ -274,6 +292,9 @@ impl Egress {
     /// An error says what is missing and how to fix it; the status carries
     /// it to `/readyz`.
     pub async fn check(&self) -> Result<Checked, String> {
+        if !self.needed() {
+            return Ok(Checked::Intact);
+        }
         let outcome = self.check_uncounted().await;
         let mut status = self.status.lock().expect("egress status");
         match &outcome {

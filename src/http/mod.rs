@@ -348,7 +348,7 @@ async fn provision(
         Some(mode) => mode.parse().map_err(ApiError::InvalidNetworkMode)?,
         None => NetworkMode::Default,
     };
-    let network_mode = egress_network(&egress, request.egress.as_deref(), network_mode)?;
+    let network_mode = egress_network(&egress, request.egress.as_deref(), network_mode).await?;
     let outcome =
         run_to_completion(async move { runners.provision(session, &network_mode).await }).await?;
     let (status, message, runner) = match outcome {
@@ -380,7 +380,7 @@ async fn provision(
 
 /// The network a provision's runner joins under the egress policy and the
 /// body's `egress`, which may narrow it only.
-fn egress_network(
+async fn egress_network(
     egress: &Egress,
     requested: Option<&str>,
     mode: NetworkMode,
@@ -397,7 +397,7 @@ fn egress_network(
         .network_for(requested, mode)
         .map_err(|refusal| ApiError::InvalidEgress(refusal.to_string()))?;
     if requested.is_some_and(|asked| asked != policy) {
-        egress.narrowing().map_err(ApiError::NotReady)?;
+        egress.narrowing().await.map_err(ApiError::NotReady)?;
     }
     Ok(network)
 }

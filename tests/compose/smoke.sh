@@ -94,6 +94,17 @@ cleanup() {
         # shellcheck disable=SC2086
         docker rm --force $runners >/dev/null || true
     fi
+    # The egress rules and runner networks of both instances, through the
+    # image's own operator command (host network, NET_ADMIN, as in compose).
+    local instance
+    for instance in "$ORCHESTRATOR_ID" "$GATEWAY_ORCHESTRATOR_ID"; do
+        docker run --rm --network host --cap-add NET_ADMIN \
+            --volume /var/run/docker.sock:/var/run/docker.sock \
+            --env ORCHESTRATOR_ID="$instance" --entrypoint /orchestrator \
+            "$ORCHESTRATOR_IMAGE" egress remove 2>&1 | grep -v INFO || true
+        docker network ls --quiet --filter "label=taylored-orchestrator-id=${instance}" |
+            xargs --no-run-if-empty docker network rm >/dev/null 2>&1 || true
+    done
     docker network rm "$runner_network" >/dev/null 2>&1 || true
     docker image rm "$ORCHESTRATOR_IMAGE" "$RUNNER_IMAGE" >/dev/null 2>&1 || true
     echo "smoke test finished in $((SECONDS - started_at)) s (exit $status)"
@@ -117,6 +128,7 @@ RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/static \
 RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=tests/runner/target/static \
     cargo build --release --locked --target "$triple" --manifest-path tests/runner/Cargo.toml 2>&1
 file_size() { stat --format '%s bytes  %n' "$1"; }
+tests/compose/nft-root.sh target/static/nft-root
 file_size "target/static/${triple}/release/orchestrator"
 file_size "tests/runner/target/static/${triple}/release/test-runner"
 
@@ -198,11 +210,31 @@ step "docker-compose up -d"
 compose up --detach 2>&1
 wait_ready
 
+step "egress: the rules are in force (RUNNER_EGRESS=public, the default)"
+readyz=$(curl --silent --max-time 2 "$base/readyz")
+jq --exit-status '.egress.policy == "public" and .egress.enforced == true' <<<"$readyz" >/dev/null \
+    || fail "/readyz does not report the egress rules in force: ${readyz}"
+table=$(jq --raw-output .egress.table <<<"$readyz")
+nft list table inet "$table" >/dev/null || fail "no nftables table ${table} on the host"
+echo "table inet ${table}: $(nft list table inet "$table" | grep -c comment) rules"
+
 step "provision a runner"
 answer=$(request POST /api/runner/provision '{}')
 expect_status 201 "$answer" "provision (X-Session-Id ${session})"
 endpoint=$(json_field endpoint "$answer")
 check_runner_answers "$endpoint"
+# From inside the runner: the service's own port on the host is blocked,
+# while the runner's own loopback (no host rule on the way) answers, so
+# that the probe is shown to work.
+bridge_gateway=$(docker network inspect --format '{{(index .IPAM.Config 0).Gateway}}' \
+    "taylored-runners-${ORCHESTRATOR_ID}")
+probe=$(curl --silent --max-time 10 "$endpoint/probe/tcp?addr=127.0.0.1:3000")
+echo "runner -> its own 127.0.0.1:3000: ${probe}"
+jq --exit-status .ok <<<"$probe" >/dev/null || fail "the runner's probe does not work: ${probe}"
+probe=$(curl --silent --max-time 10 "$endpoint/probe/tcp?addr=${bridge_gateway}:${port}")
+echo "runner -> the service on the host (${bridge_gateway}:${port}): ${probe}"
+jq --exit-status '.ok == false' <<<"$probe" >/dev/null \
+    || fail "a runner reached the service's port on the host: ${probe}"
 containers=$(runner_containers)
 echo "runner containers: $(echo "$containers" | cut -c1-12 | tr '\n' ' ')"
 [ "$(echo "$containers" | wc -l)" -eq 1 ] && [ -n "$containers" ] \
