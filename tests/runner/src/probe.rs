@@ -3,7 +3,7 @@
 //! network namespace.
 //!
 //! - `GET /probe/tcp?addr=IP:PORT` (IPv6 as `[addr]:port`): a TCP connect
-//!   (2 s), `ping\n` written, up to 256 bytes read (2 s); answers
+//!   (2 s), an HTTP request written, up to 256 bytes read (2 s); answers
 //!   `{"ok":true,"reply":"…"}` or `{"ok":false,"error":"…"}`.
 //! - `GET /probe/dns?name=NAME`: an A query over UDP to the first
 //!   `nameserver` of `/etc/resolv.conf` (2 s); answers
@@ -45,7 +45,11 @@ pub fn answer(path: &str, query: impl Fn(&str) -> Option<String>) -> Option<Stri
     })
 }
 
-/// Connects, writes `ping\n`, reads what comes back (up to 256 bytes).
+/// Connects, writes [`PROBE`], reads what comes back (up to 256 bytes).
+/// What a TCP probe sends: an HTTP request, which the stand-in hosts (any
+/// line) and HTTP servers (the runner's own port among them) both answer.
+pub const PROBE: &[u8] = b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n";
+
 pub fn tcp(addr: &str) -> Result<String, String> {
     let target: SocketAddr = addr
         .parse()
@@ -57,7 +61,7 @@ pub fn tcp(addr: &str) -> Result<String, String> {
         .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
         .map_err(|e| describe("set timeout", &e))?;
     stream
-        .write_all(b"ping\n")
+        .write_all(PROBE)
         .map_err(|e| describe("write", &e))?;
     let mut reply = Vec::new();
     let mut buffer = [0u8; 256];
@@ -385,9 +389,9 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
-            let mut line = [0u8; 5];
+            let mut line = vec![0u8; PROBE.len()];
             stream.read_exact(&mut line).unwrap();
-            assert_eq!(&line, b"ping\n");
+            assert_eq!(line, PROBE);
             stream.write_all(b"public\n").unwrap();
         });
         assert_eq!(tcp(&format!("127.0.0.1:{port}")), Ok("public\n".to_owned()));
