@@ -60,9 +60,7 @@ pub fn tcp(addr: &str) -> Result<String, String> {
         .set_read_timeout(Some(TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
         .map_err(|e| describe("set timeout", &e))?;
-    stream
-        .write_all(PROBE)
-        .map_err(|e| describe("write", &e))?;
+    stream.write_all(PROBE).map_err(|e| describe("write", &e))?;
     let mut reply = Vec::new();
     let mut buffer = [0u8; 256];
     while reply.len() < 256 {
