@@ -66,7 +66,12 @@ async fn widening_or_unknown_egress_and_named_networks_are_refused_before_the_en
     let wrong_type = service
         .provision_with(Some("w-1"), json!({ "egress": 3 }))
         .await;
-    wrong_type.error(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_BODY");
+    assert!(
+        wrong_type
+            .error(StatusCode::BAD_REQUEST, "INVALID_EGRESS")
+            .contains("must be a string"),
+        "{wrong_type:?}"
+    );
     service.backend().add_network("lab");
     let named = service
         .provision_with(Some("w-1"), json!({ "networkMode": "lab" }))

@@ -268,8 +268,9 @@ async fn liveness() -> &'static str {
 struct ProvisionRequest {
     network_mode: Option<String>,
     /// Narrows `RUNNER_EGRESS` for this runner (`none`, or `public` under
-    /// `all`).
-    egress: Option<String>,
+    /// `all`). Any JSON value, so that a number or an object is the same
+    /// `400 INVALID_EGRESS` as an unknown name, not a body-shape error.
+    egress: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -348,7 +349,7 @@ async fn provision(
         Some(mode) => mode.parse().map_err(ApiError::InvalidNetworkMode)?,
         None => NetworkMode::Default,
     };
-    let network_mode = egress_network(&egress, request.egress.as_deref(), network_mode).await?;
+    let network_mode = egress_network(&egress, request.egress.as_ref(), network_mode).await?;
     let outcome =
         run_to_completion(async move { runners.provision(session, &network_mode).await }).await?;
     let (status, message, runner) = match outcome {
@@ -382,15 +383,21 @@ async fn provision(
 /// body's `egress`, which may narrow it only.
 async fn egress_network(
     egress: &Egress,
-    requested: Option<&str>,
+    requested: Option<&serde_json::Value>,
     mode: NetworkMode,
 ) -> Result<NetworkMode, ApiError> {
-    let requested = requested
-        .map(|text| {
+    let requested = match requested {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(text)) => Some(
             text.parse::<EgressPolicy>()
-                .map_err(|reason| ApiError::InvalidEgress(format!("egress: {reason}")))
-        })
-        .transpose()?;
+                .map_err(|reason| ApiError::InvalidEgress(format!("egress: {reason}")))?,
+        ),
+        Some(other) => {
+            return Err(ApiError::InvalidEgress(format!(
+                "egress must be a string (none, public or all), not {other}"
+            )));
+        }
+    };
     let policy = egress.networks().policy;
     let network = egress
         .networks()
