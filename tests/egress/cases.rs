@@ -342,6 +342,25 @@ pub async fn a_deleted_rule_is_repaired_and_a_restart_adds_none(
         (count(&rules) == before.len() && repaired > repaired_before).then_some(())
     })
     .await?;
+    let shown = egress.operator(
+        &instance,
+        &service.env,
+        &["runners", "show", "(egress)", "--json"],
+    )?;
+    let shown: serde_json::Value =
+        serde_json::from_str(&shown).map_err(|error| format!("runners show: {error}"))?;
+    let repairs: Vec<&serde_json::Value> = shown["audit"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|record| record["action"] == "egress_repaired")
+        .collect();
+    if repairs.is_empty() {
+        return Err(format!(
+            "the audit trail has no egress_repaired entry: {shown}"
+        ));
+    }
+    println!("    audit: {}", repairs[repairs.len() - 1]);
     let service = egress.restart(service).await?;
     // Over several reconcile passes (one a second), never a duplicate.
     let window = std::time::Instant::now() + Duration::from_secs(3);
@@ -459,4 +478,49 @@ pub async fn without_nft_it_refuses_unless_all(egress: &Egress) -> Result<(), St
         .provision(&service, "nonftall-1", json!({}))
         .await
         .map(|_| ())
+}
+
+/// In gateway mode runners publish no port: the service reaches them on
+/// their network, and that way in stays open under every policy, also
+/// where nothing may go out.
+pub async fn the_gateway_reaches_runners_under_every_policy(egress: &Egress) -> Result<(), String> {
+    for policy in ["public", "none", "all"] {
+        let instance = egress.instance(&format!("gw{policy}"));
+        let service = egress
+            .spawn(
+                &instance,
+                &[("RUNNER_EGRESS", policy), ("RUNNER_ACCESS", "gateway")],
+            )
+            .await?;
+        let session = format!("gw-{policy}");
+        let runner = egress.provision(&service, &session, json!({})).await?;
+        if runner.host.is_none() {
+            return Err(format!("under {policy} the endpoint is not a gateway host"));
+        }
+        let public = match policy {
+            "none" => Expect::Block,
+            _ => Expect::Reach("public"),
+        };
+        let metadata = match policy {
+            "all" => Expect::Reach("metadata"),
+            _ => Expect::Block,
+        };
+        let probes = [
+            tcp(
+                "the public host",
+                format!("{}:80", egress.world.public),
+                public,
+            ),
+            tcp(
+                "the metadata service",
+                format!("{}:80", egress.world.metadata),
+                metadata,
+            ),
+        ];
+        // Every probe request went in through the gateway.
+        egress
+            .check_probes(&runner, &probes, Some("the gateway reached the runner"))
+            .await?;
+    }
+    Ok(())
 }

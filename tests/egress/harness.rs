@@ -22,6 +22,9 @@ pub const START_LIMIT: Duration = Duration::from_secs(60);
 /// How long a repair by the periodic reconcile (every second here) may take.
 pub const REPAIR_LIMIT: Duration = Duration::from_secs(20);
 const INSTANCE_LABEL: &str = "taylored-orchestrator-id";
+const SESSION_LABEL: &str = "taylored-runner-session-id";
+/// The service's default `GATEWAY_DOMAIN`.
+const GATEWAY_DOMAIN: &str = ".runners.localhost";
 
 pub struct Egress {
     pub world: World,
@@ -47,8 +50,11 @@ pub struct Service {
 /// A provisioned runner, reached at its published port through the door.
 pub struct Runner {
     pub session: String,
-    /// `http://<door>:<published port>`.
+    /// `http://<door>:<published port>`, or in gateway mode the service's
+    /// own port at the door.
     pub url: String,
+    /// In gateway mode, the `Host` its requests carry (`<token>.<domain>`).
+    pub host: Option<String>,
     /// The network it is on and that network's gateway (the engine host's
     /// address as the runner sees it).
     pub network: String,
@@ -358,18 +364,18 @@ impl Egress {
         }
         // The runner itself answers at its published port: the probes below
         // ran, whatever they found.
-        let alive = self.get_json(&format!("{}/", runner.url)).await?;
+        let alive = self.runner_get(runner, "/").await?;
         if alive["runner"] != "ok" {
             return Err(format!("the runner at {} answered {alive}", runner.url));
         }
         let mut failures = Vec::new();
         let mut report = Vec::new();
         for probe in probes {
-            let url = match probe.target.strip_prefix("dns:") {
-                Some(name) => format!("{}/probe/dns?name={name}", runner.url),
-                None => format!("{}/probe/tcp?addr={}", runner.url, probe.target),
+            let path = match probe.target.strip_prefix("dns:") {
+                Some(name) => format!("/probe/dns?name={name}"),
+                None => format!("/probe/tcp?addr={}", probe.target),
             };
-            let answer = self.get_json(&url).await?;
+            let answer = self.runner_get(runner, &path).await?;
             let ok = answer["ok"].as_bool() == Some(true);
             let error = answer["error"].as_str().unwrap_or_default();
             let is_dns = probe.target.starts_with("dns:");
@@ -414,10 +420,18 @@ impl Egress {
         }
     }
 
-    async fn get_json(&self, url: &str) -> Result<Value, String> {
-        let response = self
-            .http
-            .get(url)
+    /// `GET path` of the runner, at its port or through the gateway.
+    pub async fn runner_get(&self, runner: &Runner, path: &str) -> Result<Value, String> {
+        self.get_json(&format!("{}{path}", runner.url), runner.host.as_deref())
+            .await
+    }
+
+    async fn get_json(&self, url: &str, host: Option<&str>) -> Result<Value, String> {
+        let mut request = self.http.get(url);
+        if let Some(host) = host {
+            request = request.header(reqwest::header::HOST, host);
+        }
+        let response = request
             .send()
             .await
             .map_err(|error| format!("GET {url}: {error}"))?;
@@ -432,48 +446,51 @@ impl Egress {
         serde_json::from_str(&text).map_err(|_| format!("GET {url} answered {text}"))
     }
 
-    /// The runner behind a provision's answer: its published port reached
-    /// through the door, its network and gateway from the engine.
+    /// The runner behind a provision's answer: reached at its published
+    /// port through the door, or through the service's gateway by its host
+    /// name; its network and gateway address from the engine.
     pub fn runner(&self, service: &Service, session: &str, body: Value) -> Result<Runner, String> {
         let endpoint = body["endpoint"]
             .as_str()
             .ok_or_else(|| format!("no endpoint in {body}"))?;
-        let port: u16 = endpoint
-            .trim_end_matches('/')
-            .rsplit(':')
-            .next()
-            .and_then(|port| port.parse().ok())
+        let authority = endpoint
+            .split_once("://")
+            .map_or(endpoint, |(_, rest)| rest)
+            .trim_end_matches('/');
+        let (host, port) = authority
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
             .ok_or_else(|| format!("no port in the endpoint {endpoint}"))?;
-        let label = format!("label={INSTANCE_LABEL}={}", service.instance);
+        let (url, host) = if host.ends_with(GATEWAY_DOMAIN) {
+            (
+                format!(
+                    "http://{}:{}",
+                    self.world.door_address, service.process.port
+                ),
+                Some(authority.to_owned()),
+            )
+        } else {
+            (format!("http://{}:{port}", self.world.door_address), None)
+        };
+        let label = format!("label={SESSION_LABEL}={session}");
         let ids = self.world.docker(&["ps", "-q", "--filter", &label])?;
-        for id in ids.split_whitespace() {
-            let inspect: Value = serde_json::from_str(&self.world.docker(&["inspect", id])?)
-                .map_err(|error| error.to_string())?;
-            let container = &inspect[0];
-            let published = container["NetworkSettings"]["Ports"]
-                .as_object()
-                .into_iter()
-                .flat_map(|ports| ports.values())
-                .flat_map(|bindings| bindings.as_array().into_iter().flatten())
-                .any(|binding| binding["HostPort"].as_str() == Some(port.to_string().as_str()));
-            if !published {
-                continue;
-            }
-            let (network, settings) = container["NetworkSettings"]["Networks"]
-                .as_object()
-                .and_then(|networks| networks.iter().next())
-                .ok_or_else(|| format!("container {id} is on no network"))?;
-            return Ok(Runner {
-                session: session.to_owned(),
-                url: format!("http://{}:{port}", self.world.door_address),
-                network: network.clone(),
-                gateway: settings["Gateway"].as_str().unwrap_or_default().to_owned(),
-            });
-        }
-        Err(format!(
-            "no container of {} publishes port {port}",
-            service.instance
-        ))
+        let id = ids
+            .split_whitespace()
+            .next()
+            .ok_or_else(|| format!("no container for session {session}"))?;
+        let inspect: Value = serde_json::from_str(&self.world.docker(&["inspect", id])?)
+            .map_err(|error| error.to_string())?;
+        let (network, settings) = inspect[0]["NetworkSettings"]["Networks"]
+            .as_object()
+            .and_then(|networks| networks.iter().next())
+            .ok_or_else(|| format!("container {id} is on no network"))?;
+        Ok(Runner {
+            session: session.to_owned(),
+            url,
+            host,
+            network: network.clone(),
+            gateway: settings["Gateway"].as_str().unwrap_or_default().to_owned(),
+        })
     }
 
     /// A provision that must succeed, and its runner.
@@ -491,8 +508,8 @@ impl Egress {
         }
         let runner = self.runner(service, session, answer)?;
         // The runner's server may take a moment after the start.
-        poll_until(START_LIMIT, "the runner answering at its port", || async {
-            self.get_json(&format!("{}/", runner.url)).await.ok()
+        poll_until(START_LIMIT, "the runner answering", || async {
+            self.runner_get(&runner, "/").await.ok()
         })
         .await?;
         Ok(runner)

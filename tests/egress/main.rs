@@ -43,6 +43,9 @@ const TESTS: &[(&str, harness::Test)] = &[
     ("the_allow_list_opens_one_private_port", |e| {
         Box::pin(cases::the_allow_list_opens_one_private_port(e))
     }),
+    ("the_gateway_reaches_runners_under_every_policy", |e| {
+        Box::pin(cases::the_gateway_reaches_runners_under_every_policy(e))
+    }),
     ("widening_and_garbage_are_refused", |e| {
         Box::pin(cases::widening_and_garbage_are_refused(e))
     }),
