@@ -204,6 +204,8 @@ fn raw_engine(image: &str, instance: &str) -> Result<DockerBackend> {
         format!("--orchestrator-id={instance}"),
         format!("--docker-image-name={image}"),
         "--runner-bind-address=127.0.0.1".to_owned(),
+        // The engine's default bridge, as the in-process service's `all`.
+        "--runner-egress=all".to_owned(),
     ])?;
     Ok(DockerBackend::connect(&settings)?)
 }
