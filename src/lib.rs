@@ -5,6 +5,7 @@ pub mod backend;
 pub mod capacity;
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod drift;
 pub mod egress;
 #[cfg(test)]
@@ -21,7 +22,6 @@ pub mod readiness;
 pub mod reaper;
 pub mod reconcile;
 pub mod service;
-pub mod session;
 pub mod shutdown;
 pub mod startup;
 pub mod supervise;

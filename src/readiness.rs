@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::reconcile::Summary;
+use crate::domain::Summary;
 
 /// What a runner request is told while the startup reconcile runs.
 const RECONCILING: &str = "the startup reconcile is running";

@@ -9,7 +9,6 @@
 //! pure keeps every case unit-testable without Docker.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -22,11 +21,10 @@ use crate::config::OrphanPolicy;
 use crate::db::{
     Actor, AuditAction, AuditEntry, Db, DbError, FoundRunner, RowChanges, RunnerRow, RunnerState,
 };
-use crate::gateway::{Route, token};
+use crate::domain::{Route, RunnerKind, Summary, token};
 use crate::lifecycle::{Lifecycle, REMOVAL_CONCURRENCY, Removal, lock_key};
 use crate::locks::SessionGuard;
 use crate::metrics::{Metrics, ReconcileAction};
-use crate::session::RunnerKind;
 
 /// One step towards agreement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,36 +355,6 @@ impl Action {
             }
             Action::DropRow { row, .. } | Action::Keep { row, .. } => (&row.session_id, row.kind),
         }
-    }
-}
-
-/// What one reconciliation did, for the summary log line.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
-    pub kept: usize,
-    pub adopted: usize,
-    pub containers_removed: usize,
-    pub rows_dropped: usize,
-    pub failed: usize,
-}
-
-impl std::ops::AddAssign for Summary {
-    fn add_assign(&mut self, other: Self) {
-        self.kept += other.kept;
-        self.adopted += other.adopted;
-        self.containers_removed += other.containers_removed;
-        self.rows_dropped += other.rows_dropped;
-        self.failed += other.failed;
-    }
-}
-
-impl fmt::Display for Summary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "kept={} adopted={} containers_removed={} rows_dropped={} failed={}",
-            self.kept, self.adopted, self.containers_removed, self.rows_dropped, self.failed
-        )
     }
 }
 
@@ -769,7 +737,7 @@ mod tests {
     use super::*;
     use crate::backend::NetworkMode;
     use crate::lifecycle::Provisioned;
-    use crate::session::SessionId;
+    use crate::domain::SessionId;
     use crate::test_support::Harness;
 
     #[tokio::test]
@@ -823,7 +791,7 @@ mod tests {
         assert_eq!(row.container_id, Some(orphan.id));
         assert_eq!(row.host_port, orphan.host_port);
         // An adopted runner gets a token, and the gateway a route to it.
-        assert!(crate::gateway::token::is_token(&row.token), "{row:?}");
+        assert!(crate::domain::token::is_token(&row.token), "{row:?}");
         let routes = harness.service.heartbeats.running();
         let address = routes.visit(&row.token, Utc::now()).unwrap();
         assert_eq!(

@@ -155,7 +155,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_worker_that_keeps_failing_makes_the_service_unready_and_stop() {
         let readiness = Readiness::default();
-        readiness.ready(crate::reconcile::Summary::default());
+        readiness.ready(crate::domain::Summary::default());
         let supervisor = Supervisor::new(CancellationToken::new(), readiness.clone());
         let starts = Arc::new(AtomicU32::new(0));
 

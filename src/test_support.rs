@@ -13,7 +13,8 @@ use crate::egress::MemoryFirewall;
 use crate::lifecycle::Runners;
 use crate::readiness::Readiness;
 use crate::reaper::Reaper;
-use crate::reconcile::{Reconciler, Summary};
+use crate::domain::Summary;
+use crate::reconcile::Reconciler;
 use crate::service::Service;
 use crate::warm_pool::WarmPool;
 

@@ -8,7 +8,7 @@ use super::RunnerSpec;
 use crate::config::{
     DEFAULT_INSTANCE, INSTANCE_LABEL, POOLED_LABEL, SESSION_LABEL, SINGLETON_LABEL,
 };
-use crate::session::RunnerKind;
+use crate::domain::RunnerKind;
 
 /// The labels of `runner`, started by `instance`.
 pub fn of(runner: &RunnerSpec<'_>, instance: &str) -> HashMap<String, String> {

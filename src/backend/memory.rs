@@ -507,7 +507,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::session::RunnerKind;
+    use crate::domain::RunnerKind;
 
     fn spec<'a>(session_id: &'a str, name: &'a str) -> RunnerSpec<'a> {
         RunnerSpec {

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
 use crate::config::{BackendKind, Settings};
-use crate::session::RunnerKind;
+use crate::domain::RunnerKind;
 
 pub use error::EngineError;
 pub use network_mode::NetworkMode;

@@ -20,7 +20,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{FromRow, SqlitePool};
 
 use crate::backend::{NetworkMode, RunnerNode, StartedRunner};
-use crate::session::{RunnerKind, SessionId};
+use crate::domain::{RunnerKind, SessionId};
 
 pub use migrate::MigrationError;
 

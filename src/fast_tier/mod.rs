@@ -34,8 +34,9 @@ use crate::db::{Db, RunnerRow, RunnerState, timestamp};
 use crate::lifecycle::Runners;
 use crate::readiness::Readiness;
 use crate::reaper::{ReapOutcome, Reaper};
-use crate::reconcile::{Reconciler, Summary};
-use crate::session::RunnerKind;
+use crate::domain::Summary;
+use crate::reconcile::Reconciler;
+use crate::domain::RunnerKind;
 use crate::test_support::Harness;
 use crate::warm_pool::WarmPool;
 

@@ -488,7 +488,7 @@ async fn the_shared_runner_mode_answers_as_the_first_orchestrator() {
     service.running_runner("first");
     assert_eq!(
         service.existing_row("first").await.kind,
-        crate::session::RunnerKind::Singleton
+        crate::domain::RunnerKind::Singleton
     );
 }
 

@@ -10,8 +10,8 @@ use crate::backend::RunnerBackend;
 use crate::config::OrphanPolicy;
 use crate::db::RunnerState;
 use crate::lifecycle::Provisioned;
-use crate::reconcile::Summary;
-use crate::session::RunnerKind;
+use crate::domain::Summary;
+use crate::domain::RunnerKind;
 
 #[tokio::test]
 async fn a_restart_keeps_running_runners_and_their_heartbeats() {
@@ -220,7 +220,7 @@ async fn a_restart_undoes_a_provision_cut_off_at_the_engine() {
     service.backend().hold_starts();
     let runners = service.runners().clone();
     let provision = tokio::spawn(async move {
-        let session = crate::session::SessionId::parse("cut").unwrap();
+        let session = crate::domain::SessionId::parse("cut").unwrap();
         runners
             .provision(Some(session), &crate::backend::NetworkMode::Default)
             .await
@@ -447,7 +447,7 @@ async fn drift_leaves_agreeing_runners_alone() {
         service
             .runners()
             .provision(
-                Some(crate::session::SessionId::parse("s-1").unwrap()),
+                Some(crate::domain::SessionId::parse("s-1").unwrap()),
                 &crate::backend::NetworkMode::Default
             )
             .await,

@@ -1,7 +1,7 @@
 //! Which requests are for a runner: those whose host is under
 //! `GATEWAY_DOMAIN`.
 
-use super::token;
+use crate::domain::token;
 
 /// Where a request's host sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]

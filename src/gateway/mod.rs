@@ -13,10 +13,8 @@
 
 mod headers;
 mod host;
-pub mod token;
 
 use std::convert::Infallible;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -47,50 +45,6 @@ use crate::readiness::{RECONCILE_PATIENCE, Readiness};
 /// How long a runner may take to accept a connection before it counts as
 /// not answering.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where the gateway reaches a runner: `host:port`, the loopback and its
-/// published port on one engine, the node's host and port on Swarm.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunnerAddress(Arc<str>);
-
-impl fmt::Display for RunnerAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A running runner's token and address, as the gateway routes to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub token: String,
-    pub address: RunnerAddress,
-}
-
-impl Route {
-    /// The route of a runner: straight to its container's `address` when
-    /// the backend knows it (one hop, as a client going through the
-    /// engine's port proxy makes), else to its published `host_port` on
-    /// `node_host` (a Swarm node) or on this host's loopback; `None`
-    /// without a port (an isolated runner).
-    pub fn of(
-        token: String,
-        host_port: Option<u16>,
-        node_host: Option<&str>,
-        address: Option<&str>,
-    ) -> Option<Self> {
-        let port = host_port?;
-        let address = match (address, node_host) {
-            (Some(address), _) => address.to_owned(),
-            (None, Some(host)) if host.contains(':') => format!("[{host}]:{port}"),
-            (None, Some(host)) => format!("{host}:{port}"),
-            (None, None) => format!("127.0.0.1:{port}"),
-        };
-        Some(Self {
-            token,
-            address: RunnerAddress(address.into()),
-        })
-    }
-}
 
 /// The service's one HTTP service: the gateway for hosts under its domain
 /// (in gateway mode), the API for every other.

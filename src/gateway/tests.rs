@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::*;
 use crate::backend::NetworkMode;
-use crate::reconcile::Summary;
-use crate::session::{RunnerKind, SessionId};
+use crate::domain::Summary;
+use crate::domain::{Route, RunnerKind, SessionId, token};
 use crate::test_support::Harness;
 
 /// A runner stand-in: `/headers` answers the request's headers as JSON,

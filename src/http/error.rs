@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::backend::EngineError;
 use crate::db::DbError;
 use crate::lifecycle::RunnerError;
-use crate::session::InvalidSessionId;
+use crate::domain::InvalidSessionId;
 
 /// What a 503 tells clients to wait before trying again.
 const RETRY_AFTER_SECONDS: &str = "5";

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::BODY_LIMIT_BYTES;
 use super::error::ApiError;
-use crate::session::{InvalidSessionId, SessionId};
+use crate::domain::{InvalidSessionId, SessionId};
 
 /// The header the first orchestrator read session ids from.
 pub const SESSION_HEADER: &str = "x-session-id";

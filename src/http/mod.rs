@@ -36,7 +36,7 @@ use crate::lifecycle::{Heartbeat, Provisioned, RunnerError, Runners};
 use crate::metrics::Metrics;
 use crate::readiness::{RECONCILE_PATIENCE, Readiness};
 use crate::service::Service;
-use crate::session::SessionId;
+use crate::domain::SessionId;
 
 /// The largest request body accepted; the API's bodies are a few dozen bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -595,7 +595,7 @@ mod tests {
             Err(ApiError::SessionIdRequired(Operation::Heartbeat))
         ));
         let invalid = Err(ApiError::InvalidSessionId(
-            crate::session::InvalidSessionId::NotVisibleAscii,
+            crate::domain::InvalidSessionId::NotVisibleAscii,
         ));
         assert!(matches!(
             required(invalid, Some("h")),

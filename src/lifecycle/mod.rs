@@ -26,11 +26,11 @@ pub use runners::{Heartbeat, NO_ENDPOINT, Provisioned, RunnerInfo, Runners};
 use crate::backend::health::EngineHealth;
 use crate::backend::{EngineError, ObservedRunner, RunnerBackend, Stop};
 use crate::db::{Actor, AuditAction, AuditEntry, Db, DbError, RunnerRow};
-use crate::gateway::Route;
+use crate::domain::Route;
 use crate::heartbeats::Heartbeats;
 use crate::locks::{SessionGuard, SessionLocks};
 use crate::metrics::{EngineErrorKind, Metrics, ReconcileAction};
-use crate::session::RunnerKind;
+use crate::domain::RunnerKind;
 
 /// How many runners are removed at once (startup repairs, drift, reaper):
 /// enough that a backlog of dead containers clears in seconds, few enough
@@ -292,7 +292,7 @@ mod tests {
     use crate::backend::NetworkMode;
     use crate::db::RunnerState;
     use crate::reconcile::Action;
-    use crate::session::SessionId;
+    use crate::domain::SessionId;
     use crate::test_support::Harness;
 
     async fn provision(harness: &Harness, session: &str) -> RunnerRow {

@@ -10,9 +10,9 @@ use crate::backend::{EngineError, NetworkMode, RunnerSpec, Stop};
 use crate::capacity::RunnerLimit;
 use crate::config::Settings;
 use crate::db::{Actor, AuditAction, Claim, NewRunner, RunnerRow, RunnerState};
-use crate::gateway::{Route, token};
+use crate::domain::{Route, token};
 use crate::metrics::{HeartbeatResult, ProvisionResult};
-use crate::session::{RunnerKind, SessionId};
+use crate::domain::{RunnerKind, SessionId};
 
 /// The endpoint text for a runner without a published port (as the first
 /// orchestrator answered).

@@ -27,7 +27,7 @@ use taylored_orchestrator::config::{INSTANCE_LABEL, SESSION_LABEL, Settings};
 use taylored_orchestrator::db::{Db, RunnerRow};
 use taylored_orchestrator::readiness::Readiness;
 use taylored_orchestrator::reaper::Reaper;
-use taylored_orchestrator::reconcile::Summary;
+use taylored_orchestrator::domain::Summary;
 use taylored_orchestrator::service::Service;
 use taylored_orchestrator::startup::Application;
 use tokio::task::JoinHandle;

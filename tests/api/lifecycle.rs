@@ -1,7 +1,7 @@
 use bollard::models::ContainerSummaryStateEnum;
 use taylored_orchestrator::config::{INSTANCE_LABEL, SESSION_LABEL};
 use taylored_orchestrator::db::RunnerState;
-use taylored_orchestrator::session::SessionId;
+use taylored_orchestrator::domain::SessionId;
 
 use crate::helpers::{TestEnv, assert_runner_answers, images, spawn_app, spawn_app_with};
 

@@ -4,7 +4,7 @@
 use chrono::Utc;
 use taylored_orchestrator::backend::NetworkMode;
 use taylored_orchestrator::db::{Claim, NewRunner, RunnerState, timestamp};
-use taylored_orchestrator::session::{RunnerKind, SessionId};
+use taylored_orchestrator::domain::{RunnerKind, SessionId};
 
 use crate::helpers::{TestEnv, assert_runner_answers};
 
@@ -209,7 +209,7 @@ async fn claim(db: &taylored_orchestrator::db::Db, session: &SessionId, name: &s
                 container_name: name,
                 network_mode: &NetworkMode::Default,
                 pooled: false,
-                token: &taylored_orchestrator::gateway::token::generate(),
+                token: &taylored_orchestrator::domain::token::generate(),
             },
             0,
             Utc::now(),

@@ -168,7 +168,7 @@ mod tests {
     use crate::config::{
         DEFAULT_INSTANCE, INSTANCE_LABEL, POOLED_LABEL, SESSION_LABEL, SINGLETON_LABEL,
     };
-    use crate::session::RunnerKind;
+    use crate::domain::RunnerKind;
 
     fn settings(args: &[&str]) -> Settings {
         let args = ["orchestrator", "--orchestrator-id=ci-1"]

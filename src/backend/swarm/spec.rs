@@ -154,7 +154,7 @@ mod tests {
     use super::*;
     use crate::backend::NetworkMode;
     use crate::config::{INSTANCE_LABEL, POOLED_LABEL, SESSION_LABEL, SINGLETON_LABEL};
-    use crate::session::RunnerKind;
+    use crate::domain::RunnerKind;
 
     fn settings(args: &[&str]) -> Settings {
         let args = [
