@@ -43,9 +43,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use chrono::{DateTime, Utc};
 
 use crate::db::{Db, DbError, RunningRunner};
+use crate::domain::RunnerKind;
 use crate::domain::{Route, RunnerAddress};
 use crate::metrics::{Metrics, WriteResult};
-use crate::domain::RunnerKind;
 
 #[derive(Debug, Clone)]
 struct Seen {

@@ -736,8 +736,8 @@ mod tests {
 
     use super::*;
     use crate::backend::NetworkMode;
-    use crate::lifecycle::Provisioned;
     use crate::domain::SessionId;
+    use crate::lifecycle::Provisioned;
     use crate::test_support::Harness;
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use taylored_orchestrator::backend::docker::DockerBackend;
 use taylored_orchestrator::backend::{NetworkMode, RunnerSpec};
 use taylored_orchestrator::config::Settings;
-use taylored_orchestrator::session::{RunnerKind, SessionId};
+use taylored_orchestrator::domain::{RunnerKind, SessionId};
 
 /// An engine client configured as the service's (default limits), under an
 /// instance label of its own so that the service never sees its containers.

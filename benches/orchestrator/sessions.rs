@@ -9,8 +9,8 @@ use crate::harness::{
     Context, Load, Result, alternate, figure, fill_rows, in_process_service, ms, run_load,
 };
 
+use taylored_orchestrator::domain::Summary;
 use taylored_orchestrator::readiness::Readiness;
-use taylored_orchestrator::reconcile::Summary;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

@@ -31,12 +31,12 @@ use crate::backend::memory::MemoryBackend;
 use crate::backend::{ObservedRunner, RunnerBackend, RunnerSpec};
 use crate::config::OrphanPolicy;
 use crate::db::{Db, RunnerRow, RunnerState, timestamp};
+use crate::domain::RunnerKind;
+use crate::domain::Summary;
 use crate::lifecycle::Runners;
 use crate::readiness::Readiness;
 use crate::reaper::{ReapOutcome, Reaper};
-use crate::domain::Summary;
 use crate::reconcile::Reconciler;
-use crate::domain::RunnerKind;
 use crate::test_support::Harness;
 use crate::warm_pool::WarmPool;
 

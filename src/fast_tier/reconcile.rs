@@ -9,9 +9,9 @@ use super::{Service, audit};
 use crate::backend::RunnerBackend;
 use crate::config::OrphanPolicy;
 use crate::db::RunnerState;
-use crate::lifecycle::Provisioned;
-use crate::domain::Summary;
 use crate::domain::RunnerKind;
+use crate::domain::Summary;
+use crate::lifecycle::Provisioned;
 
 #[tokio::test]
 async fn a_restart_keeps_running_runners_and_their_heartbeats() {

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::backend::EngineError;
 use crate::db::DbError;
-use crate::lifecycle::RunnerError;
 use crate::domain::InvalidSessionId;
+use crate::lifecycle::RunnerError;
 
 /// What a 503 tells clients to wait before trying again.
 const RETRY_AFTER_SECONDS: &str = "5";

@@ -31,12 +31,12 @@ use crate::backend::health::EngineHealth;
 use crate::backend::{NetworkMode, RunnerBackend};
 use crate::config::AllowedOrigins;
 use crate::db::Db;
+use crate::domain::SessionId;
 use crate::egress::{Egress, EgressPolicy};
 use crate::lifecycle::{Heartbeat, Provisioned, RunnerError, Runners};
 use crate::metrics::Metrics;
 use crate::readiness::{RECONCILE_PATIENCE, Readiness};
 use crate::service::Service;
-use crate::domain::SessionId;
 
 /// The largest request body accepted; the API's bodies are a few dozen bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;

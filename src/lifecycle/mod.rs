@@ -27,10 +27,10 @@ use crate::backend::health::EngineHealth;
 use crate::backend::{EngineError, ObservedRunner, RunnerBackend, Stop};
 use crate::db::{Actor, AuditAction, AuditEntry, Db, DbError, RunnerRow};
 use crate::domain::Route;
+use crate::domain::RunnerKind;
 use crate::heartbeats::Heartbeats;
 use crate::locks::{SessionGuard, SessionLocks};
 use crate::metrics::{EngineErrorKind, Metrics, ReconcileAction};
-use crate::domain::RunnerKind;
 
 /// How many runners are removed at once (startup repairs, drift, reaper):
 /// enough that a backlog of dead containers clears in seconds, few enough
@@ -291,8 +291,8 @@ mod tests {
     use super::*;
     use crate::backend::NetworkMode;
     use crate::db::RunnerState;
-    use crate::reconcile::Action;
     use crate::domain::SessionId;
+    use crate::reconcile::Action;
     use crate::test_support::Harness;
 
     async fn provision(harness: &Harness, session: &str) -> RunnerRow {

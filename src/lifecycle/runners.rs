@@ -11,8 +11,8 @@ use crate::capacity::RunnerLimit;
 use crate::config::Settings;
 use crate::db::{Actor, AuditAction, Claim, NewRunner, RunnerRow, RunnerState};
 use crate::domain::{Route, token};
-use crate::metrics::{HeartbeatResult, ProvisionResult};
 use crate::domain::{RunnerKind, SessionId};
+use crate::metrics::{HeartbeatResult, ProvisionResult};
 
 /// The endpoint text for a runner without a published port (as the first
 /// orchestrator answered).

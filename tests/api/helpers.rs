@@ -25,9 +25,9 @@ use bollard::query_parameters::{CreateContainerOptionsBuilder, InspectContainerO
 use serde_json::Value;
 use taylored_orchestrator::config::{INSTANCE_LABEL, SESSION_LABEL, Settings};
 use taylored_orchestrator::db::{Db, RunnerRow};
+use taylored_orchestrator::domain::Summary;
 use taylored_orchestrator::readiness::Readiness;
 use taylored_orchestrator::reaper::Reaper;
-use taylored_orchestrator::domain::Summary;
 use taylored_orchestrator::service::Service;
 use taylored_orchestrator::startup::Application;
 use tokio::task::JoinHandle;
