@@ -21,6 +21,7 @@ pub mod operator;
 pub mod readiness;
 pub mod reaper;
 pub mod reconcile;
+pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod startup;

@@ -4,20 +4,16 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::backend::RunnerBackend;
 use crate::backend::health::EngineHealth;
 use crate::config::{OrphanPolicy, Settings};
 use crate::db::Db;
 use crate::egress::{Egress, Firewall};
-use crate::gateway::{Front, Gateway};
 use crate::heartbeats::{HeartbeatWriter, Heartbeats};
 use crate::lifecycle::{Lifecycle, Runners};
 use crate::metrics::Metrics;
-use crate::readiness::Readiness;
 use crate::reaper::{self, Reaper, Schedule};
 use crate::reconcile::{self, Reconciler};
 use crate::warm_pool::{self, WarmPool};
@@ -80,28 +76,6 @@ impl Service {
             runners,
             warm_pool_refill,
         }
-    }
-
-    /// The REST API over this service, answering runner requests once
-    /// `readiness` says so.
-    pub fn router(&self, readiness: Readiness) -> Router {
-        crate::http::router(self, readiness)
-    }
-
-    /// The service's HTTP front: the API, and in `RUNNER_ACCESS=gateway`
-    /// the runner gateway for hosts under `GATEWAY_DOMAIN`. `shutdown`
-    /// ends the gateway's open WebSockets.
-    pub fn front(&self, readiness: Readiness, shutdown: CancellationToken) -> Front {
-        let gateway = self.settings.gateway_mode().then(|| {
-            Gateway::new(
-                &self.settings,
-                self.heartbeats.running().clone(),
-                readiness.clone(),
-                shutdown,
-                Arc::clone(&self.metrics),
-            )
-        });
-        Front::new(self.router(readiness), gateway)
     }
 
     /// The reaper with the settings' schedule.

@@ -65,7 +65,7 @@ impl Application {
         public_port.get_or_insert(address.port());
         if settings.gateway_mode()
             && settings.runner_backend == crate::config::BackendKind::Docker
-            && settings.egress_networks().default.is_none()
+            && settings.runner_network().is_none()
         {
             tracing::warn!(
                 "RUNNER_ACCESS=gateway without RUNNER_NETWORK: runners on the default bridge \
@@ -129,9 +129,9 @@ impl Application {
             }
         });
         tracing::info!(address = %self.address, "listening");
-        let front = self.service.front(self.readiness, shutdown.clone());
-        // Request heads get REQUEST_TIMEOUT_SECONDS too (see `http::serve`).
-        let server = crate::http::serve(
+        let front = crate::server::front(&self.service, self.readiness, shutdown.clone());
+        // Request heads get REQUEST_TIMEOUT_SECONDS too (see `server::serve`).
+        let server = crate::server::serve(
             self.listener,
             front,
             settings.request_timeout,

@@ -75,7 +75,7 @@ impl Harness {
     pub fn router(&self) -> Router {
         let readiness = Readiness::default();
         readiness.ready(Summary::default());
-        self.service.router(readiness)
+        crate::http::router(&self.service, readiness)
     }
 
     /// A reaper to step with `try_once`, idle runners being those without a

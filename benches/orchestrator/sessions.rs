@@ -40,9 +40,9 @@ pub async fn sessions(cx: &mut Context) -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(taylored_orchestrator::http::serve(
+    let server = tokio::spawn(taylored_orchestrator::server::serve(
         listener,
-        service.front(readiness, shutdown.clone()),
+        taylored_orchestrator::server::front(&service, readiness, shutdown.clone()),
         Duration::from_secs(60),
         shutdown.clone(),
     ));

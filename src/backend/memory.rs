@@ -498,7 +498,7 @@ impl RunnerBackend for MemoryBackend {
     async fn runner_bridge(&self, network: &str) -> Result<String, EngineError> {
         self.call(|calls| &mut calls.ensure_network)?;
         self.add_network(network);
-        Ok(crate::egress::ruleset::bridge_name(network))
+        Ok(crate::backend::bridge::bridge_name(network))
     }
 }
 

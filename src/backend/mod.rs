@@ -8,6 +8,7 @@
 //! service id for a backend that spreads runners over nodes, which would
 //! also report the host each runner is published on next to its port).
 
+pub mod bridge;
 pub mod docker;
 mod error;
 pub mod health;

@@ -2,6 +2,7 @@
 //! runner's kind, a runner's gateway route and token, and what a reconcile
 //! did. Nothing here reaches the engine, the database or the network.
 
+pub mod egress;
 pub mod route;
 pub mod session;
 pub mod summary;

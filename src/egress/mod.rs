@@ -16,55 +16,26 @@
 //! those bridges, so that they apply to this instance's runners only.
 
 pub mod firewall;
-pub mod policy;
 pub mod ruleset;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{NetworkMode, RunnerBackend};
+use crate::config::Settings;
 use crate::db::{Actor, AuditAction, AuditEntry, Db};
 use crate::metrics::Metrics;
 use crate::shutdown::Ticks;
 
+pub use crate::domain::egress::{AllowList, EgressPolicy};
 pub use firewall::{Firewall, FirewallError, MemoryFirewall, Nft};
-pub use policy::{AllowList, EgressPolicy};
 pub use ruleset::{Binding, Ruleset};
 
 /// The audit log's session column for the egress rules' own entries.
 pub const AUDIT_SUBJECT: &str = "(egress)";
-
-/// `RUNNER_EGRESS` and what goes with it.
-#[derive(Debug, Clone, Args)]
-pub struct EgressSettings {
-    /// Where runners may connect: `public` (public addresses and DNS only;
-    /// never the host, private, link-local, CGNAT, multicast or reserved
-    /// ranges), `none` (nothing), or `all` (no rules at all).
-    #[arg(long, env = "RUNNER_EGRESS", default_value = "public", value_name = "RUNNER_EGRESS",
-          value_parser = clap::builder::ValueParser::new(|value: &str| value.parse::<EgressPolicy>()))]
-    pub runner_egress: EgressPolicy,
-
-    /// Comma-separated CIDRs (optionally `:PORT`, e.g. `10.1.2.3:3128`)
-    /// runners reach beyond `public`: a package mirror, a proxy.
-    #[arg(long, env = "RUNNER_EGRESS_ALLOW", default_value = "", value_name = "RUNNER_EGRESS_ALLOW",
-          value_parser = clap::builder::ValueParser::new(policy::parse_allow_list))]
-    pub runner_egress_allow: AllowList,
-
-    /// Comma-separated resolver addresses runners use (Docker's `--dns`);
-    /// unset: the engine's (the host's resolvers). A private resolver must
-    /// also be in `RUNNER_EGRESS_ALLOW` (`ADDRESS:53`) under `public`.
-    #[arg(
-        long,
-        env = "RUNNER_DNS",
-        value_name = "RUNNER_DNS",
-        value_delimiter = ','
-    )]
-    pub runner_dns: Vec<std::net::IpAddr>,
-}
 
 /// The network runners of each policy join, derived from the settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,10 +51,17 @@ pub struct EgressNetworks {
 }
 
 impl EgressNetworks {
+    /// The networks of `settings` (`RUNNER_EGRESS`, `RUNNER_NETWORK`).
+    pub fn of(settings: &Settings) -> Self {
+        Self::new(
+            settings.egress.runner_egress,
+            settings.limits.runner_network.as_deref(),
+            &settings.orchestrator_id,
+        )
+    }
+
     pub fn new(policy: EgressPolicy, runner_network: Option<&str>, instance: &str) -> Self {
-        let base = runner_network
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("taylored-runners-{instance}"));
+        let base = crate::config::runner_network_base(runner_network, instance);
         let narrowed = [EgressPolicy::None, EgressPolicy::Public]
             .into_iter()
             .filter(|narrower| *narrower < policy)
@@ -91,11 +69,7 @@ impl EgressNetworks {
             .collect();
         Self {
             policy,
-            default: if policy.is_enforced() {
-                Some(base)
-            } else {
-                runner_network.map(str::to_owned)
-            },
+            default: crate::config::runner_network(policy, runner_network, instance),
             narrowed,
         }
     }
@@ -210,14 +184,14 @@ pub struct Egress {
 
 impl Egress {
     pub fn new(
-        settings: &crate::config::Settings,
+        settings: &Settings,
         backend: Arc<dyn RunnerBackend>,
         firewall: Arc<dyn Firewall>,
         metrics: Arc<Metrics>,
         db: Option<Db>,
     ) -> Self {
         let egress = &settings.egress;
-        let networks = settings.egress_networks();
+        let networks = EgressNetworks::of(settings);
         let status = EgressStatus {
             policy: egress.runner_egress,
             enforced: !egress.runner_egress.is_enforced(),

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
-use super::policy::{AllowList, Allowed, EgressPolicy, NOT_PUBLIC};
+use crate::domain::egress::{AllowList, Allowed, EgressPolicy, NOT_PUBLIC};
 
 /// Every rule's comment starts so; the check counts the rules by it.
 pub const COMMENT_PREFIX: &str = "taylored:";
@@ -51,12 +51,6 @@ pub fn table_name(instance: &str) -> String {
         // `a-b` and `a_b` must not share a table.
         format!("taylored_egress_{sanitized}_{}", &hex(instance)[..8])
     }
-}
-
-/// The bridge interface of a runner network this service creates: at most
-/// 15 characters, the kernel's limit, and stable for the network's name.
-pub fn bridge_name(network: &str) -> String {
-    format!("tr{}", &hex(network)[..12])
 }
 
 fn hex(text: &str) -> String {
@@ -227,7 +221,7 @@ fn allow_rule(allowed: &Allowed) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::egress::policy::parse_allow_list;
+    use crate::domain::egress::parse_allow_list;
 
     fn bindings() -> Vec<Binding> {
         vec![
@@ -247,7 +241,6 @@ mod tests {
         assert_eq!(table_name("default"), "taylored_egress_default");
         assert_ne!(table_name("a-b"), table_name("a_b"));
         assert!(table_name("a.b").starts_with("taylored_egress_a_b_"));
-        assert!(bridge_name("taylored-runners-some-long-instance-name").len() <= 15);
     }
 
     #[test]

@@ -147,7 +147,7 @@ async fn rules_are_applied_once_kept_and_repaired_with_an_audit() {
         "taylored-runners-fast-tier",
         "taylored-runners-fast-tier-none",
     ] {
-        let bridge = crate::egress::ruleset::bridge_name(network);
+        let bridge = crate::backend::bridge::bridge_name(network);
         assert!(
             rules.iter().any(|rule| rule.contains(&bridge)),
             "{bridge} in {rules:?}"

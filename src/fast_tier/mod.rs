@@ -111,7 +111,7 @@ impl Service {
     pub async fn starting(args: &[&str]) -> Self {
         let harness = Harness::new(args).await;
         let readiness = Readiness::default();
-        let router = harness.service.router(readiness.clone());
+        let router = crate::http::router(&harness.service, readiness.clone());
         Self {
             harness,
             router,

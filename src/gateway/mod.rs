@@ -14,19 +14,15 @@
 mod headers;
 mod host;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{Request, Response, StatusCode, Uri, header};
+use axum::http::{Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
 use chrono::Utc;
-use futures_util::future::{BoxFuture, Either};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
@@ -45,72 +41,6 @@ use crate::readiness::{RECONCILE_PATIENCE, Readiness};
 /// How long a runner may take to accept a connection before it counts as
 /// not answering.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The service's one HTTP service: the gateway for hosts under its domain
-/// (in gateway mode), the API for every other.
-#[derive(Clone)]
-pub struct Front {
-    api: Router,
-    gateway: Option<Arc<Gateway>>,
-}
-
-impl Front {
-    /// `gateway` is `None` in `RUNNER_ACCESS=ports`: every host is the API's.
-    pub fn new(api: Router, gateway: Option<Gateway>) -> Self {
-        Self {
-            api,
-            gateway: gateway.map(Arc::new),
-        }
-    }
-}
-
-impl tower::Service<Request<Incoming>> for Front {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Either<
-        <Router as tower::Service<Request<Incoming>>>::Future,
-        BoxFuture<'static, Result<Response<Body>, Infallible>>,
-    >;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // The router is always ready, and so is the gateway.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        if let Some(gateway) = &self.gateway {
-            match destination(request_host(&request), &gateway.domain) {
-                Destination::Api => {}
-                Destination::Runner(token) => {
-                    let gateway = Arc::clone(gateway);
-                    return Either::Right(Box::pin(async move {
-                        Ok(gateway.proxy(token, request).await)
-                    }));
-                }
-                Destination::NoRunner => {
-                    let response = ApiError::NoRunnerAtHost.into_response();
-                    return Either::Right(Box::pin(async move { Ok(response) }));
-                }
-            }
-        }
-        Either::Left(tower::Service::call(&mut self.api, request))
-    }
-}
-
-/// The host a request is for: the authority of an absolute URI wins over
-/// `Host` (RFC 9112 3.2.2).
-fn request_host<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .uri()
-        .authority()
-        .map(|authority| authority.as_str())
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|host| host.to_str().ok())
-        })
-}
 
 /// Proxies requests for `<token>.<GATEWAY_DOMAIN>` to the token's runner.
 pub struct Gateway {
@@ -131,6 +61,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The domain whose hosts name runners (`GATEWAY_DOMAIN`).
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
     pub fn new(
         settings: &Settings,
         routes: Heartbeats,
@@ -154,7 +89,12 @@ impl Gateway {
         }
     }
 
-    async fn proxy(self: Arc<Self>, token: String, request: Request<Incoming>) -> Response<Body> {
+    /// Proxies `request` to the runner of `token`.
+    pub async fn proxy(
+        self: Arc<Self>,
+        token: String,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
         let metrics = Arc::clone(&self.metrics);
         let (response, result) = self.forward(token, request).await;
         metrics.gateway_request(result);

@@ -5,8 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::routing::{any, get, post};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
@@ -86,10 +87,10 @@ impl World {
         let readiness = Readiness::default();
         readiness.ready(Summary::default());
         let shutdown = CancellationToken::new();
-        let front = harness.service.front(readiness.clone(), shutdown.clone());
+        let front = crate::server::front(&harness.service, readiness.clone(), shutdown.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        tokio::spawn(crate::http::serve(
+        tokio::spawn(crate::server::serve(
             listener,
             front,
             Duration::from_secs(60),
@@ -289,15 +290,6 @@ async fn requests_and_open_websockets_count_as_heartbeats() {
     }
     socket.send(Message::text("still open")).await.unwrap();
     assert!(socket.next().await.is_some());
-}
-
-#[tokio::test]
-async fn in_ports_mode_every_host_is_the_apis() {
-    let harness = Harness::new(&[]).await;
-    let readiness = Readiness::default();
-    readiness.ready(Summary::default());
-    let front = harness.service.front(readiness, CancellationToken::new());
-    assert!(front.gateway.is_none());
 }
 
 #[test]

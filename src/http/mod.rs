@@ -2,9 +2,7 @@
 
 mod error;
 mod extract;
-mod linger;
 mod rate_limit;
-mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +22,6 @@ use tower_http::trace::TraceLayer;
 pub use error::{ApiError, Operation};
 pub use extract::SESSION_HEADER;
 use extract::{OptionalJson, SessionBody, SessionHeader};
-pub use linger::LINGER_IDLE;
-pub use serve::serve;
 
 use crate::backend::health::EngineHealth;
 use crate::backend::{NetworkMode, RunnerBackend};

@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
 use taylored_orchestrator::backend::NetworkMode;
-use taylored_orchestrator::http::LINGER_IDLE;
+use taylored_orchestrator::server::LINGER_IDLE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;

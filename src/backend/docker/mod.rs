@@ -263,7 +263,7 @@ impl DockerBackend {
                 ),
                 (
                     BRIDGE_NAME_OPTION.to_owned(),
-                    crate::egress::ruleset::bridge_name(name),
+                    crate::backend::bridge::bridge_name(name),
                 ),
             ])),
             labels: Some(HashMap::from([(

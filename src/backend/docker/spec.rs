@@ -40,7 +40,7 @@ impl ContainerSpec {
             free_doors: settings.free_doors,
             init: settings.runner_init,
             limits: settings.limits.clone(),
-            default_network: settings.egress_networks().default,
+            default_network: settings.runner_network(),
             dns: settings.egress.runner_dns.clone(),
         }
     }

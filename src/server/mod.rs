@@ -1,4 +1,4 @@
-//! The HTTP/1 server loop.
+//! The HTTP/1 server loop, serving the [`Front`] (the API and the gateway).
 //!
 //! It does what `axum::serve` does, plus a deadline on request heads:
 //! `axum::serve` offers no settings and runs hyper without a timer, so with
@@ -6,7 +6,7 @@
 //! stalls keeps its connection open forever (`REQUEST_TIMEOUT_SECONDS` only
 //! starts once the head is complete). Here hyper closes such a connection
 //! after `REQUEST_TIMEOUT_SECONDS`, without an answer; an idle keep-alive
-//! connection too. And a connection that ends lingers (see [`super::linger`]),
+//! connection too. And a connection that ends lingers (see [`linger`]),
 //! so that a client still sending a refused body reads the 413. Connections
 //! may be upgraded (the gateway's WebSockets), so the graceful shutdown is
 //! done here: `GracefulShutdown` cannot watch an upgradeable connection.
@@ -22,9 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::gateway::Front;
+mod front;
+mod linger;
 
-use super::linger::LingeringClose;
+pub use front::{Front, front};
+pub use linger::LINGER_IDLE;
+
+use linger::LingeringClose;
 
 /// Serves `front` until `shutdown` is cancelled, then stops accepting and
 /// waits for the open connections to finish their requests. Handlers get

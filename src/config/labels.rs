@@ -1,0 +1,14 @@
+//! The Docker labels runners carry (the session label is the seed's), and
+//! the instance that owns runners without an instance label.
+
+/// The Docker label that marks a runner and names its session (from the seed).
+pub const SESSION_LABEL: &str = "taylored-runner-session-id";
+/// The Docker label that scopes a runner to one orchestrator instance.
+pub const INSTANCE_LABEL: &str = "taylored-orchestrator-id";
+/// The Docker label that marks a runner started for the warm pool.
+pub const POOLED_LABEL: &str = "taylored-runner-pooled";
+/// The Docker label that marks the shared runner of `REUSE_RUNNER_MODE`.
+pub const SINGLETON_LABEL: &str = "taylored-runner-singleton";
+/// The instance that owns runners carrying only the session label (those the
+/// first orchestrator started).
+pub const DEFAULT_INSTANCE: &str = "default";
