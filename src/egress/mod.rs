@@ -2,7 +2,7 @@
 //! (`RUNNER_EGRESS`), enforced outside the runner by nftables rules on the
 //! engine's host, never by the runner's cooperation.
 //!
-//! - [`policy`]: the policies, the ranges that are never public, the
+//! - [`policy`](crate::domain::egress): the policies, the ranges that are never public, the
 //!   allow-list;
 //! - [`ruleset`]: the rules of one instance, rendered from those (pure);
 //! - [`firewall`]: where rules go (the `nft` command, or memory in tests);

@@ -4,7 +4,7 @@
 //! loopback (or, on Swarm, beyond the orchestrator) and only who was given
 //! a runner's endpoint can reach it.
 //!
-//! [`Front`] routes every request by its host: a name under the domain goes
+//! [`Front`](crate::server::Front) routes every request by its host: a name under the domain goes
 //! to [`Gateway`], anything else to the API as before. The gateway finds
 //! the token's runner in memory (the running set of `heartbeats`, with no
 //! SQLite read), proxies HTTP with streaming bodies and WebSocket upgrades

@@ -74,7 +74,7 @@ pub enum ApiError {
     #[error("not ready: {0}")]
     NotReady(String),
     /// Clients see the details only outside production (see
-    /// [`show_details`]).
+    /// `show_details`).
     #[error("internal error: {}", .details.as_deref().unwrap_or("unknown"))]
     Internal { details: Option<String> },
 }

@@ -30,7 +30,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, ReconcileAction};
 
 /// Why a reconcile could not look at the engine or the database; what it
-/// could not repair is counted in its [`Summary`] instead.
+/// could not repair is counted in its [`Summary`](crate::domain::Summary) instead.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error(transparent)]

@@ -6,7 +6,7 @@
 //! stalls keeps its connection open forever (`REQUEST_TIMEOUT_SECONDS` only
 //! starts once the head is complete). Here hyper closes such a connection
 //! after `REQUEST_TIMEOUT_SECONDS`, without an answer; an idle keep-alive
-//! connection too. And a connection that ends lingers (see [`linger`]),
+//! connection too. And a connection that ends lingers (see `linger`),
 //! so that a client still sending a refused body reads the 413. Connections
 //! may be upgraded (the gateway's WebSockets), so the graceful shutdown is
 //! done here: `GracefulShutdown` cannot watch an upgradeable connection.
