@@ -21,15 +21,7 @@ impl Db {
     /// The query plan of the heartbeat write, for the benchmark and tests:
     /// one primary-key search per heartbeat, never a scan per heartbeat.
     pub async fn explain_heartbeats_write(&self) -> Result<QueryPlan, DbError> {
-        let steps: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN QUERY PLAN {HEARTBEATS_WRITE}"
-        )))
-        .bind("[]")
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(QueryPlan(
-            steps.into_iter().map(|(_, _, _, detail)| detail).collect(),
-        ))
+        self.explain(HEARTBEATS_WRITE, &["[]".to_owned()]).await
     }
 
     /// Writes a batch of heartbeat times in one statement, never moving a

@@ -78,9 +78,7 @@ impl Db {
     /// without migrating: for operators' commands beside a running service.
     pub async fn connect_read_only(database_url: &str) -> Result<Self, DbError> {
         let options = base_options(database_url)?.read_only(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
+        let pool = pool(options, 1)
             .await
             .map_err(|source| DbError::OpenReadOnly {
                 url: database_url.to_owned(),
@@ -96,14 +94,10 @@ impl Db {
     }
 
     async fn open(database_url: &str, options: SqliteConnectOptions) -> Result<Self, DbError> {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await
-            .map_err(|source| DbError::Open {
-                url: database_url.to_owned(),
-                source,
-            })?;
+        let pool = pool(options, 8).await.map_err(|source| DbError::Open {
+            url: database_url.to_owned(),
+            source,
+        })?;
         let applied = migrate::run(&pool)
             .await
             .map_err(|source| DbError::Migrate {
@@ -135,9 +129,29 @@ impl Db {
         Ok(transaction.rollback().await?)
     }
 
+    /// SQLite's plan for `sql` with `parameters` bound.
+    async fn explain(&self, sql: &str, parameters: &[String]) -> Result<QueryPlan, DbError> {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(explain));
+        for parameter in parameters {
+            query = query.bind(parameter);
+        }
+        let steps: Vec<(i64, i64, i64, String)> = query.fetch_all(&self.pool).await?;
+        Ok(QueryPlan(
+            steps.into_iter().map(|(_, _, _, detail)| detail).collect(),
+        ))
+    }
+
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+async fn pool(options: SqliteConnectOptions, connections: u32) -> Result<SqlitePool, sqlx::Error> {
+    SqlitePoolOptions::new()
+        .max_connections(connections)
+        .connect_with(options)
+        .await
 }
 
 /// Takes the service's exclusive lock beside the database file. The OS

@@ -84,15 +84,8 @@ impl Db {
 
     /// SQLite's plan for [`Db::reapable`].
     pub async fn explain_reapable(&self) -> Result<QueryPlan, DbError> {
-        let steps: Vec<(i64, i64, i64, String)> =
-            sqlx::query_as(concat!("EXPLAIN QUERY PLAN ", reapable_sql!()))
-                .bind(timestamp(Utc::now()))
-                .bind(timestamp(Utc::now()))
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(QueryPlan(
-            steps.into_iter().map(|(_, _, _, detail)| detail).collect(),
-        ))
+        let now = timestamp(Utc::now());
+        self.explain(reapable_sql!(), &[now.clone(), now]).await
     }
 
     /// Inserts a `provisioning` row unless the session (or, for the

@@ -2,12 +2,17 @@
 
 use super::{Db, QueryPlan};
 
-#[tokio::test]
-async fn the_reapers_query_only_searches_indexes() {
+async fn scratch() -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::connect_unlocked(&dir.path().join("plan.db").display().to_string())
         .await
         .unwrap();
+    (dir, db)
+}
+
+#[tokio::test]
+async fn the_reapers_query_only_searches_indexes() {
+    let (_dir, db) = scratch().await;
 
     let plan = db.explain_reapable().await.unwrap();
 
@@ -16,10 +21,7 @@ async fn the_reapers_query_only_searches_indexes() {
 
 #[tokio::test]
 async fn the_heartbeat_write_finds_each_row_by_its_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::connect_unlocked(&dir.path().join("plan.db").display().to_string())
-        .await
-        .unwrap();
+    let (_dir, db) = scratch().await;
 
     let plan = db.explain_heartbeats_write().await.unwrap();
 

@@ -7,7 +7,6 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
 use crate::support::images::TestImages;
@@ -15,7 +14,7 @@ use crate::support::service::{ServiceProcess, service_command};
 use crate::support::wait::poll_until;
 use crate::world::World;
 
-pub type Test = for<'a> fn(&'a Egress) -> BoxFuture<'a, Result<(), String>>;
+pub type Test = crate::support::tier::Test<Egress>;
 
 /// How long the service may take to start and reconcile.
 pub const START_LIMIT: Duration = Duration::from_secs(60);

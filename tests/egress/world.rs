@@ -2,9 +2,10 @@
 //! `world.sh`: an engine host namespace with its own Docker Engine, a world
 //! namespace behind it with the targets, and a door from this namespace.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+
+use crate::support::netns::{self, Facts};
 
 /// The world's facts (`world.sh env`); taken down when dropped.
 pub struct World {
@@ -32,42 +33,12 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/egress/world.sh")
 }
 
-fn which(tool: &str) -> Option<String> {
-    let output = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    (output.status.success() && !path.is_empty()).then_some(path)
-}
-
 /// What the tier needs from this machine, said plainly when it is missing.
 pub fn check_prerequisites() -> Result<(), String> {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map_err(|e| format!("id -u: {e}"))?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Err(
-            "it needs root (network namespaces, a Docker Engine and nftables of its own)"
-                .to_owned(),
-        );
-    }
-    for tool in [
-        "ip",
-        "nsenter",
-        "unshare",
-        "dockerd",
-        "docker",
-        "fuse-overlayfs",
-        "python3",
-        "nft",
-    ] {
-        if which(tool).is_none() {
-            return Err(format!("`{tool}` is not installed"));
-        }
-    }
-    Ok(())
+    netns::check_prerequisites(
+        "network namespaces, a Docker Engine and nftables of its own",
+        &["python3", "nft"],
+    )
 }
 
 impl World {
@@ -93,22 +64,13 @@ impl World {
             metadata: String::new(),
             dns: String::new(),
             host_listener: String::new(),
-            nsenter: which("nsenter").ok_or("no nsenter")?,
+            nsenter: netns::which("nsenter").ok_or("no nsenter")?,
         };
         if !output.status.success() {
             return Err(format!("world.sh up failed ({})", output.status));
         }
-        let facts: HashMap<String, String> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .map(|(key, value)| (key.to_owned(), value.to_owned()))
-            .collect();
-        let fact = |key: &str| {
-            facts
-                .get(key)
-                .cloned()
-                .ok_or_else(|| format!("world.sh did not say {key}"))
-        };
+        let facts = Facts::parse("world.sh", &output.stdout);
+        let fact = |key: &str| facts.get(key);
         world.socket = fact("EGRESS_SOCKET")?;
         world.engine_netns = fact("EGRESS_ENGINE_NETNS")?;
         world.uplink_device = fact("EGRESS_UPLINK_DEVICE")?;
@@ -183,12 +145,6 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        let status = Command::new(script())
-            .args(["down", &self.name])
-            .stdout(Stdio::null())
-            .status();
-        if !status.is_ok_and(|status| status.success()) {
-            eprintln!("world.sh down {} failed; run it by hand", self.name);
-        }
+        netns::take_down(&script(), &self.name);
     }
 }

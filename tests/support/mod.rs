@@ -8,5 +8,7 @@
 pub mod browser;
 pub mod cleanup;
 pub mod images;
+pub mod netns;
 pub mod service;
+pub mod tier;
 pub mod wait;

@@ -1,8 +1,9 @@
 //! The swarm this tier runs against, made and removed by `cluster.sh`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+
+use crate::support::netns::{self, Facts};
 
 use crate::support::images::TestImages;
 
@@ -34,32 +35,10 @@ fn script() -> PathBuf {
 
 /// What the tier needs from this machine, said plainly when it is missing.
 pub fn check_prerequisites() -> Result<(), String> {
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map_err(|e| format!("id -u: {e}"))?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Err("it needs root (network namespaces and Docker Engines of its own)".to_owned());
-    }
-    for tool in [
-        "ip",
-        "nsenter",
-        "unshare",
-        "dockerd",
-        "docker",
-        "fuse-overlayfs",
-        "curl",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !found {
-            return Err(format!("`{tool}` is not installed"));
-        }
-    }
-    Ok(())
+    netns::check_prerequisites(
+        "network namespaces and Docker Engines of its own",
+        &["curl"],
+    )
 }
 
 impl Cluster {
@@ -81,17 +60,8 @@ impl Cluster {
         if !output.status.success() {
             return Err(format!("cluster.sh up failed ({})", output.status));
         }
-        let facts: HashMap<String, String> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .map(|(key, value)| (key.to_owned(), value.to_owned()))
-            .collect();
-        let fact = |key: &str| {
-            facts
-                .get(key)
-                .cloned()
-                .ok_or_else(|| format!("cluster.sh did not say {key}"))
-        };
+        let facts = Facts::parse("cluster.sh", &output.stdout);
+        let fact = |key: &str| facts.get(key);
         cluster.client_netns = fact("SWARM_CLIENT_NETNS")?;
         for k in 1..=nodes {
             cluster.nodes.push(Node {
@@ -132,12 +102,6 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let status = Command::new(script())
-            .args(["down", &self.name])
-            .stdout(Stdio::null())
-            .status();
-        if !status.is_ok_and(|status| status.success()) {
-            eprintln!("cluster.sh down {} failed; run it by hand", self.name);
-        }
+        netns::take_down(&script(), &self.name);
     }
 }

@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::query_parameters::{ListServicesOptionsBuilder, ListTasksOptionsBuilder};
-use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, Node};
 use crate::support::images::TestImages;
 use crate::support::service::{ServiceProcess, service_command};
 
-pub type Test = for<'a> fn(&'a Swarm) -> BoxFuture<'a, Result<(), String>>;
+pub type Test = crate::support::tier::Test<Swarm>;
 
 /// How long the service may take to start and reconcile.
 const START_LIMIT: Duration = Duration::from_secs(60);

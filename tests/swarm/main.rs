@@ -15,11 +15,8 @@ mod cases;
 mod cluster;
 mod harness;
 
-use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
 use std::time::Instant;
-
-use futures_util::FutureExt;
 
 use cluster::Cluster;
 use harness::Swarm;
@@ -62,10 +59,6 @@ const TESTS: &[(&str, harness::Test)] = &[
 ];
 
 fn main() -> ExitCode {
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|arg| !arg.starts_with('-'))
-        .collect();
     if let Err(reason) = cluster::check_prerequisites() {
         eprintln!("the swarm tier cannot run here: {reason}");
         return ExitCode::FAILURE;
@@ -87,46 +80,14 @@ fn main() -> ExitCode {
         started.elapsed().as_secs_f64()
     );
     let swarm = Swarm::new(cluster, images);
-    let selected: Vec<_> = TESTS
-        .iter()
-        .filter(|(name, _)| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str())))
-        .collect();
-    println!("\nrunning {} tests", selected.len());
-    let (mut passed, mut failed) = (0, Vec::new());
-    for (name, test) in selected {
-        let began = Instant::now();
-        let outcome = runtime.block_on(AssertUnwindSafe(test(&swarm)).catch_unwind());
-        let result = match outcome {
-            Ok(result) => result,
-            Err(panic) => Err(panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked".to_owned())),
-        };
-        runtime.block_on(swarm.clean_up());
-        let took = began.elapsed().as_secs_f64();
-        match result {
-            Ok(()) => {
-                passed += 1;
-                println!("test swarm::{name} ... ok ({took:.1} s)");
-            }
-            Err(reason) => {
-                println!("test swarm::{name} ... FAILED ({took:.1} s)\n    {reason}");
-                failed.push(name);
-            }
-        }
-    }
-    drop(swarm);
-    println!(
-        "\ntest result: {}. {passed} passed; {} failed; 0 ignored; 0 measured; 0 filtered out; finished in {:.2}s",
-        if failed.is_empty() { "ok" } else { "FAILED" },
-        failed.len(),
-        started.elapsed().as_secs_f64()
+    let code = support::tier::run(
+        "swarm",
+        TESTS,
+        &swarm,
+        &runtime,
+        |swarm| runtime.block_on(swarm.clean_up()),
+        started,
     );
-    if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    drop(swarm);
+    code
 }
