@@ -69,7 +69,7 @@ impl Application {
         {
             tracing::warn!(
                 "RUNNER_ACCESS=gateway without RUNNER_NETWORK: runners on the default bridge \
-                 can reach one another's port directly; set RUNNER_NETWORK (see README)"
+                 can reach one another's port directly; set RUNNER_NETWORK (see docs/settings.md)"
             );
         }
         Ok(Self {

@@ -31,7 +31,7 @@ pub trait Firewall: Send + Sync + std::fmt::Debug {
 }
 
 /// nftables through the `nft` command on `PATH`, in this process's network
-/// namespace (which must be the engine's: see the README's security model).
+/// namespace (which must be the engine's: see docs/egress.md).
 #[derive(Debug, Clone, Default)]
 pub struct Nft;
 

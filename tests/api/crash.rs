@@ -1,7 +1,7 @@
 //! Crash consistency: a mixed load of provisions, heartbeats and
 //! deprovisions against the real binary, which is SIGKILLed at pseudo-random
 //! moments and started again on the same database; after every restart the
-//! invariants of the README's reconcile rules are checked.
+//! invariants of the reconcile rules of docs/how-it-works.md are checked.
 //!
 //! Every session is owned by one client task, which sends its requests one
 //! after the other (a "double provision" sends two provisions of the session
@@ -13,7 +13,7 @@
 //! running container per row, one container per session) hold for all.
 //!
 //! The default run fits the CI budget. The soak variant, and how to replay a
-//! schedule, are in the README ("Crash soak"):
+//! schedule, are in docs/testing.md ("Crash soak"):
 //! `CRASH_KILL_POINTS=200 CRASH_SESSIONS=64 cargo test --test api crash -- --nocapture`.
 
 use std::collections::BTreeMap;

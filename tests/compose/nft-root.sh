@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copies the `nft` command and every shared library it loads into DEST, laid
 # out as under /, for the orchestrator's `FROM scratch` image: the service
-# installs its egress rules with it (README "Runner egress").
+# installs its egress rules with it (docs/egress.md).
 #
 #   tests/compose/nft-root.sh DEST
 set -euo pipefail

@@ -300,7 +300,7 @@ impl RunnerBackend for SwarmBackend {
     async fn runner_bridge(&self, _network: &str) -> Result<String, EngineError> {
         Err(EngineError::Unsupported(
             "RUNNER_BACKEND=swarm does not install egress rules on its nodes yet; run the \
-             service with RUNNER_EGRESS=all and firewall the nodes (README, Runners on Docker Swarm)",
+             service with RUNNER_EGRESS=all and firewall the nodes (docs/swarm.md)",
         ))
     }
 }
