@@ -6,7 +6,7 @@
 //! something is broken (no engine, a request refused).
 //!
 //! Parts named after `--` run alone (`throughput`, `sessions`, `cold`,
-//! `warm`, `reaper`, `restart`). `--smoke` (or `BENCH_SMOKE=1`) runs them at
+//! `egress`, `egress-connect`, `warm`, `reaper`, `restart`, `gateway`). `--smoke` (or `BENCH_SMOKE=1`) runs them at
 //! a tiny size. Sizes:
 //! `BENCH_HB_CLIENTS` (32), `BENCH_HB_SECONDS` (4), `BENCH_HB_SESSIONS`
 //! (10000), `BENCH_COLD_SAMPLES` (30),
@@ -15,7 +15,10 @@
 //! mid-burst of `BENCH_BURST` provisions),
 //! `BENCH_REAPER_ROWS` (10000), `BENCH_REAPER_STALE` (5),
 //! `BENCH_GATEWAY_SAMPLES` (1000), `BENCH_GATEWAY_SOCKETS` (500),
-//! `BENCH_GATEWAY_IMAGE` (the runner image of the gateway part).
+//! `BENCH_GATEWAY_IMAGE` (the runner image of the gateway part),
+//! `BENCH_CONNECT_ROUNDS` (20), `BENCH_CONNECT_PER_ROUND` (50; the
+//! egress-connect part, which runs in the egress tier's world and needs
+//! root).
 //!
 //! Every container it starts carries an instance label of its own; a drop
 //! guard removes them all, also on panic.
@@ -32,8 +35,17 @@ use support::cleanup::docker;
 mod harness;
 use harness::{CleanupGuard, Context, Instances, Result};
 
+// The egress tier's world and harness, for the connection-setup part.
+#[path = "../../tests/egress/harness.rs"]
+#[allow(dead_code)]
+mod egress_tier;
+#[path = "../../tests/egress/world.rs"]
+#[allow(dead_code)]
+mod world;
+
 mod cold;
 mod egress;
+mod egress_connect;
 mod gateway;
 mod reaper;
 mod restart;
@@ -57,6 +69,8 @@ struct Sizes {
     reaper_stale: usize,
     gateway_samples: usize,
     gateway_sockets: usize,
+    connect_rounds: usize,
+    connect_per_round: usize,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -101,6 +115,8 @@ impl Sizes {
             reaper_stale: env_or("BENCH_REAPER_STALE", pick(5, 2)),
             gateway_samples: env_or("BENCH_GATEWAY_SAMPLES", pick(1000, 20)),
             gateway_sockets: env_or("BENCH_GATEWAY_SOCKETS", pick(500, 10)),
+            connect_rounds: env_or("BENCH_CONNECT_ROUNDS", pick(20, 2)),
+            connect_per_round: env_or("BENCH_CONNECT_PER_ROUND", pick(50, 10)),
         }
     }
 
@@ -139,11 +155,12 @@ const DEBUG_BUILD_NOTE: &str = if cfg!(debug_assertions) {
 
 /// The parts, in the order they run; `cargo bench --bench orchestrator --
 /// cold warm` runs only those named.
-const PARTS: [&str; 8] = [
+const PARTS: [&str; 9] = [
     "throughput",
     "sessions",
     "cold",
     "egress",
+    "egress-connect",
     "warm",
     "reaper",
     "restart",
@@ -161,6 +178,7 @@ async fn bench(cx: &mut Context) -> Result<()> {
             "sessions" => sessions::sessions(cx).await?,
             "cold" => cold::cold(cx).await?,
             "egress" => egress::egress(cx).await?,
+            "egress-connect" => egress_connect::egress_connect(cx).await?,
             "warm" => warm::warm_pool(cx).await?,
             "reaper" => reaper::reaper(cx).await?,
             "gateway" => gateway::gateway(cx).await?,

@@ -106,15 +106,23 @@ async fn json_body(request: Request) -> Result<Option<Bytes>, ApiError> {
 }
 
 /// Deserializes a body: 400 for what is not JSON, 422 for JSON of another
-/// shape.
+/// shape. Every body of this API is an object: serde would also fill a
+/// struct from an array of its fields in order (`[null, "none"]`), which no
+/// client means, so an array is refused however well it fits.
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|error| {
+    let parsed = serde_json::from_slice(bytes).map_err(|error| {
         if error.is_data() {
             ApiError::UnexpectedJson(error.to_string())
         } else {
             ApiError::MalformedJson(error.to_string())
         }
-    })
+    })?;
+    if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::UnexpectedJson(
+            "invalid type: sequence, expected a JSON object".to_owned(),
+        ));
+    }
+    Ok(parsed)
 }
 
 /// The body, refused past `BODY_LIMIT_BYTES` however it is sent. The small
@@ -380,6 +388,36 @@ mod tests {
             };
             assert_eq!(answer, expected, "{body:?}");
         }
+    }
+
+    /// serde fills a struct from an array of its fields in order; no body of
+    /// this API is an array, however well it fits.
+    #[tokio::test]
+    async fn arrays_that_fit_a_body_s_fields_are_refused() {
+        for body in [r#"["s-1"]"#, "[null]", " \n[\"s-1\"]"] {
+            assert!(
+                matches!(
+                    session_body(body).await,
+                    Err(ApiError::UnexpectedJson(ref message)) if message.contains("expected a JSON object")
+                ),
+                "{body:?}"
+            );
+        }
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Provision {
+            network_mode: Option<String>,
+            egress: Option<serde_json::Value>,
+        }
+        assert!(matches!(
+            parse_json::<Provision>(br#"[null,"none"]"#),
+            Err(ApiError::UnexpectedJson(_))
+        ));
+        assert!(matches!(
+            parse_json::<Provision>(b"[null,"),
+            Err(ApiError::MalformedJson(_))
+        ));
+        assert!(parse_json::<Provision>(br#"{"egress":"none"}"#).is_ok());
     }
 
     #[test]

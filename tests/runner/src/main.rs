@@ -21,7 +21,8 @@
 //! a zombie) or `gone`.
 //!
 //! Egress probes ([`probe`]): `GET /probe/tcp?addr=IP:PORT` and
-//! `GET /probe/dns?name=NAME` say what code inside the runner reaches.
+//! `GET /probe/dns?name=NAME` say what code inside the runner reaches;
+//! `GET /probe/connect` times connection setup.
 //!
 //! WebSocket as the real runner's Socket.IO server speaks it
 //! ([`engine_io`]): `/socket.io/` answers engine.io's polling handshake and

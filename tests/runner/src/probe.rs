@@ -11,7 +11,13 @@
 //!   The query is encoded and parsed here: glibc's resolver in a static
 //!   binary in a `FROM scratch` image is unreliable.
 //!
-//! Both always answer 200: the outcome is in the body.
+//! - `GET /probe/connect?addr=IP:PORT&count=N` (N from 1 to 1000, default
+//!   20): N TCP connections set up and closed one after another, each timed
+//!   from `connect` to established; answers `{"ok":true,"micros":[…]}` or the
+//!   first failure. The benchmark times connection setup through the egress
+//!   rules with it, inside the runner's own namespace.
+//!
+//! All of them always answer 200: the outcome is in the body.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -36,6 +42,21 @@ pub fn answer(path: &str, query: impl Fn(&str) -> Option<String>) -> Option<Stri
                 format!("\"addresses\":[{}]", list.join(","))
             }),
             None => Err("missing name".to_owned()),
+        },
+        "/probe/connect" => match query("addr").as_deref().map(percent_decode) {
+            Some(addr) => {
+                let count = query("count").map_or(Ok(20), |count| match count.parse() {
+                    Ok(n @ 1..=1000) => Ok(n),
+                    _ => Err(format!("bad count {count:?} (want 1 to 1000)")),
+                });
+                count
+                    .and_then(|count| connect_times(&addr, count))
+                    .map(|micros| {
+                        let list: Vec<String> = micros.iter().map(u128::to_string).collect();
+                        format!("\"micros\":[{}]", list.join(","))
+                    })
+            }
+            None => Err("missing addr".to_owned()),
         },
         _ => return None,
     };
@@ -74,6 +95,24 @@ pub fn tcp(addr: &str) -> Result<String, String> {
         }
     }
     Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// How long each of `count` TCP connections to `addr` took to set up, in
+/// microseconds; each is closed before the next.
+pub fn connect_times(addr: &str, count: u32) -> Result<Vec<u128>, String> {
+    let target: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("bad address {addr:?} (want IP:PORT or [IPv6]:PORT)"))?;
+    (0..count)
+        .map(|_| {
+            let began = std::time::Instant::now();
+            let stream = TcpStream::connect_timeout(&target, TIMEOUT)
+                .map_err(|e| describe("connect", &e))?;
+            let took = began.elapsed().as_micros();
+            drop(stream);
+            Ok(took)
+        })
+        .collect()
 }
 
 /// An A query to the first nameserver of /etc/resolv.conf.
@@ -400,6 +439,50 @@ mod tests {
         let error = tcp(&format!("127.0.0.1:{closed_port}")).unwrap_err();
         assert!(error.contains("refused"), "{error}");
         assert!(tcp("nonsense").unwrap_err().contains("bad address"));
+    }
+
+    #[test]
+    fn connect_probe_times_each_connection_and_names_failures() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = std::thread::spawn(move || {
+            let connections: Vec<_> = (0..3).map(|_| listener.accept().unwrap()).collect();
+            connections.len()
+        });
+        let body = answer("/probe/connect", |key| match key {
+            "addr" => Some(addr.clone()),
+            "count" => Some("3".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(accepted.join().unwrap(), 3);
+        let micros = body
+            .strip_prefix("{\"ok\":true,\"micros\":[")
+            .and_then(|rest| rest.strip_suffix("]}"))
+            .unwrap_or_else(|| panic!("{body}"));
+        assert_eq!(
+            micros
+                .split(',')
+                .filter(|m| m.parse::<u64>().is_ok())
+                .count(),
+            3,
+            "{body}"
+        );
+        let bad = answer("/probe/connect", |key| match key {
+            "addr" => Some("127.0.0.1:1".to_owned()),
+            "count" => Some("0".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert!(bad.contains("bad count"), "{bad}");
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        assert!(
+            connect_times(&closed_addr, 2)
+                .unwrap_err()
+                .contains("refused")
+        );
     }
 
     #[test]
