@@ -2,6 +2,7 @@
 //! browser session, keeps its record in SQLite, and survives restarts.
 
 pub mod backend;
+pub mod backup;
 pub mod capacity;
 pub mod config;
 pub mod db;

@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
         Command::Runners { command } => operator::runners(command, &cli.settings).await,
         Command::Reconcile { dry_run: _ } => operator::reconcile_dry_run(&cli.settings).await,
         Command::Egress { command } => operator::egress(command, &cli.settings).await,
+        Command::Backup { path } => operator::backup(&path, &cli.settings).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

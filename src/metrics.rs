@@ -149,8 +149,15 @@ pub struct Metrics {
     gateway_tunnels: Gauge,
     egress_policy: Family<PolicyLabel, Gauge>,
     egress_enforced: Gauge,
+    backups: Family<BackupLabel, Counter>,
+    backup_last_success: Gauge,
     egress_applied: Counter,
     egress_repaired: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackupLabel {
+    result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -259,7 +266,21 @@ impl Default for Metrics {
             "Egress rule tables put back after they were changed by hand",
             egress_repaired.clone(),
         );
+        let backups = Family::<BackupLabel, Counter>::default();
+        registry.register(
+            "backups",
+            "Periodic database backups, by result (ok, failed)",
+            backups.clone(),
+        );
+        let backup_last_success = Gauge::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the last periodic backup was written (Unix time; 0: none yet)",
+            backup_last_success.clone(),
+        );
         Self {
+            backups,
+            backup_last_success,
             egress_policy,
             egress_enforced,
             egress_applied,
@@ -352,6 +373,20 @@ impl Metrics {
 
     pub fn egress_repaired(&self) {
         self.egress_repaired.inc();
+    }
+
+    /// A periodic backup was written at `at` (Unix seconds).
+    pub fn backup_written(&self, at: i64) {
+        self.backups
+            .get_or_create(&BackupLabel { result: "ok" })
+            .inc();
+        self.backup_last_success.set(at);
+    }
+
+    pub fn backup_failed(&self) {
+        self.backups
+            .get_or_create(&BackupLabel { result: "failed" })
+            .inc();
     }
 
     pub fn runner_limit(&self, limit: u32) {

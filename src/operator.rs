@@ -42,6 +42,20 @@ pub async fn runners(command: RunnersCommand, settings: &Settings) -> anyhow::Re
     Ok(())
 }
 
+/// `orchestrator backup PATH`: a consistent copy of the database, taken
+/// beside the running service (read-only: no lock, no migration).
+pub async fn backup(path: &std::path::Path, settings: &Settings) -> anyhow::Result<()> {
+    let db = Db::connect_read_only(&settings.database_url).await?;
+    let backup = db.backup_to(path).await?;
+    println!(
+        "backed up {} to {} ({} bytes; integrity check ok)",
+        settings.database_url,
+        backup.path.display(),
+        backup.bytes
+    );
+    Ok(())
+}
+
 /// Plans a startup reconcile against the live engine and prints it.
 pub async fn reconcile_dry_run(settings: &Settings) -> anyhow::Result<()> {
     let db = Db::connect_read_only(&settings.database_url).await?;

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{self, RunnerBackend};
+use crate::backup::Backups;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::drift::{self, DriftWatcher};
@@ -231,6 +232,7 @@ async fn run_background(service: Service, supervisor: Supervisor, shutdown: Canc
     let interval = settings.reconcile_interval;
     let (watched, backend) = (reconciler.clone(), Arc::clone(&service.backend));
     let (egress, guard_stop) = (service.egress.clone(), shutdown.clone());
+    let stop_backups = shutdown.clone();
     let watching = supervisor.supervise("drift watcher", move || {
         let watcher = DriftWatcher::new(watched.clone(), backend.clone(), interval, since);
         since = drift::now_seconds();
@@ -241,7 +243,35 @@ async fn run_background(service: Service, supervisor: Supervisor, shutdown: Canc
             .clone()
             .run_until_stopped(interval, guard_stop.clone())
     });
-    tokio::join!(first_checks, repair, reaping, warming, watching, guarding);
+    let backing_up = async {
+        // Periodic backups only when asked for (`BACKUP_INTERVAL_SECONDS`).
+        if let (Some(interval), Some(dir)) = (
+            settings.backup.backup_interval,
+            settings.backup.backup_path.clone(),
+        ) {
+            let backups = Backups::new(
+                service.db.clone(),
+                dir,
+                settings.backup.backup_keep,
+                Arc::clone(&service.metrics),
+            );
+            let stop = stop_backups;
+            supervisor
+                .supervise("backups", move || {
+                    backups.clone().run_until_stopped(interval, stop.clone())
+                })
+                .await;
+        }
+    };
+    tokio::join!(
+        first_checks,
+        repair,
+        reaping,
+        warming,
+        watching,
+        guarding,
+        backing_up
+    );
 }
 
 /// Installs the egress rules before any runner request is served (a runner

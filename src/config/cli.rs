@@ -33,6 +33,9 @@ pub enum Command {
         #[arg(long, required = true)]
         dry_run: bool,
     },
+    /// Write a consistent copy of DATABASE_URL to PATH while the service
+    /// runs (SQLite's `VACUUM INTO`), and check it; PATH must not exist.
+    Backup { path: std::path::PathBuf },
     /// This instance's egress rules (RUNNER_EGRESS) on the engine's host.
     Egress {
         #[command(subcommand)]

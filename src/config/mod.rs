@@ -9,6 +9,7 @@ use clap::{Args, Parser, ValueEnum};
 
 mod access;
 mod admission;
+mod backup;
 mod cli;
 mod egress;
 mod labels;
@@ -18,6 +19,7 @@ mod swarm;
 
 pub use access::{AccessSettings, PublicScheme, RunnerAccess};
 pub use admission::{Admission, MaxRunners};
+pub use backup::BackupSettings;
 pub use cli::{Cli, Command, EgressCommand, RunnersCommand};
 pub use egress::{EgressSettings, runner_network, runner_network_base};
 pub use labels::{DEFAULT_INSTANCE, INSTANCE_LABEL, POOLED_LABEL, SESSION_LABEL, SINGLETON_LABEL};
@@ -150,6 +152,9 @@ pub struct Settings {
 
     #[command(flatten)]
     pub egress: EgressSettings,
+
+    #[command(flatten)]
+    pub backup: BackupSettings,
 
     /// Host address that runner ports are published on.
     #[arg(
@@ -293,6 +298,23 @@ mod tests {
         ] {
             let error = parse(args).unwrap_err().to_string();
             assert!(error.contains(variable), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn periodic_backups_need_a_directory() {
+        let settings = parse(&[]).unwrap();
+        assert_eq!(settings.backup.backup_interval, None);
+        assert_eq!(settings.backup.backup_keep, 7);
+        let error = parse(&["--backup-interval", "60"]).unwrap_err().to_string();
+        assert!(error.contains("BACKUP_PATH"), "{error}");
+        let settings = parse(&["--backup-interval", "60", "--backup-path", "/b"]).unwrap();
+        assert_eq!(
+            settings.backup.backup_interval,
+            Some(Duration::from_secs(60))
+        );
+        for bad in [&["--backup-keep", "0"][..], &["--backup-interval", "0"][..]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -54,4 +54,20 @@ pub enum DbError {
         #[source]
         source: std::io::Error,
     },
+    #[error("`{}` already exists; a backup never overwrites a file", .0.display())]
+    BackupExists(PathBuf),
+    #[error("cannot back the database up to `{}`", path.display())]
+    Backup {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot write the backup `{}`", path.display())]
+    BackupIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{}` failed SQLite's integrity check: {problems}", path.display())]
+    Damaged { path: PathBuf, problems: String },
 }

@@ -7,6 +7,7 @@
 //! and record the outcome in a second write.
 
 mod audit;
+mod backup;
 mod error;
 mod heartbeats;
 mod migrate;
@@ -27,6 +28,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use audit::{Actor, AuditAction, AuditEntry, AuditRecord};
+pub use backup::{Backup, integrity_check};
 pub use error::DbError;
 pub use migrate::MigrationError;
 pub use rows::{Claim, FoundRunner, NewRunner, RowChanges, RunnerRow, RunnerState, RunningRunner};

@@ -8,6 +8,7 @@
 //! This file holds what the tests share; it is the one place that knows how
 //! the service's parts are put together.
 
+mod backup;
 mod egress;
 mod limits;
 mod provision;

@@ -139,3 +139,96 @@ async fn reconcile_dry_run_reports_and_changes_nothing() {
     );
     assert!(env.row("orphan").await.is_none(), "the dry run adopted");
 }
+
+/// Online backups of the real binary's database: `orchestrator backup PATH`
+/// beside it while heartbeats pour in, and the periodic ones
+/// (`BACKUP_INTERVAL_SECONDS`) keeping the newest `BACKUP_KEEP`; then a
+/// restore as docs/operating.md says (stop, copy, start) serves every
+/// session as before, with the same endpoints.
+#[tokio::test]
+async fn backups_are_taken_online_and_a_restore_serves_every_session() {
+    let env = TestEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let periodic = dir.path().join("periodic");
+    let app = env
+        .spawn_binary(&[
+            ("BACKUP_INTERVAL_SECONDS", "1"),
+            ("BACKUP_PATH", &periodic.display().to_string()),
+            ("BACKUP_KEEP", "2"),
+            ("HEARTBEAT_FLUSH_INTERVAL_MS", "10"),
+        ])
+        .await;
+    let sessions = ["backup-1", "backup-2", "backup-3"];
+    let mut endpoints = Vec::new();
+    for session in sessions {
+        let reply = app.api.provision(Some(session)).await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        endpoints.push(reply.endpoint().to_owned());
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = tokio::spawn({
+        let (api, stop) = (app.api.clone(), stop.clone());
+        async move {
+            let mut beats = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                for session in sessions {
+                    assert_eq!(api.heartbeat(session).await.status, 200);
+                    beats += 1;
+                }
+            }
+            beats
+        }
+    });
+
+    let manual = dir.path().join("manual.db");
+    let (ok, stdout, stderr) = operator(&env, &["backup", &manual.display().to_string()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("integrity check ok"), "{stdout}");
+    let (ok, _, stderr) = operator(&env, &["backup", &manual.display().to_string()]);
+    assert!(!ok && stderr.contains("already exists"), "{stderr}");
+
+    // Three periodic backups, of which the newest two are kept.
+    app.logs
+        .wait_for_count("database backed up", 3, std::time::Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let metrics = reqwest::get(app.api.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("orchestrator_backups_total{result=\"ok\"}")
+            && !metrics.contains("orchestrator_backup_last_success_timestamp_seconds 0\n"),
+        "{metrics}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    assert!(flood.await.unwrap() > 0);
+    assert!(app.terminate().await.success());
+    let kept: Vec<_> = std::fs::read_dir(&periodic)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        kept.iter()
+            .all(|name| name.starts_with("orchestrator-") && name.ends_with(".db")),
+        "{kept:?}"
+    );
+
+    // The restore: the service stopped, the copy in place of the database
+    // (and of its WAL), the service started again.
+    let database = env.db_path.display().to_string();
+    for stale in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{database}{stale}"));
+    }
+    std::fs::copy(&manual, &env.db_path).unwrap();
+    let restored = env.spawn_binary(&[]).await;
+    for (session, endpoint) in sessions.iter().zip(&endpoints) {
+        assert_eq!(restored.api.heartbeat(session).await.status, 200);
+        let again = restored.api.provision(Some(session)).await;
+        assert_eq!((again.status, again.endpoint()), (200, endpoint.as_str()));
+    }
+    assert!(restored.terminate().await.success());
+}

@@ -119,6 +119,34 @@ impl Logs {
         found.ok_or_else(|| format!("the service exited before a `{what}` log line"))
     }
 
+    /// Waits until `count` lines carry this `message`.
+    pub async fn wait_for_count(
+        &self,
+        message: &str,
+        count: usize,
+        limit: Duration,
+    ) -> Result<(), String> {
+        let seen = |state: &LogState| {
+            state
+                .lines
+                .iter()
+                .filter(|event| event["message"] == message)
+                .count()
+        };
+        let mut receiver = self.0.subscribe();
+        let waited = receiver.wait_for(|state| state.closed || seen(state) >= count);
+        let state = tokio::time::timeout(limit, waited)
+            .await
+            .map_err(|_| format!("fewer than {count} `{message}` log lines within {limit:?}"))?
+            .expect("the sender lives as long as self");
+        match seen(&state) {
+            n if n >= count => Ok(()),
+            n => Err(format!(
+                "the service exited after {n} `{message}` log lines"
+            )),
+        }
+    }
+
     async fn wait_closed(&self, limit: Duration) -> bool {
         let mut receiver = self.0.subscribe();
         let closed = receiver.wait_for(|state| state.closed);
