@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{self, RunnerBackend};
 use crate::backup::Backups;
-use crate::config::Settings;
-use crate::db::Db;
+use crate::config::{OrphanPolicy, Settings};
+use crate::db::{Actor, AuditAction, AuditEntry, Db, MovedAside};
+use crate::domain::Summary;
 use crate::drift::{self, DriftWatcher};
 use crate::egress::{self, Nft};
 use crate::heartbeats::HeartbeatWriter;
@@ -178,7 +179,22 @@ async fn run_background(service: Service, supervisor: Supervisor, shutdown: Canc
     if !enforce_egress(&service, &readiness, &shutdown).await {
         return;
     }
-    let reconciler = service.reconciler();
+    // A damaged database was moved aside: every runner is taken back from
+    // the engine, whatever ORPHAN_POLICY says (removing them all would be
+    // the damage's doing, not the operator's).
+    let moved_aside = service.db.moved_aside().cloned();
+    let reconciler = match &moved_aside {
+        Some(_) => {
+            if settings.orphan_policy == OrphanPolicy::Remove {
+                tracing::warn!(
+                    "ORPHAN_POLICY=remove is not applied to this start's reconcile: the database \
+                     was rebuilt, so every running runner is adopted"
+                );
+            }
+            service.reconciler_with(OrphanPolicy::Adopt)
+        }
+        None => service.reconciler(),
+    };
     let events_since = drift::now_seconds();
     let mut backoff = Duration::from_millis(500);
     let (summary, repairs) = loop {
@@ -200,6 +216,9 @@ async fn run_background(service: Service, supervisor: Supervisor, shutdown: Canc
     // The reconcile just reached the engine: requests must not fail fast on
     // a stale "unreachable" from before it came back.
     service.health.mark_reachable();
+    if let Some(moved) = &moved_aside {
+        audit_rebuild(&service.db, moved, summary).await;
+    }
     readiness.ready(summary);
     tracing::info!(%summary, "ready");
     let first_checks = first_checks(&service.runners, &service.backend);
@@ -230,7 +249,7 @@ async fn run_background(service: Service, supervisor: Supervisor, shutdown: Canc
     // predecessor's start on, so that none is missed in between.
     let mut since = events_since;
     let interval = settings.reconcile_interval;
-    let (watched, backend) = (reconciler.clone(), Arc::clone(&service.backend));
+    let (watched, backend) = (service.reconciler(), Arc::clone(&service.backend));
     let (egress, guard_stop) = (service.egress.clone(), shutdown.clone());
     let stop_backups = shutdown.clone();
     let watching = supervisor.supervise("drift watcher", move || {
@@ -273,6 +292,31 @@ async fn run_background(service: Service, supervisor: Supervisor, shutdown: Canc
         backing_up
     );
 }
+
+/// Says in the log and the audit trail that the rows were rebuilt from the
+/// engine, and from what.
+async fn audit_rebuild(db: &Db, moved: &MovedAside, summary: Summary) {
+    let reason = format!(
+        "the database {} was damaged ({}) and moved aside to {}; rebuilt from the engine: {summary}",
+        moved.from.display(),
+        moved.why,
+        moved.to.display()
+    );
+    tracing::warn!(%summary, moved_to = %moved.to.display(), "rebuilt from the engine");
+    let entry = AuditEntry {
+        session_id: REBUILD_SUBJECT,
+        container_id: None,
+        actor: Actor::Reconciler,
+        action: AuditAction::Rebuilt,
+        reason: &reason,
+    };
+    if let Err(error) = db.audit(&entry, chrono::Utc::now()).await {
+        tracing::warn!(%error, "could not write the rebuild's audit entry");
+    }
+}
+
+/// The audit log's session column for a rebuild's entry.
+pub const REBUILD_SUBJECT: &str = "(database)";
 
 /// Installs the egress rules before any runner request is served (a runner
 /// started before them would run open), retrying with backoff while they

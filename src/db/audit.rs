@@ -48,6 +48,8 @@ pub enum AuditAction {
     EgressApplied,
     /// The egress rules put back after they were changed.
     EgressRepaired,
+    /// A damaged database moved aside and its rows rebuilt from the engine.
+    Rebuilt,
 }
 
 impl AuditAction {
@@ -65,6 +67,7 @@ impl AuditAction {
             AuditAction::ClaimedFromPool => "claimed_from_pool",
             AuditAction::EgressApplied => "egress_applied",
             AuditAction::EgressRepaired => "egress_repaired",
+            AuditAction::Rebuilt => "rebuilt",
         }
     }
 }

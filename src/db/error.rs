@@ -70,4 +70,11 @@ pub enum DbError {
     },
     #[error("`{}` failed SQLite's integrity check: {problems}", path.display())]
     Damaged { path: PathBuf, problems: String },
+    #[error("the database `{}` is damaged ({why}) and cannot be moved aside", path.display())]
+    MoveAside {
+        path: PathBuf,
+        why: String,
+        #[source]
+        source: std::io::Error,
+    },
 }

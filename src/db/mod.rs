@@ -8,6 +8,7 @@
 
 mod audit;
 mod backup;
+mod damage;
 mod error;
 mod heartbeats;
 mod migrate;
@@ -29,6 +30,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use audit::{Actor, AuditAction, AuditEntry, AuditRecord};
 pub use backup::{Backup, integrity_check};
+pub use damage::MovedAside;
 pub use error::DbError;
 pub use migrate::MigrationError;
 pub use rows::{Claim, FoundRunner, NewRunner, RowChanges, RunnerRow, RunnerState, RunningRunner};
@@ -60,20 +62,61 @@ pub struct Db {
     pool: SqlitePool,
     /// Held for the life of the service; see [`Db::connect`].
     _lock: Option<Arc<File>>,
+    /// The damaged file this start moved aside, if it did.
+    moved_aside: Option<Arc<MovedAside>>,
 }
 
 impl Db {
-    /// Opens (creating if missing) the database and applies migrations.
-    /// Opens the database for the service: takes an exclusive lock on
-    /// `<file>.lock` first (two services on one state would fight over its
-    /// runners), then applies migrations.
+    /// Opens the database for the service, creating it if missing: takes
+    /// an exclusive lock on `<file>.lock` first (two services on one state
+    /// would fight over its runners), checks it (`PRAGMA quick_check`) and
+    /// applies migrations. A damaged file is moved aside and a new one
+    /// created (see `damage`); [`Db::moved_aside`] says so.
     pub async fn connect(database_url: &str) -> Result<Self, DbError> {
         let options = connect_options(database_url)?;
-        let lock = lock_database(options.get_filename())?;
+        let path = options.get_filename().to_owned();
+        let lock = lock_database(&path)?;
+        let (db, moved_aside) = match Self::open(database_url, options.clone()).await {
+            Ok(db) => (db, None),
+            Err(error) => {
+                let why = damage::diagnose(&error).filter(|_| path.is_file());
+                let Some(why) = why else {
+                    return Err(error);
+                };
+                let to = damage::move_aside(&path, chrono::Utc::now()).map_err(|source| {
+                    DbError::MoveAside {
+                        path: path.clone(),
+                        why: why.clone(),
+                        source,
+                    }
+                })?;
+                tracing::error!(
+                    database = %path.display(),
+                    moved_to = %to.display(),
+                    "the database is damaged ({why}): moved aside; a new one is rebuilt from \
+                     the engine"
+                );
+                let moved = MovedAside {
+                    from: path.clone(),
+                    to,
+                    why,
+                };
+                (
+                    Self::open(database_url, options).await?,
+                    Some(Arc::new(moved)),
+                )
+            }
+        };
         Ok(Self {
             _lock: lock,
-            ..Self::open(database_url, options).await?
+            moved_aside,
+            ..db
         })
+    }
+
+    /// The damaged database this start moved aside, if it did.
+    pub fn moved_aside(&self) -> Option<&MovedAside> {
+        self.moved_aside.as_deref()
     }
 
     /// Opens an existing database read-only, without the service lock and
@@ -86,7 +129,11 @@ impl Db {
                 url: database_url.to_owned(),
                 source,
             })?;
-        Ok(Self { pool, _lock: None })
+        Ok(Self {
+            pool,
+            _lock: None,
+            moved_aside: None,
+        })
     }
 
     /// Opens the database without the service lock, for tests and tools
@@ -100,6 +147,20 @@ impl Db {
             url: database_url.to_owned(),
             source,
         })?;
+        let problems: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_all(&pool)
+            .await
+            .map_err(|source| DbError::Open {
+                url: database_url.to_owned(),
+                source,
+            })?;
+        if problems != ["ok"] {
+            pool.close().await;
+            return Err(DbError::Damaged {
+                path: database_url.into(),
+                problems: problems.join("; "),
+            });
+        }
         let applied = migrate::run(&pool)
             .await
             .map_err(|source| DbError::Migrate {
@@ -109,7 +170,11 @@ impl Db {
         for migration in applied {
             tracing::info!(%migration, "applied database migration");
         }
-        Ok(Self { pool, _lock: None })
+        Ok(Self {
+            pool,
+            _lock: None,
+            moved_aside: None,
+        })
     }
 
     /// How many runners are in each state (waiting warm ones apart), for the

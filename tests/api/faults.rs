@@ -373,45 +373,187 @@ fn a_database_path_that_cannot_be_created_is_refused() {
     );
 }
 
-#[test]
-fn a_file_that_is_not_a_database_is_refused_and_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("not-a-db");
-    let content = b"these are not the bytes of a SQLite database".repeat(200);
-    std::fs::write(&path, &content).unwrap();
-    refuses_to_start(path.to_str().unwrap(), "cannot open the database");
-    assert_eq!(std::fs::read(&path).unwrap(), content);
+/// The damaged files next to `database`, moved aside by a start.
+fn moved_aside(database: &std::path::Path) -> Vec<PathBuf> {
+    let name = database.file_name().unwrap().to_string_lossy().into_owned();
+    let mut found: Vec<PathBuf> = std::fs::read_dir(database.parent().unwrap())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{name}.damaged-"))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The three kinds of damage a start moves aside instead of refusing:
+/// bytes that are not SQLite, a file that fails SQLite's integrity check,
+/// and a schema written by a newer orchestrator.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    NotSqlite,
+    Corrupt,
+    Newer,
+}
+
+impl Damage {
+    /// Damages the (stopped) service's database this way; returns what
+    /// the file then holds.
+    async fn inflict(self, env: &TestEnv) -> Vec<u8> {
+        let path = &env.db_path;
+        match self {
+            Damage::NotSqlite => {
+                for stale in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{stale}", path.display()));
+                }
+                std::fs::write(
+                    path,
+                    b"these are not the bytes of a SQLite database".repeat(200),
+                )
+                .unwrap();
+            }
+            Damage::Corrupt => {
+                // Everything in the main file, then garbage over every page
+                // but the first (the header stays valid, the b-trees do not).
+                let db = env.db().await;
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(db.pool())
+                    .await
+                    .unwrap();
+                db.pool().close().await;
+                let mut bytes = std::fs::read(path).unwrap();
+                let page = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+                assert!(bytes.len() > page, "a database of one page");
+                for (i, byte) in bytes[page..].iter_mut().enumerate() {
+                    *byte = (i * 31 % 251) as u8;
+                }
+                std::fs::write(path, &bytes).unwrap();
+            }
+            Damage::Newer => {
+                let db = env.db().await;
+                sqlx::query(
+                    "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+                     VALUES (99, 'from_the_future', '2030-01-01T00:00:00Z', '42')",
+                )
+                .execute(db.pool())
+                .await
+                .unwrap();
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(db.pool())
+                    .await
+                    .unwrap();
+                db.pool().close().await;
+            }
+        }
+        std::fs::read(path).unwrap()
+    }
+}
+
+/// Provisions, stops the service, damages its database, starts it again:
+/// the damaged file is moved aside as it was, the log and the audit trail
+/// say so, and every session answers as before (heartbeat 200, provision
+/// 200 with the same endpoint).
+async fn a_damaged_database_is_moved_aside_and_rebuilt(damage: Damage) {
+    let env = TestEnv::new();
+    let app = env.spawn_binary(&[("ORPHAN_POLICY", "remove")]).await;
+    let sessions = ["rebuilt-1", "rebuilt-2"];
+    let mut endpoints = Vec::new();
+    for session in sessions {
+        let reply = app.api.provision(Some(session)).await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        endpoints.push(reply.endpoint().to_owned());
+    }
+    assert!(app.terminate().await.success());
+    let damaged = damage.inflict(&env).await;
+
+    // ORPHAN_POLICY=remove would remove every runner of an empty database:
+    // a rebuild adopts them whatever it says.
+    let app = env.spawn_binary(&[("ORPHAN_POLICY", "remove")]).await;
+    let aside = moved_aside(&env.db_path);
+    assert_eq!(aside.len(), 1, "{damage:?}: {aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), damaged, "{damage:?}");
+    let line = app
+        .logs
+        .lines()
+        .into_iter()
+        .find(|line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("the database is damaged ("))
+        })
+        .unwrap_or_else(|| panic!("{damage:?}: no `the database is damaged` log line"));
+    assert_eq!(
+        line["moved_to"].as_str(),
+        Some(aside[0].display().to_string().as_str()),
+        "{line}"
+    );
+    let why = line["message"].as_str().unwrap_or_default();
+    let said = match damage {
+        Damage::NotSqlite => why.contains("file is not a database"),
+        Damage::Corrupt => why.contains("integrity check") || why.contains("malformed"),
+        Damage::Newer => why.contains("newer orchestrator"),
+    };
+    assert!(said, "{damage:?}: {why}");
+    for (session, endpoint) in sessions.iter().zip(&endpoints) {
+        assert_eq!(app.api.heartbeat(session).await.status, 200, "{damage:?}");
+        let again = app.api.provision(Some(session)).await;
+        assert_eq!(
+            (again.status, again.endpoint()),
+            (200, endpoint.as_str()),
+            "{damage:?}"
+        );
+    }
+    let trail = env.db().await.audit_trail("(database)").await.unwrap();
+    assert_eq!(trail.len(), 1, "{trail:?}");
+    assert_eq!(trail[0].action, "rebuilt");
+    assert!(
+        trail[0].reason.contains("rebuilt from the engine")
+            && trail[0].reason.contains(&aside[0].display().to_string()),
+        "{trail:?}"
+    );
+    assert!(app.terminate().await.success());
 }
 
 #[tokio::test]
-async fn a_mismatched_or_newer_schema_is_refused() {
+async fn a_file_that_is_not_a_database_is_moved_aside_and_rebuilt() {
+    a_damaged_database_is_moved_aside_and_rebuilt(Damage::NotSqlite).await;
+}
+
+#[tokio::test]
+async fn a_database_that_fails_its_integrity_check_is_moved_aside_and_rebuilt() {
+    a_damaged_database_is_moved_aside_and_rebuilt(Damage::Corrupt).await;
+}
+
+#[tokio::test]
+async fn a_database_of_a_newer_orchestrator_is_moved_aside_and_rebuilt() {
+    a_damaged_database_is_moved_aside_and_rebuilt(Damage::Newer).await;
+}
+
+#[test]
+fn a_directory_in_place_of_the_database_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orchestrator.db");
+    std::fs::create_dir(&path).unwrap();
+    refuses_to_start(path.to_str().unwrap(), "cannot open the database");
+    assert!(path.is_dir());
+    assert!(moved_aside(&path).is_empty());
+}
+
+#[tokio::test]
+async fn a_mismatched_schema_is_refused_and_left_alone() {
     let env = TestEnv::new();
     let db = env.db().await;
     let path = env.db_path.to_str().unwrap().to_owned();
-    let history = |sql: &'static str| sqlx::query(sql).execute(db.pool());
-    let original: String =
-        sqlx::query_scalar("SELECT checksum FROM refinery_schema_history WHERE version = 1")
-            .fetch_one(db.pool())
-            .await
-            .unwrap();
-
-    history("UPDATE refinery_schema_history SET checksum = '1' WHERE version = 1")
-        .await
-        .unwrap();
-    refuses_to_start(&path, "differs from this binary's");
-
-    sqlx::query("UPDATE refinery_schema_history SET checksum = ? WHERE version = 1")
-        .bind(&original)
+    sqlx::query("UPDATE refinery_schema_history SET checksum = '1' WHERE version = 1")
         .execute(db.pool())
         .await
         .unwrap();
-    history(
-        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
-         VALUES (99, 'from_the_future', '2030-01-01T00:00:00Z', '42')",
-    )
-    .await
-    .unwrap();
-    refuses_to_start(&path, "written by a newer orchestrator");
+    refuses_to_start(&path, "differs from this binary's");
+    assert!(moved_aside(&env.db_path).is_empty());
 }
 
 #[tokio::test]
@@ -422,6 +564,7 @@ async fn a_second_service_on_the_same_database_refuses_to_start() {
         env.db_path.to_str().unwrap(),
         "another orchestrator is already using the database",
     );
+    assert!(moved_aside(&env.db_path).is_empty());
     // The first one is unaffected.
     assert_eq!(first.api.provision(Some("still-fine")).await.status, 201);
 }
