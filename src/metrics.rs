@@ -149,10 +149,16 @@ pub struct Metrics {
     gateway_tunnels: Gauge,
     egress_policy: Family<PolicyLabel, Gauge>,
     egress_enforced: Gauge,
+    egress_nodes: Family<NodeStateLabel, Gauge>,
     backups: Family<BackupLabel, Counter>,
     backup_last_success: Gauge,
     egress_applied: Counter,
     egress_repaired: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeStateLabel {
+    state: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -266,6 +272,12 @@ impl Default for Metrics {
             "Egress rule tables put back after they were changed by hand",
             egress_repaired.clone(),
         );
+        let egress_nodes = Family::<NodeStateLabel, Gauge>::default();
+        registry.register(
+            "egress_nodes",
+            "Swarm nodes by whether their egress agent runs (ruled) or not (missing)",
+            egress_nodes.clone(),
+        );
         let backups = Family::<BackupLabel, Counter>::default();
         registry.register(
             "backups",
@@ -279,6 +291,7 @@ impl Default for Metrics {
             backup_last_success.clone(),
         );
         Self {
+            egress_nodes,
             backups,
             backup_last_success,
             egress_policy,
@@ -373,6 +386,15 @@ impl Metrics {
 
     pub fn egress_repaired(&self) {
         self.egress_repaired.inc();
+    }
+
+    /// On a swarm: how many nodes run the egress agent, and how many not.
+    pub fn egress_nodes(&self, ruled: usize, missing: usize) {
+        for (state, count) in [("ruled", ruled), ("missing", missing)] {
+            self.egress_nodes
+                .get_or_create(&NodeStateLabel { state })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     /// A periodic backup was written at `at` (Unix seconds).

@@ -56,6 +56,42 @@ pub async fn backup(path: &std::path::Path, settings: &Settings) -> anyhow::Resu
     Ok(())
 }
 
+/// `orchestrator egress node`: the egress agent of one swarm node. Its
+/// networks are the node's config-only halves of the manager's runner
+/// networks, its rules this node's; both are checked every
+/// `RECONCILE_INTERVAL_SECONDS` and put back when changed. A failure ends
+/// it with an error: its task then stops running, and the manager places
+/// no runner under rules on this node until it runs again.
+async fn egress_node(settings: &Settings) -> anyhow::Result<()> {
+    let shutdown = crate::shutdown::on_signal()?;
+    let backend = backend::docker::DockerBackend::connect_swarm_node(settings)
+        .context("cannot reach this node's engine (DOCKER_HOST)")?;
+    let egress = Egress::new(
+        settings,
+        Arc::new(backend),
+        Arc::new(Nft),
+        Metrics::shared(),
+        None,
+    );
+    // Every policy's rules from the start, `all`'s narrower ones included:
+    // the manager may narrow any provision.
+    egress.narrowing().await.map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        instance = %settings.orchestrator_id,
+        policy = %settings.egress.runner_egress,
+        table = %crate::egress::ruleset::table_name(&settings.orchestrator_id),
+        "egress agent: this node's rules are in place and kept"
+    );
+    let mut ticks = crate::shutdown::Ticks::new(settings.reconcile_interval, shutdown);
+    while ticks.next().await {
+        egress.check().await.map_err(anyhow::Error::msg)?;
+    }
+    tracing::info!(
+        "egress agent stopped; the rules stay in place (`orchestrator egress remove` deletes them)"
+    );
+    Ok(())
+}
+
 /// Plans a startup reconcile against the live engine and prints it.
 pub async fn reconcile_dry_run(settings: &Settings) -> anyhow::Result<()> {
     let db = Db::connect_read_only(&settings.database_url).await?;
@@ -71,6 +107,9 @@ pub async fn reconcile_dry_run(settings: &Settings) -> anyhow::Result<()> {
 /// `orchestrator egress show|apply|remove`: this instance's rules, in the
 /// network namespace the command runs in (the engine host's).
 pub async fn egress(command: EgressCommand, settings: &Settings) -> anyhow::Result<()> {
+    if let EgressCommand::Node = command {
+        return egress_node(settings).await;
+    }
     let backend = backend::from_settings(settings)
         .context("cannot set up the runner backend (DOCKER_HOST, RUNNER_BACKEND)")?;
     let egress = Egress::new(settings, backend, Arc::new(Nft), Metrics::shared(), None);
@@ -86,6 +125,7 @@ pub async fn egress(command: EgressCommand, settings: &Settings) -> anyhow::Resu
                 settings.orchestrator_id, settings.egress.runner_egress
             );
         }
+        EgressCommand::Node => unreachable!("handled above"),
         EgressCommand::Remove => {
             let table = crate::egress::ruleset::table_name(&settings.orchestrator_id);
             if egress.remove().await? {

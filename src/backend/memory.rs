@@ -34,8 +34,8 @@ use futures_util::stream;
 use tokio::sync::{broadcast, watch};
 
 use super::{
-    EngineError, NetworkMode, ObservedRunner, RunnerBackend, RunnerEvent, RunnerEvents, RunnerSpec,
-    StartedRunner, Stop,
+    EngineError, NetworkMode, NodeCoverage, ObservedRunner, RunnerBackend, RunnerEvent,
+    RunnerEvents, RunnerSpec, StartedRunner, Stop,
 };
 
 /// The image name in messages (the memory backend has no images).
@@ -109,6 +109,8 @@ struct State {
     failures: VecDeque<StartFailure>,
     history: VecDeque<RunnerEvent>,
     calls: Calls,
+    /// What `egress_nodes` reports: `None`, one engine (the default).
+    egress_nodes: Option<NodeCoverage>,
 }
 
 impl Default for MemoryBackend {
@@ -132,6 +134,7 @@ impl MemoryBackend {
                 failures: VecDeque::new(),
                 history: VecDeque::new(),
                 calls: Calls::default(),
+                egress_nodes: None,
             }),
             events: broadcast::channel(1024).0,
             held: watch::Sender::new(false),
@@ -200,6 +203,12 @@ impl MemoryBackend {
     /// What `memory_total` reports (the `auto` runner limit's base).
     pub fn set_memory_total(&self, bytes: u64) {
         self.lock().memory_total = bytes;
+    }
+
+    /// Plays a swarm whose nodes hold their own egress rules: `egress_nodes`
+    /// reports `coverage` from now on.
+    pub fn set_egress_nodes(&self, coverage: NodeCoverage) {
+        self.lock().egress_nodes = Some(coverage);
     }
 
     /// Makes a named network exist, so that runners may join it.
@@ -499,6 +508,10 @@ impl RunnerBackend for MemoryBackend {
         self.call(|calls| &mut calls.ensure_network)?;
         self.add_network(network);
         Ok(crate::backend::bridge::bridge_name(network))
+    }
+
+    async fn egress_nodes(&self) -> Result<Option<NodeCoverage>, EngineError> {
+        Ok(self.lock().egress_nodes.clone())
     }
 }
 

@@ -171,6 +171,22 @@ pub trait RunnerBackend: Send + Sync + fmt::Debug {
     /// containers off) and names its bridge interface on the engine's host,
     /// which the egress rules match.
     async fn runner_bridge(&self, network: &str) -> Result<String, EngineError>;
+
+    /// On a backend whose nodes each hold their own egress rules (Swarm):
+    /// which nodes hold them now, runners being placed on those only.
+    /// `None` (one engine): the rules are the service's own, on its host.
+    async fn egress_nodes(&self) -> Result<Option<NodeCoverage>, EngineError> {
+        Ok(None)
+    }
+}
+
+/// Which nodes hold the egress rules (their agent runs), by hostname.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeCoverage {
+    /// Nodes whose egress agent runs: runners under rules go there.
+    pub ruled: Vec<String>,
+    /// Ready nodes without one: no runner under rules is placed there.
+    pub missing: Vec<String>,
 }
 
 /// The backend the settings ask for. Connects lazily: no request is made

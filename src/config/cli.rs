@@ -51,6 +51,13 @@ pub enum EgressCommand {
     Apply,
     /// Delete this instance's rules (its table); other instances' stay.
     Remove,
+    /// Keep this instance's rules on this swarm node, as its egress agent
+    /// (a global service labelled `taylored-egress-agent=<ORCHESTRATOR_ID>`,
+    /// DOCKER_HOST the node's own engine): installs them, puts them back
+    /// every RECONCILE_INTERVAL_SECONDS, and exits non-zero when it cannot,
+    /// so that the manager places no runner here. Runs until SIGTERM, which
+    /// leaves the rules in place.
+    Node,
 }
 
 #[derive(Debug, Subcommand)]

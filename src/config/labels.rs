@@ -9,6 +9,9 @@ pub const INSTANCE_LABEL: &str = "taylored-orchestrator-id";
 pub const POOLED_LABEL: &str = "taylored-runner-pooled";
 /// The Docker label that marks the shared runner of `REUSE_RUNNER_MODE`.
 pub const SINGLETON_LABEL: &str = "taylored-runner-singleton";
+/// The Docker label of an instance's egress agent service on a swarm
+/// (`orchestrator egress node` on every node), valued with its instance.
+pub const EGRESS_AGENT_LABEL: &str = "taylored-egress-agent";
 /// The instance that owns runners carrying only the session label (those the
 /// first orchestrator started).
 pub const DEFAULT_INSTANCE: &str = "default";

@@ -22,7 +22,10 @@ pub use admission::{Admission, MaxRunners};
 pub use backup::BackupSettings;
 pub use cli::{Cli, Command, EgressCommand, RunnersCommand};
 pub use egress::{EgressSettings, runner_network, runner_network_base};
-pub use labels::{DEFAULT_INSTANCE, INSTANCE_LABEL, POOLED_LABEL, SESSION_LABEL, SINGLETON_LABEL};
+pub use labels::{
+    DEFAULT_INSTANCE, EGRESS_AGENT_LABEL, INSTANCE_LABEL, POOLED_LABEL, SESSION_LABEL,
+    SINGLETON_LABEL,
+};
 pub use runner::{Capabilities, RunnerLimits};
 pub use swarm::{Placement, PortRange, SwarmSettings};
 

@@ -48,6 +48,9 @@ pub enum AuditAction {
     EgressApplied,
     /// The egress rules put back after they were changed.
     EgressRepaired,
+    /// A swarm node without the egress agent: no runner under rules goes
+    /// there.
+    EgressMissing,
     /// A damaged database moved aside and its rows rebuilt from the engine.
     Rebuilt,
 }
@@ -67,6 +70,7 @@ impl AuditAction {
             AuditAction::ClaimedFromPool => "claimed_from_pool",
             AuditAction::EgressApplied => "egress_applied",
             AuditAction::EgressRepaired => "egress_repaired",
+            AuditAction::EgressMissing => "egress_missing",
             AuditAction::Rebuilt => "rebuilt",
         }
     }

@@ -24,8 +24,8 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{NetworkMode, RunnerBackend};
-use crate::config::Settings;
+use crate::backend::{NetworkMode, NodeCoverage, RunnerBackend};
+use crate::config::{EGRESS_AGENT_LABEL as AGENT_LABEL, Settings};
 use crate::db::{Actor, AuditAction, AuditEntry, Db};
 use crate::metrics::Metrics;
 use crate::shutdown::Ticks;
@@ -140,6 +140,9 @@ pub struct EgressStatus {
     pub problem: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// On a swarm: the nodes whose egress agent runs, and those without.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeCoverage>,
 }
 
 impl serde::Serialize for EgressPolicy {
@@ -198,6 +201,7 @@ impl Egress {
             table: ruleset::table_name(&settings.orchestrator_id),
             problem: None,
             warning: (!egress.runner_egress.is_enforced()).then(|| ALL_WARNING.to_owned()),
+            nodes: None,
         };
         metrics.egress_policy(egress.runner_egress.as_str());
         Self {
@@ -287,6 +291,16 @@ impl Egress {
 
     async fn check_uncounted(&self) -> Result<Checked, String> {
         let rules = self.ruleset().await?;
+        // On a swarm the rules are each node's own (its agent's).
+        let nodes = self.backend.egress_nodes().await.map_err(|error| {
+            format!(
+                "RUNNER_EGRESS={} cannot be checked on the swarm's nodes: {error}",
+                self.networks.policy
+            )
+        })?;
+        if let Some(coverage) = nodes {
+            return self.record_coverage(coverage).await;
+        }
         let what = |error: FirewallError| {
             format!(
                 "RUNNER_EGRESS={} cannot be enforced: {error}; or set RUNNER_EGRESS=all to run \
@@ -321,22 +335,80 @@ impl Egress {
             }
         };
         tracing::warn!(table = %rules.table, "{reason}");
+        let action = match checked {
+            Checked::Repaired => AuditAction::EgressRepaired,
+            _ => AuditAction::EgressApplied,
+        };
+        self.audit(action, &reason).await;
+        Ok(checked)
+    }
+
+    /// What a swarm's nodes hold, recorded: a node that gained or lost its
+    /// agent is logged and audited, and with none the policy cannot be
+    /// enforced.
+    async fn record_coverage(&self, coverage: NodeCoverage) -> Result<Checked, String> {
+        let policy = self.networks.policy;
+        let previous = {
+            let mut status = self.status.lock().expect("egress status");
+            status.nodes.replace(coverage.clone()).unwrap_or_default()
+        };
+        self.metrics
+            .egress_nodes(coverage.ruled.len(), coverage.missing.len());
+        let gained: Vec<&String> = coverage
+            .ruled
+            .iter()
+            .filter(|node| !previous.ruled.contains(node))
+            .collect();
+        for node in &gained {
+            let reason = format!(
+                "node {node} runs this instance's egress agent: runners under RUNNER_EGRESS={policy} \
+                 may be placed there"
+            );
+            tracing::info!(%node, "{reason}");
+            self.audit(AuditAction::EgressApplied, &reason).await;
+        }
+        for node in coverage
+            .missing
+            .iter()
+            .filter(|node| !previous.missing.contains(node))
+        {
+            let reason = format!(
+                "node {node} runs no egress agent of this instance (a global service labelled \
+                 {AGENT_LABEL}={}): no runner under RUNNER_EGRESS={policy} is placed there",
+                self.instance
+            );
+            tracing::warn!(%node, "{reason}");
+            self.audit(AuditAction::EgressMissing, &reason).await;
+        }
+        if coverage.ruled.is_empty() {
+            return Err(format!(
+                "RUNNER_EGRESS={policy} cannot be enforced: no swarm node runs this instance's \
+                 egress agent (`orchestrator egress node` as a global service labelled \
+                 {AGENT_LABEL}={}, see docs/swarm.md#runner-egress); or set RUNNER_EGRESS=all \
+                 to run runners without egress rules",
+                self.instance
+            ));
+        }
+        Ok(if gained.is_empty() {
+            Checked::Intact
+        } else {
+            Checked::Applied
+        })
+    }
+
+    async fn audit(&self, action: AuditAction, reason: &str) {
         let entry = AuditEntry {
             session_id: AUDIT_SUBJECT,
             container_id: None,
             actor: Actor::Reconciler,
-            action: match checked {
-                Checked::Repaired => AuditAction::EgressRepaired,
-                _ => AuditAction::EgressApplied,
-            },
-            reason: &reason,
+            action,
+            reason,
         };
         if let Some(db) = &self.db
             && let Err(error) = db.audit(&entry, Utc::now()).await
         {
             tracing::warn!(%error, "could not write the egress audit entry");
         }
-        Ok(checked)
     }
 
     /// Checks the rules every `interval` until shutdown.

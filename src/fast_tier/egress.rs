@@ -212,3 +212,56 @@ async fn all_is_named_with_its_warning_on_readyz() {
         "{ready:?}"
     );
 }
+
+/// On a swarm the rules are each node's agent's: the guard reads which
+/// nodes run one. None: not enforced, and the problem names the agent;
+/// some: enforced, the others named on `/readyz`, every change audited.
+#[tokio::test]
+async fn on_a_swarm_the_nodes_whose_agent_runs_are_what_enforces_the_policy() {
+    use crate::backend::NodeCoverage;
+    let service = Service::new(&[]).await;
+    let egress = &service.harness.service.egress;
+    let coverage = |ruled: &[&str], missing: &[&str]| NodeCoverage {
+        ruled: ruled.iter().map(|node| node.to_string()).collect(),
+        missing: missing.iter().map(|node| node.to_string()).collect(),
+    };
+    service
+        .backend()
+        .set_egress_nodes(coverage(&[], &["n1", "n2"]));
+    let problem = egress.check().await.unwrap_err();
+    assert!(
+        problem.contains("no swarm node runs this instance's egress agent")
+            && problem.contains("taylored-egress-agent=fast-tier"),
+        "{problem}"
+    );
+    assert!(!egress.status().enforced);
+    // No local table: the nodes hold the rules, not the manager's host.
+    assert_eq!(service.harness.firewall.times_applied(), 0);
+    assert_eq!(service.harness.firewall.rules(TABLE), None);
+
+    service
+        .backend()
+        .set_egress_nodes(coverage(&["n1"], &["n2"]));
+    assert_eq!(egress.check().await, Ok(Checked::Applied));
+    assert_eq!(egress.check().await, Ok(Checked::Intact));
+    let status = egress.status();
+    assert!(status.enforced && status.problem.is_none(), "{status:?}");
+    assert_eq!(status.nodes, Some(coverage(&["n1"], &["n2"])));
+    let ready = service.send(super::get("/readyz")).await;
+    assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
+    assert_eq!(ready.body["egress"]["nodes"]["missing"], json!(["n2"]));
+
+    let trail = service.audit(AUDIT_SUBJECT).await;
+    let actions: Vec<&str> = trail.iter().map(|(_, action, _)| action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["egress_missing", "egress_missing", "egress_applied"],
+        "{trail:?}"
+    );
+    assert!(
+        trail[2]
+            .2
+            .contains("node n1 runs this instance's egress agent"),
+        "{trail:?}"
+    );
+}

@@ -489,3 +489,239 @@ pub async fn the_gateway_reaches_runners_on_their_nodes(swarm: &Swarm) -> Result
         format!("a removed runner answered {status} {body}")
     })
 }
+
+/// Runner egress on a swarm (docs/swarm.md): each node's rules are its
+/// egress agent's (a global service running `orchestrator egress node`).
+/// Without one the service is not ready and says why; with agents on two
+/// of the three nodes it is, names the third, places runners on the two
+/// only, and their rules block what a runner without rules reaches; a table
+/// deleted by hand is put back by the node's agent; without agents the
+/// service is not ready again and the nodes lose their label.
+pub async fn egress_agents_rule_their_nodes_and_runners_go_only_there(
+    swarm: &Swarm,
+) -> Result<(), String> {
+    let instance = swarm.instance("egress");
+    let open_instance = swarm.instance("egress-all");
+    let outcome = egress_agents(swarm, &instance, &open_instance).await;
+    // Whatever happened: the agents, the runners, their networks and the
+    // nodes' tables go.
+    let manager = swarm.cluster.manager();
+    let _ = swarm.docker_on(
+        manager,
+        &["service", "rm", &format!("taylored-egress-{instance}")],
+    );
+    swarm.clean_up().await;
+    let table = taylored_orchestrator::egress::ruleset::table_name(&instance);
+    for node in &swarm.cluster.nodes {
+        let _ = swarm.nft(node, &["delete", "table", "inet", &table]);
+    }
+    let network = format!("taylored-runners-{instance}");
+    poll_until(
+        Duration::from_secs(30),
+        "the runner network removed",
+        || async {
+            let removed = swarm.docker_on(manager, &["network", "rm", &network]);
+            let gone = swarm.docker_on(manager, &["network", "inspect", &network]);
+            (removed.status.success() || !gone.status.success()).then_some(())
+        },
+    )
+    .await
+    .ok();
+    for node in &swarm.cluster.nodes {
+        for config in [
+            format!("{network}-config"),
+            format!("{network}-none-config"),
+        ] {
+            let _ = swarm.docker_on(node, &["network", "rm", &config]);
+        }
+    }
+    outcome
+}
+
+/// `/readyz`'s 503 body when it names the missing egress agent.
+async fn not_ready(service: &crate::harness::Service) -> Option<serde_json::Value> {
+    let (status, body) = service.get("/readyz").await.ok()?;
+    (status == 503 && body.to_string().contains("egress agent")).then_some(body)
+}
+
+async fn egress_agents(swarm: &Swarm, instance: &str, open_instance: &str) -> Result<(), String> {
+    let nodes = &swarm.cluster.nodes;
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let image = crate::agent::image(&swarm.cluster)?;
+    let table = taylored_orchestrator::egress::ruleset::table_name(instance);
+    let public = [
+        ("RUNNER_EGRESS", "public"),
+        ("RUNNER_PORT_RANGE", "30600-30649"),
+    ];
+    let service = swarm.spawn_listening(instance, &public).await?;
+    let named = poll_until(
+        Duration::from_secs(30),
+        "/readyz naming the missing agent",
+        || not_ready(&service),
+    )
+    .await;
+    if let Err(error) = named {
+        return Err(format!("{error}: {:?}", service.get("/readyz").await));
+    }
+
+    crate::agent::deploy(
+        &swarm.cluster,
+        &image,
+        instance,
+        &[("RUNNER_EGRESS", "public")],
+        &[&n3.hostname],
+    )?;
+    let ready = poll_until(
+        Duration::from_secs(90),
+        "ready with agents on n1 and n2",
+        || async {
+            let (status, body) = service.get("/readyz").await.ok()?;
+            (status == 200).then_some(body)
+        },
+    )
+    .await?;
+    let nodes_said = &ready["egress"]["nodes"];
+    check(
+        nodes_said["ruled"] == serde_json::json!([n1.hostname, n2.hostname])
+            && nodes_said["missing"] == serde_json::json!([n3.hostname]),
+        || format!("/readyz: {ready}"),
+    )?;
+    let (_, metrics) = service.get("/metrics").await?;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    check(
+        metrics.contains("orchestrator_egress_nodes{state=\"ruled\"} 2")
+            && metrics.contains("orchestrator_egress_nodes{state=\"missing\"} 1"),
+        || format!("metrics: {metrics}"),
+    )?;
+    for (node, holds) in [(n1, true), (n2, true), (n3, false)] {
+        let listed = swarm.nft(node, &["list", "table", "inet", &table]);
+        check(listed.status.success() == holds, || {
+            format!(
+                "table inet {table} on {}: expected {holds}, nft said {}",
+                node.hostname,
+                String::from_utf8_lossy(&listed.stderr)
+            )
+        })?;
+    }
+
+    // Runners go to the ruled nodes only, and answer clients.
+    let sessions: Vec<String> = (0..4).map(|i| format!("egress-{i}")).collect();
+    let mut endpoints = Vec::new();
+    for session in &sessions {
+        endpoints.push(service.endpoint(session).await?);
+    }
+    for endpoint in &endpoints {
+        reached(swarm, endpoint).await?;
+    }
+    let placed: BTreeSet<String> = swarm
+        .services(instance)
+        .await?
+        .into_iter()
+        .filter_map(|(_, node)| node)
+        .collect();
+    check(!placed.contains(&n3.hostname) && !placed.is_empty(), || {
+        format!("runners under rules were placed on {placed:?}")
+    })?;
+
+    // The same kind of target from both sides: a runner without rules (an
+    // instance under `all`) reaches a runner's published port on a node's
+    // (private) address; one under rules cannot.
+    let open = swarm
+        .spawn(
+            open_instance,
+            &[
+                ("RUNNER_EGRESS", "all"),
+                ("RUNNER_PORT_RANGE", "30650-30699"),
+            ],
+        )
+        .await?;
+    let open_endpoint = open.endpoint("egress-open").await?;
+    reached(swarm, &open_endpoint).await?;
+    let authority = |endpoint: &str| endpoint.trim_start_matches("http://").to_owned();
+    let probe = |from: &str, target: String| {
+        swarm.get_as_client(&format!("{from}/probe/tcp?addr={target}"))
+    };
+    let reached_from_open = probe(&open_endpoint, authority(&endpoints[0]));
+    check(
+        reached_from_open
+            .as_ref()
+            .is_some_and(|answer| answer["ok"] == true),
+        || {
+            format!(
+                "the runner under all could not reach {}: {reached_from_open:?}",
+                endpoints[0]
+            )
+        },
+    )?;
+    for target in [authority(&open_endpoint), authority(&endpoints[1])] {
+        let blocked = probe(&endpoints[0], target.clone());
+        check(
+            blocked.as_ref().is_some_and(|answer| {
+                answer["ok"] == false
+                    && answer["error"]
+                        .as_str()
+                        .is_some_and(|e| e.starts_with("connect"))
+            }),
+            || format!("the runner under public reached {target}: {blocked:?}"),
+        )?;
+    }
+
+    // A table deleted by hand on a node is put back by its agent.
+    let deleted = swarm.nft(n1, &["delete", "table", "inet", &table]);
+    check(deleted.status.success(), || {
+        format!("nft delete: {}", String::from_utf8_lossy(&deleted.stderr))
+    })?;
+    poll_until(
+        Duration::from_secs(20),
+        "n1's agent putting its table back",
+        || async {
+            swarm
+                .nft(n1, &["list", "table", "inet", &table])
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .await?;
+
+    // Without agents, no node holds the rules: not ready again, no label.
+    let removed = swarm.docker_on(
+        swarm.cluster.manager(),
+        &["service", "rm", &format!("taylored-egress-{instance}")],
+    );
+    check(removed.status.success(), || "docker service rm".to_owned())?;
+    poll_until(Duration::from_secs(30), "/readyz without agents", || {
+        not_ready(&service)
+    })
+    .await?;
+    let label = format!("taylored-egress.{instance}");
+    for node in nodes {
+        let inspected = swarm.docker_on(
+            swarm.cluster.manager(),
+            &[
+                "node",
+                "inspect",
+                &node.hostname,
+                "--format",
+                "{{json .Spec.Labels}}",
+            ],
+        );
+        let labels = String::from_utf8_lossy(&inspected.stdout).into_owned();
+        check(!labels.contains(&label), || {
+            format!("{} still has {label}: {labels}", node.hostname)
+        })?;
+    }
+    let trail = service.audit_reasons("(egress)").await?;
+    check(
+        trail.iter().any(|r| {
+            r.contains(&format!(
+                "node {} runs this instance's egress agent",
+                n1.hostname
+            ))
+        }) && trail
+            .iter()
+            .any(|r| r.contains(&format!("node {} runs no egress agent", n3.hostname))),
+        || format!("the egress audit trail: {trail:?}"),
+    )?;
+    Ok(())
+}

@@ -37,7 +37,8 @@ fn script() -> PathBuf {
 pub fn check_prerequisites() -> Result<(), String> {
     netns::check_prerequisites(
         "network namespaces and Docker Engines of its own",
-        &["curl"],
+        // nft and ldd: the egress agent's image.
+        &["curl", "nft", "ldd"],
     )
 }
 
@@ -78,12 +79,18 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Where `cluster.sh` keeps this cluster's state (`/run/swarm-<name>`).
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/run/swarm-{}", self.name))
+    }
+
     /// The manager's socket (the first node).
     pub fn manager(&self) -> &Node {
         &self.nodes[0]
     }
 
-    fn load(&self, image: &str, node: &Node) -> Result<(), String> {
+    /// Loads `image` from this machine's engine on `node`.
+    pub fn load(&self, image: &str, node: &Node) -> Result<(), String> {
         let status = Command::new("sh")
             .args([
                 "-c",

@@ -66,6 +66,24 @@ impl Swarm {
     /// Starts the service for `instance` (its database kept across
     /// restarts), with `env` on top of the tier's settings.
     pub async fn spawn(&self, instance: &str, env: &[(&str, &str)]) -> Result<Service, String> {
+        self.start(instance, env, true).await
+    }
+
+    /// Starts the service and waits only until it listens.
+    pub async fn spawn_listening(
+        &self,
+        instance: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Service, String> {
+        self.start(instance, env, false).await
+    }
+
+    async fn start(
+        &self,
+        instance: &str,
+        env: &[(&str, &str)],
+        ready: bool,
+    ) -> Result<Service, String> {
         let database = format!(
             "sqlite://{}",
             self.dir.path().join(format!("{instance}.db")).display()
@@ -82,7 +100,11 @@ impl Swarm {
         for (key, value) in env {
             command.env(key, value);
         }
-        let process = ServiceProcess::spawn(command, START_LIMIT).await?;
+        let process = if ready {
+            ServiceProcess::spawn(command, START_LIMIT).await?
+        } else {
+            ServiceProcess::spawn_listening(command, START_LIMIT).await?
+        };
         let base = format!("http://127.0.0.1:{}", process.port);
         Ok(Service {
             process,
@@ -95,13 +117,38 @@ impl Swarm {
     /// GET `endpoint` from the client namespace, as a browser elsewhere on
     /// the network would; the runner's JSON answer, if any.
     pub fn fetch_as_client(&self, endpoint: &str) -> Option<Value> {
+        self.get_as_client(&format!("{endpoint}/"))
+    }
+
+    /// GET `url` from the client namespace; its JSON answer, if any.
+    pub fn get_as_client(&self, url: &str) -> Option<Value> {
         let output = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.cluster.client_netns))
-            .args(["curl", "-s", "-m", "3", &format!("{endpoint}/")])
+            .args(["curl", "-s", "-m", "5", url])
             .stderr(Stdio::null())
             .output()
             .ok()?;
         serde_json::from_slice(&output.stdout).ok()
+    }
+
+    /// `nft` in `node`'s network namespace (its kernel's rules).
+    pub fn nft(&self, node: &Node, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.netns))
+            .arg("nft")
+            .args(args)
+            .output()
+            .expect("nsenter nft")
+    }
+
+    /// `docker` against `node`'s engine.
+    pub fn docker_on(&self, node: &Node, args: &[&str]) -> std::process::Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(&node.socket)
+            .args(args)
+            .output()
+            .expect("docker")
     }
 
     /// This instance's services, each with the hostname of the node its
@@ -205,6 +252,22 @@ impl Service {
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| format!("no endpoint in {body}"))
+    }
+
+    /// `GET path` of the service: its status and JSON body.
+    pub async fn get(&self, path: &str) -> Result<(u16, Value), String> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|error| error.to_string())?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|error| error.to_string())?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     }
 
     pub async fn heartbeat(&self, session: &str) -> Result<u16, String> {

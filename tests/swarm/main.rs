@@ -11,6 +11,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod agent;
 mod cases;
 mod cluster;
 mod harness;
@@ -52,6 +53,10 @@ const TESTS: &[(&str, harness::Test)] = &[
     (
         "no_node_that_fits_fails_the_provision_within_the_deadline",
         |s| Box::pin(cases::no_node_that_fits_fails_the_provision_within_the_deadline(s)),
+    ),
+    (
+        "egress_agents_rule_their_nodes_and_runners_go_only_there",
+        |s| Box::pin(cases::egress_agents_rule_their_nodes_and_runners_go_only_there(s)),
     ),
     ("a_lost_node_s_sessions_are_repaired_on_the_others", |s| {
         Box::pin(cases::a_lost_node_s_sessions_are_repaired_on_the_others(s))

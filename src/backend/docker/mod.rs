@@ -21,6 +21,7 @@ use self::spec::{ContainerSpec, RUNNER_PORT_KEY};
 use super::{
     EngineError, ObservedRunner, RunnerBackend, RunnerEvents, RunnerSpec, StartedRunner, Stop,
 };
+use crate::backend::bridge::{BRIDGE_NAME_OPTION, bridge_name, bridge_options, config_network};
 use crate::config::{INSTANCE_LABEL, Settings};
 
 /// Seconds any single engine request may take (on top of a stop's grace).
@@ -34,6 +35,10 @@ pub struct DockerBackend {
     docker: Docker,
     spec: ContainerSpec,
     stop_timeout_seconds: u32,
+    /// The engine of a swarm node, for its egress agent: a runner network
+    /// is then the node's config-only half of the manager's swarm-scoped
+    /// one (see [`DockerBackend::connect_swarm_node`]).
+    swarm_node: bool,
 }
 
 impl DockerBackend {
@@ -43,6 +48,18 @@ impl DockerBackend {
             docker: client(settings)?,
             spec: ContainerSpec::new(settings),
             stop_timeout_seconds: settings.runner_stop_timeout_seconds,
+            swarm_node: false,
+        })
+    }
+
+    /// The engine of a swarm node, as its egress agent (`orchestrator
+    /// egress node`) sees it: [`RunnerBackend::runner_bridge`] creates the
+    /// config-only network the swarm-scoped runner network takes its bridge
+    /// from on this node, and names that bridge. It starts no runner.
+    pub fn connect_swarm_node(settings: &Settings) -> Result<Self, EngineError> {
+        Ok(Self {
+            swarm_node: true,
+            ..Self::connect(settings)?
         })
     }
 
@@ -225,10 +242,21 @@ impl RunnerBackend for DockerBackend {
     /// own (`com.docker.network.bridge.name`); one created by someone else
     /// has Docker's `br-<id>`, or the name its options give.
     async fn runner_bridge(&self, name: &str) -> Result<String, EngineError> {
+        if self.swarm_node {
+            let config = config_network(name);
+            match self.docker.inspect_network(&config, None).await {
+                Ok(_) => {}
+                Err(error) if status_of(&error) == Some(404) => {
+                    self.create_network(&config, true).await?;
+                }
+                Err(error) => return Err(error.into()),
+            }
+            return Ok(bridge_name(name));
+        }
         let network = match self.docker.inspect_network(name, None).await {
             Ok(network) => network,
             Err(error) if status_of(&error) == Some(404) => {
-                self.create_network(name).await?;
+                self.create_network(name, false).await?;
                 self.docker.inspect_network(name, None).await?
             }
             Err(error) => return Err(error.into()),
@@ -248,24 +276,20 @@ impl RunnerBackend for DockerBackend {
     }
 }
 
-/// The engine's option that names a bridge network's interface.
-const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
-
 impl DockerBackend {
-    async fn create_network(&self, name: &str) -> Result<(), EngineError> {
+    /// Creates the bridge network `name`, or with `config_only` a node's
+    /// config-only network `<runner network>-config`; one that exists is
+    /// left as it is.
+    async fn create_network(&self, name: &str, config_only: bool) -> Result<(), EngineError> {
+        let runner_network = match config_only {
+            true => name.strip_suffix("-config").unwrap_or(name),
+            false => name,
+        };
         let request = NetworkCreateRequest {
             name: name.to_owned(),
             driver: Some("bridge".to_owned()),
-            options: Some(HashMap::from([
-                (
-                    "com.docker.network.bridge.enable_icc".to_owned(),
-                    "false".to_owned(),
-                ),
-                (
-                    BRIDGE_NAME_OPTION.to_owned(),
-                    crate::backend::bridge::bridge_name(name),
-                ),
-            ])),
+            config_only: config_only.then_some(true),
+            options: Some(bridge_options(runner_network)),
             labels: Some(HashMap::from([(
                 INSTANCE_LABEL.to_owned(),
                 self.spec.instance.clone(),
@@ -274,10 +298,11 @@ impl DockerBackend {
         };
         match self.docker.create_network(request).await {
             Ok(_) => {
-                tracing::info!(network = %name, "created a runner network (inter-container traffic off)");
+                tracing::info!(network = %name, config_only, "created a runner network (inter-container traffic off)");
                 Ok(())
             }
-            // Created meanwhile by another instance.
+            // Created meanwhile by another instance (or, config-only, there
+            // already: the engine says 409 for a name taken).
             Err(error) if status_of(&error) == Some(409) => Ok(()),
             Err(error) => Err(error.into()),
         }

@@ -8,6 +8,7 @@
 //! (`RECONCILE_INTERVAL_SECONDS`) is what notices a runner that stopped or a
 //! node that was lost; [`RunnerBackend::events`] yields nothing here.
 
+mod egress;
 mod observe;
 pub mod ports;
 pub mod spec;
@@ -23,7 +24,7 @@ use self::ports::PortPool;
 use self::spec::ServiceTemplate;
 use super::docker::error::status_of;
 use super::{
-    EngineError, NetworkMode, ObservedRunner, RunnerBackend, RunnerEvents, RunnerSpec,
+    EngineError, NodeCoverage, ObservedRunner, RunnerBackend, RunnerEvents, RunnerSpec,
     StartedRunner, Stop,
 };
 use crate::config::Settings;
@@ -184,11 +185,8 @@ fn no_id() -> EngineError {
 #[async_trait]
 impl RunnerBackend for SwarmBackend {
     async fn start(&self, runner: &RunnerSpec<'_>) -> Result<StartedRunner, EngineError> {
-        if *runner.network_mode != NetworkMode::Default {
-            return Err(EngineError::Unsupported(
-                "networkMode cannot be chosen with RUNNER_BACKEND=swarm: runners use their node's network.",
-            ));
-        }
+        // Refused before anything is created.
+        self.template.network_of(runner.network_mode)?;
         let port = self.take_port().await?;
         // On failure the caller removes the service by name, which gives
         // the port back.
@@ -289,18 +287,25 @@ impl RunnerBackend for SwarmBackend {
             .ok_or_else(|| EngineError::Unavailable("no ready node reports its memory".to_owned()))
     }
 
-    /// `RUNNER_NETWORK` is refused with this backend (see
-    /// [`spec::unsupported_settings`]): there is nothing to create.
+    /// The runner network of an enforced egress policy, swarm-scoped (see
+    /// `egress`); `RUNNER_NETWORK` is refused with this backend.
     async fn ensure_network(&self) -> Result<(), EngineError> {
-        Ok(())
+        match self.template.default_network() {
+            Some(network) => self.swarm_network(network).await.map(drop),
+            None => Ok(()),
+        }
     }
 
-    /// Swarm runners are on their nodes' default bridges, which the
-    /// manager's rules cannot reach.
-    async fn runner_bridge(&self, _network: &str) -> Result<String, EngineError> {
-        Err(EngineError::Unsupported(
-            "RUNNER_BACKEND=swarm does not install egress rules on its nodes yet; run the \
-             service with RUNNER_EGRESS=all and firewall the nodes (docs/swarm.md)",
-        ))
+    /// The swarm-scoped runner network, created if missing; its bridge's
+    /// name on every node, which the nodes' egress agents bind their rules
+    /// to.
+    async fn runner_bridge(&self, network: &str) -> Result<String, EngineError> {
+        self.swarm_network(network).await
+    }
+
+    /// The nodes whose egress agent runs (labelled for placement) and the
+    /// ready ones without.
+    async fn egress_nodes(&self) -> Result<Option<NodeCoverage>, EngineError> {
+        self.coverage().await.map(Some)
     }
 }

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
-    EndpointSpec, Limit, Mount, MountTmpfsOptions, MountType, ResourcesUlimits, ServiceSpec,
-    ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
-    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
+    EndpointSpec, Limit, Mount, MountTmpfsOptions, MountType, NetworkAttachmentConfig,
+    ResourcesUlimits, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec,
+    TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum,
 };
 
-use crate::backend::{RUNNER_PORT, RunnerSpec, labels};
+use crate::backend::{EngineError, NetworkMode, RUNNER_PORT, RunnerSpec, labels};
 use crate::config::{BackendKind, RunnerLimits, Settings};
 
 /// The node label that names the host clients reach a node's runners on.
@@ -22,6 +23,10 @@ pub const RUNNERS_HOST_LABEL: &str = "taylored.runners-host";
 #[derive(Debug, Clone)]
 pub struct ServiceTemplate {
     pub(super) instance: String,
+    /// The network of the egress policy's rules (`None` under `all`).
+    default_network: Option<String>,
+    /// The networks of narrower policies, for provisions that ask for one.
+    narrowed: Vec<String>,
     init: bool,
     stop_grace: Duration,
     limits: RunnerLimits,
@@ -30,8 +35,14 @@ pub struct ServiceTemplate {
 
 impl ServiceTemplate {
     pub fn new(settings: &Settings) -> Self {
+        let base = crate::config::runner_network_base(None, &settings.orchestrator_id);
         Self {
             instance: settings.orchestrator_id.clone(),
+            default_network: settings.runner_network(),
+            narrowed: ["none", "public"]
+                .iter()
+                .map(|policy| format!("{base}-{policy}"))
+                .collect(),
             init: settings.runner_init,
             stop_grace: Duration::from_secs(settings.runner_stop_timeout_seconds.into()),
             limits: settings.limits.clone(),
@@ -39,9 +50,38 @@ impl ServiceTemplate {
         }
     }
 
+    /// The network of the egress policy's rules, if it has one.
+    pub fn default_network(&self) -> Option<&str> {
+        self.default_network.as_deref()
+    }
+
+    /// The network a runner joins: the policy's (`None`: its node's default
+    /// bridge, under `all`), or a narrower policy's; any other choice is
+    /// refused (a runner on a network of the browser's choosing would
+    /// escape the rules, and a swarm runner needs a network to be reached).
+    pub fn network_of(&self, mode: &NetworkMode) -> Result<Option<String>, EngineError> {
+        match mode {
+            NetworkMode::Default => Ok(self.default_network.clone()),
+            NetworkMode::Named(network) if self.narrowed.contains(network) => {
+                Ok(Some(network.clone()))
+            }
+            _ => Err(EngineError::Unsupported(
+                "networkMode cannot be chosen with RUNNER_BACKEND=swarm: runners use their \
+                 node's network, or the egress policy's.",
+            )),
+        }
+    }
+
     /// The service for `runner`, from the image `image_id` (an ID, so that
     /// nodes never ask a registry), published on `host_port` of its node.
+    /// A runner on a network of the egress rules joins it and is placed
+    /// only on nodes whose egress agent runs.
     pub fn service(&self, runner: &RunnerSpec<'_>, image_id: &str, host_port: u16) -> ServiceSpec {
+        let network = self.network_of(runner.network_mode).ok().flatten();
+        let mut constraints = self.placement.clone();
+        if network.is_some() {
+            constraints.push(super::egress::placement(&self.instance));
+        }
         let labels = labels::of(runner, &self.instance);
         let limits = &self.limits;
         let container = TaskSpecContainerSpec {
@@ -98,9 +138,15 @@ impl ServiceTemplate {
                     condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
                     ..Default::default()
                 }),
-                placement: (!self.placement.is_empty()).then(|| TaskSpecPlacement {
-                    constraints: Some(self.placement.clone()),
+                placement: (!constraints.is_empty()).then(|| TaskSpecPlacement {
+                    constraints: Some(constraints),
                     ..Default::default()
+                }),
+                networks: network.map(|target| {
+                    vec![NetworkAttachmentConfig {
+                        target: Some(target),
+                        ..Default::default()
+                    }]
                 }),
                 ..Default::default()
             }),
@@ -215,6 +261,58 @@ mod tests {
     }
 
     #[test]
+    fn a_runner_under_egress_rules_joins_its_network_on_nodes_whose_agent_runs() {
+        let placed = |spec: &ServiceSpec| {
+            let task = spec.task_template.as_ref().unwrap();
+            let networks: Vec<String> = task
+                .networks
+                .iter()
+                .flatten()
+                .filter_map(|network| network.target.clone())
+                .collect();
+            let constraints = task
+                .placement
+                .as_ref()
+                .and_then(|placement| placement.constraints.clone())
+                .unwrap_or_default();
+            (networks, constraints)
+        };
+        let public = settings(&[
+            "--runner-egress=public",
+            "--runner-placement=node.role==worker",
+        ]);
+        assert_eq!(
+            placed(&service(&public, RunnerKind::Session, false)),
+            (
+                vec!["taylored-runners-ci-1".to_owned()],
+                vec![
+                    "node.role==worker".to_owned(),
+                    "node.labels.taylored-egress.ci-1==true".to_owned()
+                ]
+            )
+        );
+        // Under `all` a runner stays on its node's bridge, placed anywhere;
+        // one narrowed to `none` joins that policy's network.
+        let all = settings(&["--runner-egress=all"]);
+        assert_eq!(
+            placed(&service(&all, RunnerKind::Session, false)),
+            (vec![], vec![])
+        );
+        let narrowed = NetworkMode::Named("taylored-runners-ci-1-none".to_owned());
+        let template = ServiceTemplate::new(&all);
+        assert_eq!(
+            template.network_of(&narrowed).unwrap().as_deref(),
+            Some("taylored-runners-ci-1-none")
+        );
+        for refused in [
+            NetworkMode::Named("someone-elses".to_owned()),
+            NetworkMode::Isolated,
+        ] {
+            assert!(template.network_of(&refused).is_err(), "{refused:?}");
+        }
+    }
+
+    #[test]
     fn the_runner_port_is_published_in_host_mode_on_the_given_port() {
         let spec = service(&settings(&[]), RunnerKind::Session, false);
         let ports = spec.endpoint_spec.unwrap().ports.unwrap();
@@ -229,7 +327,9 @@ mod tests {
 
     #[test]
     fn limits_go_into_the_service() {
+        // Under `all`: no egress placement beside RUNNER_PLACEMENT's.
         let settings = settings(&[
+            "--runner-egress=all",
             "--runner-memory=256m",
             "--runner-cpus=0.5",
             "--runner-pids-limit=64",
@@ -280,7 +380,11 @@ mod tests {
 
     #[test]
     fn defaults_have_no_placement_and_a_writable_root() {
-        let spec = service(&settings(&[]), RunnerKind::Session, false);
+        let spec = service(
+            &settings(&["--runner-egress=all"]),
+            RunnerKind::Session,
+            false,
+        );
         let task = spec.task_template.as_ref().unwrap();
         assert!(task.placement.is_none());
         assert_eq!(container(&spec).read_only, Some(false));
