@@ -79,6 +79,9 @@ pub struct Calls {
 #[derive(Debug)]
 pub struct MemoryBackend {
     state: Mutex<State>,
+    /// Seconds since the epoch when it was made: runners' creation times
+    /// count from it, one second apart.
+    epoch: i64,
     events: broadcast::Sender<Message>,
     /// `true` while starts are held (see [`MemoryBackend::hold_starts`]).
     held: watch::Sender<bool>,
@@ -123,6 +126,7 @@ impl MemoryBackend {
     /// Reachable, with the image present and no runner.
     pub fn new() -> Self {
         Self {
+            epoch: chrono::Utc::now().timestamp(),
             state: Mutex::new(State {
                 runners: BTreeMap::new(),
                 next: 1,
@@ -329,7 +333,9 @@ impl MemoryBackend {
                 pooled: spec.pooled,
                 host_port: None,
                 network_mode: spec.network_mode.clone(),
-                created: i64::try_from(sequence).unwrap_or(i64::MAX),
+                // Creation order, in seconds from when the backend was made,
+                // as an engine's clock would say.
+                created: self.epoch + i64::try_from(sequence).unwrap_or(0),
                 node: None,
                 address: None,
             },

@@ -39,6 +39,9 @@ impl Db {
                 "node_host": runner.node.map(|node| &node.host),
                 "address": runner.address,
                 "token": runner.token,
+                "created_at": chrono::DateTime::from_timestamp(runner.created, 0)
+                    .filter(|_| runner.created > 0)
+                    .map(timestamp),
             })
         }));
         let audit = json_array(
@@ -67,7 +70,8 @@ impl Db {
              node, node_host, token, address) \
              SELECT value ->> 'session_id', value ->> 'kind', 'running', \
                 value ->> 'container_name', value ->> 'container_id', value ->> 'host_port', \
-                value ->> 'network_mode', ?1, ?1, ?1, value ->> 'pooled', \
+                value ->> 'network_mode', COALESCE(value ->> 'created_at', ?1), ?1, ?1, \
+                value ->> 'pooled', \
                 value ->> 'node', value ->> 'node_host', value ->> 'token', value ->> 'address' \
              FROM json_each(?2) WHERE true \
              ON CONFLICT (session_id) DO UPDATE SET state = 'running', \

@@ -78,6 +78,10 @@ pub struct FoundRunner<'a> {
     /// Its row's token when kept, a fresh one when adopted (a kept row
     /// keeps its own whatever this says).
     pub token: String,
+    /// When the engine created it (seconds since the epoch): an adopted
+    /// row's `created_at`, so that `MAX_RUNNER_AGE_SECONDS` counts from the
+    /// runner's start, not from its adoption (a kept row keeps its own).
+    pub created: i64,
 }
 
 /// The row changes of one reconcile, written together by

@@ -61,6 +61,14 @@ async fn a_restart_adopts_a_running_runner_without_a_row() {
     assert_eq!(row.state, RunnerState::Running);
     assert_eq!(row.container_id, Some(orphan.id.clone()));
     assert_eq!(row.host_port, orphan.host_port);
+    // Its age counts from the engine's creation time, not the adoption
+    // (MAX_RUNNER_AGE_SECONDS); its heartbeat clock starts now.
+    let created = chrono::DateTime::from_timestamp(orphan.created, 0).unwrap();
+    assert_eq!(row.created_at, crate::db::timestamp(created));
+    assert!(
+        row.last_heartbeat_at
+            >= crate::db::timestamp(chrono::Utc::now() - chrono::Duration::seconds(5))
+    );
     assert_eq!(service.heartbeat("orphan").await.status, StatusCode::OK);
     let again = service.provision(Some("orphan")).await;
     assert_eq!(again.status, StatusCode::OK, "{again:?}");

@@ -210,6 +210,7 @@ pub(super) fn found<'a>(
         network_mode: &container.network_mode,
         node: container.node.as_ref(),
         address: container.address.as_deref(),
+        created: container.created,
     };
     let entry = AuditEntry {
         session_id: &container.session_id,
