@@ -45,6 +45,16 @@ pub fn kind_of(labels: &HashMap<String, String>) -> RunnerKind {
 }
 
 /// Whether the labels mark a warm-pool runner.
+/// The suffix a claimed warm container's name gets (see
+/// [`RunnerBackend::mark_claimed`](crate::backend::RunnerBackend::mark_claimed)).
+pub const CLAIMED_SUFFIX: &str = "-claimed";
+
+/// Whether a warm container still waits for a claim: pooled by its label
+/// and not renamed since.
+pub fn waiting_warm(labels: &HashMap<String, String>, name: &str) -> bool {
+    pooled(labels) && !name.ends_with(CLAIMED_SUFFIX)
+}
+
 pub fn pooled(labels: &HashMap<String, String>) -> bool {
     labels.get(POOLED_LABEL).is_some_and(|v| v == "true")
 }

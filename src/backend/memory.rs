@@ -516,6 +516,20 @@ impl RunnerBackend for MemoryBackend {
         Ok(crate::backend::bridge::bridge_name(network))
     }
 
+    async fn mark_claimed(&self, runner: &str, name: &str) -> Result<(), EngineError> {
+        let mut state = self.lock();
+        state.reachable_or_fail()?;
+        let id = state
+            .find(runner)
+            .ok_or_else(|| EngineError::Refused(format!("no runner {runner}")))?;
+        let observed = state.runners.get_mut(&id).expect("found");
+        observed.pooled = false;
+        if !name.ends_with(crate::backend::labels::CLAIMED_SUFFIX) {
+            observed.name = format!("{name}{}", crate::backend::labels::CLAIMED_SUFFIX);
+        }
+        Ok(())
+    }
+
     async fn egress_nodes(&self) -> Result<Option<NodeCoverage>, EngineError> {
         Ok(self.lock().egress_nodes.clone())
     }

@@ -172,6 +172,13 @@ pub trait RunnerBackend: Send + Sync + fmt::Debug {
     /// which the egress rules match.
     async fn runner_bridge(&self, network: &str) -> Result<String, EngineError>;
 
+    /// Marks a warm runner claimed on the engine itself, before the claim
+    /// is recorded, so that a lost database cannot hand it out again: the
+    /// container is renamed `<name>-claimed` (a label cannot change on a
+    /// running container), the Swarm service's pooled label set to
+    /// `false`. `runner` is its id, `name` its name.
+    async fn mark_claimed(&self, runner: &str, name: &str) -> Result<(), EngineError>;
+
     /// On a backend whose nodes each hold their own egress rules (Swarm):
     /// which nodes hold them now, runners being placed on those only.
     /// `None` (one engine): the rules are the service's own, on its host.

@@ -128,20 +128,34 @@ impl Db {
         Ok(existing.map_or(Claim::LimitReached, |row| Claim::Existing(Box::new(row))))
     }
 
-    /// Hands the oldest waiting warm runner to a client, in one statement
-    /// (two concurrent claims can never get the same runner). Its heartbeat
-    /// clock starts now.
-    pub async fn claim_warm(&self, now: DateTime<Utc>) -> Result<Option<RunnerRow>, DbError> {
+    /// The oldest waiting warm runner, the next to claim.
+    pub async fn next_warm(&self) -> Result<Option<RunnerRow>, DbError> {
+        sqlx::query_as(select_runners!(
+            "WHERE pooled = 1 AND state = 'running' ORDER BY created_at LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(DbError::from)
+    }
+
+    /// Hands the warm runner of `session_id` to a client if it still waits,
+    /// in one statement (two concurrent claims can never both get it). Its
+    /// heartbeat clock starts now.
+    pub async fn claim_warm(
+        &self,
+        session_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<RunnerRow>, DbError> {
         let now = timestamp(now);
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let claimed: Option<RunnerRow> = sqlx::query_as(concat!(
             "UPDATE runners SET pooled = 0, updated_at = ?1, last_heartbeat_at = ?1 \
-                 WHERE session_id = (SELECT session_id FROM runners \
-                    WHERE pooled = 1 AND state = 'running' ORDER BY created_at LIMIT 1) \
+                 WHERE session_id = ?2 AND pooled = 1 AND state = 'running' \
                  RETURNING ",
             runner_columns!()
         ))
         .bind(&now)
+        .bind(session_id)
         .fetch_optional(&mut *transaction)
         .await?;
         if let Some(row) = &claimed {

@@ -147,3 +147,51 @@ async fn a_cancelled_step_starts_nothing() {
     assert_eq!(pool.try_once(&stopped).await.unwrap(), 0);
     assert_eq!(service.backend().calls().start, 0);
 }
+
+/// A claim is marked on the engine before its row: a crash between the two
+/// followed by a lost database rebuilds the runner as claimed (its session's,
+/// not the pool's), so it is never handed to a second client.
+#[tokio::test]
+async fn a_claim_marked_on_the_engine_survives_a_lost_database() {
+    use crate::backend::RunnerBackend;
+    let (service, _pool) = filled(2).await;
+    let waiting = pooled(&service).await;
+
+    // A claim through the API renames the container first.
+    let claimed = service.provision_with(None, json!({})).await.session();
+    let runner = service.running_runner(&claimed);
+    assert!(
+        !runner.pooled && runner.name.ends_with("-claimed"),
+        "{runner:?}"
+    );
+
+    // The other is claimed on the engine and the process dies before the
+    // row is written: the row still says waiting, the engine says claimed.
+    let half: String = waiting.iter().find(|s| **s != claimed).unwrap().clone();
+    let row = service.existing_row(&half).await;
+    service
+        .backend()
+        .mark_claimed(row.container_id.as_deref().unwrap(), &row.container_name)
+        .await
+        .unwrap();
+    assert!(service.existing_row(&half).await.pooled);
+
+    // Then the database is lost: every row rebuilt from the engine.
+    sqlx::query("DELETE FROM runners")
+        .execute(service.db().pool())
+        .await
+        .unwrap();
+    let (rebuilt, _) = service.restart(crate::config::OrphanPolicy::Adopt).await;
+    assert_eq!(rebuilt.adopted, 2, "{rebuilt}");
+    for session in [&claimed, &half] {
+        let row = service.existing_row(session).await;
+        assert!(!row.pooled && row.state == RunnerState::Running, "{row:?}");
+    }
+    // Neither is handed out again: with no waiting runner a provision
+    // without a session starts a new one.
+    service.load_running().await.unwrap();
+    let fresh = service.provision_with(None, json!({})).await;
+    assert_eq!(fresh.status, StatusCode::CREATED, "{fresh:?}");
+    assert!(![&claimed, &half].contains(&&fresh.session()), "{fresh:?}");
+    assert_eq!(service.heartbeat(&half).await.status, StatusCode::OK);
+}

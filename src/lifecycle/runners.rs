@@ -56,6 +56,8 @@ pub struct Runners {
     /// Woken whenever a warm runner is claimed.
     warm_pool_refill: Arc<Notify>,
     runner_limit: Arc<RunnerLimit>,
+    /// Held while a warm runner is claimed.
+    claiming: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Runners {
@@ -69,6 +71,7 @@ impl Runners {
             starts: Arc::new(Semaphore::new(STARTS_AT_ONCE)),
             warm_pool_refill,
             runner_limit: Arc::new(RunnerLimit::new(&settings.admission, &settings.limits)),
+            claiming: Arc::default(),
             settings,
         }
     }
@@ -127,7 +130,7 @@ impl Runners {
             let poolable = requested.is_none() && *network_mode == NetworkMode::Default;
             if poolable
                 && self.settings.warm_pool_size > 0
-                && let Some(row) = self.lifecycle.db.claim_warm(Utc::now()).await?
+                && let Some(row) = self.claim_warm().await?
             {
                 self.warm_pool_refill.notify_one();
                 // Its heartbeat clock starts now, in memory as in the row.
@@ -148,6 +151,35 @@ impl Runners {
             self.create(&session, RunnerKind::Session, network_mode, false)
                 .await
         }
+    }
+
+    /// Claims the oldest waiting warm runner: marked claimed on the engine
+    /// first (see [`crate::backend::RunnerBackend::mark_claimed`]), then in
+    /// its row, so that a crash between the two, even with the database
+    /// lost after it, never hands the runner to a second client. One claim
+    /// at a time: two would pick the same runner.
+    async fn claim_warm(&self) -> Result<Option<RunnerRow>, RunnerError> {
+        let _one_at_a_time = self.claiming.lock().await;
+        let Some(next) = self.lifecycle.db.next_warm().await? else {
+            return Ok(None);
+        };
+        let runner = next.container_id.as_deref().unwrap_or(&next.container_name);
+        if let Err(error) = self
+            .lifecycle
+            .backend
+            .mark_claimed(runner, &next.container_name)
+            .await
+        {
+            // Not handed out: the next provision tries the next one, and
+            // the reconcile sees what became of this one.
+            tracing::warn!(session_id = %next.session_id, %error, "could not mark a warm runner claimed");
+            return Ok(None);
+        }
+        Ok(self
+            .lifecycle
+            .db
+            .claim_warm(&next.session_id, Utc::now())
+            .await?)
     }
 
     /// Starts one runner for the warm pool under a generated session id.

@@ -137,3 +137,50 @@ async fn warm_runners_are_not_reaped_survive_a_restart_and_count_against_the_lim
         "{text}"
     );
 }
+
+/// A claimed warm container is renamed `<name>-claimed` before its row is
+/// written: with the database lost after the claim, the start rebuilds it
+/// as its session's runner (same endpoint, heartbeats answered), never as a
+/// waiting one, and the pool hands out another.
+#[tokio::test]
+async fn a_claimed_warm_runner_is_still_claimed_after_a_lost_database() {
+    let env = TestEnv::new();
+    let app = env.spawn(&["--warm-pool-size=1"]).await;
+    wait_for_pool(&app, 1).await;
+    let claimed = app.api.provision(None).await;
+    assert_eq!(claimed.status, 201, "{claimed:?}");
+    let session = claimed.session_id().to_owned();
+    let names: Vec<String> = env
+        .containers()
+        .await
+        .into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get("taylored-runner-session-id"))
+                == Some(&session)
+        })
+        .flat_map(|c| c.names.unwrap_or_default())
+        .collect();
+    assert!(
+        names.len() == 1 && names[0].ends_with("-claimed"),
+        "{names:?}"
+    );
+    wait_for_pool(&app, 1).await;
+    app.stop().await;
+
+    // The database lost: the file, its WAL and its shared memory.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", env.db_path.display()));
+    }
+    let app = env.spawn(&["--warm-pool-size=1"]).await;
+    let row = env.row(&session).await.expect("the claimed runner adopted");
+    assert!(!row.pooled, "{row:?}");
+    assert_eq!(app.api.heartbeat(&session).await.status, 200);
+    let again = app.api.provision(Some(&session)).await;
+    assert_eq!((again.status, again.endpoint()), (200, claimed.endpoint()));
+    wait_for_pool(&app, 1).await;
+    let next = app.api.provision(None).await;
+    assert_eq!(next.status, 201, "{next:?}");
+    assert_ne!(next.session_id(), session);
+}

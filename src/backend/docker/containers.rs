@@ -100,18 +100,19 @@ impl DockerBackend {
                     .and_then(|networks| {
                         super::runner_address(networks.values().map(|n| n.ip_address.as_deref()))
                     });
+                let name = summary
+                    .names
+                    .unwrap_or_default()
+                    .first()
+                    .map(|name| name.trim_start_matches('/').to_owned())
+                    .unwrap_or_default();
                 Some(ObservedRunner {
                     id: summary.id?,
-                    name: summary
-                        .names
-                        .unwrap_or_default()
-                        .first()
-                        .map(|name| name.trim_start_matches('/').to_owned())
-                        .unwrap_or_default(),
+                    pooled: labels::waiting_warm(&labels, &name),
+                    name,
                     session_id: labels.get(SESSION_LABEL)?.clone(),
                     running: summary.state == Some(ContainerSummaryStateEnum::RUNNING),
                     kind: kind_of(&labels),
-                    pooled: labels::pooled(&labels),
                     host_port,
                     network_mode: NetworkMode::from(
                         summary

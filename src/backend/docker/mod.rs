@@ -22,6 +22,7 @@ use super::{
     EngineError, ObservedRunner, RunnerBackend, RunnerEvents, RunnerSpec, StartedRunner, Stop,
 };
 use crate::backend::bridge::{BRIDGE_NAME_OPTION, bridge_name, bridge_options, config_network};
+use crate::backend::labels::CLAIMED_SUFFIX;
 use crate::config::{INSTANCE_LABEL, Settings};
 
 /// Seconds any single engine request may take (on top of a stop's grace).
@@ -190,6 +191,16 @@ impl RunnerBackend for DockerBackend {
 
     async fn remove(&self, runner: &str, stop: Stop) -> Result<(), EngineError> {
         self.remove_container(runner, stop).await
+    }
+
+    async fn mark_claimed(&self, runner: &str, name: &str) -> Result<(), EngineError> {
+        if name.ends_with(CLAIMED_SUFFIX) {
+            return Ok(());
+        }
+        let options = bollard::query_parameters::RenameContainerOptionsBuilder::new()
+            .name(&format!("{name}{CLAIMED_SUFFIX}"))
+            .build();
+        Ok(self.docker.rename_container(runner, options).await?)
     }
 
     fn events(&self, since: i64) -> RunnerEvents {

@@ -244,6 +244,27 @@ impl RunnerBackend for SwarmBackend {
         Ok(())
     }
 
+    /// A service's labels can change without touching its task: the pooled
+    /// label goes `false`.
+    async fn mark_claimed(&self, runner: &str, _name: &str) -> Result<(), EngineError> {
+        let service = self.docker.inspect_service(runner, None).await?;
+        let mut spec = service.spec.unwrap_or_default();
+        let mut labels = spec.labels.take().unwrap_or_default();
+        labels.insert(crate::config::POOLED_LABEL.to_owned(), "false".to_owned());
+        spec.labels = Some(labels);
+        let version = service
+            .version
+            .and_then(|version| version.index)
+            .unwrap_or_default();
+        let options = bollard::query_parameters::UpdateServiceOptionsBuilder::new()
+            .version(i32::try_from(version).unwrap_or(i32::MAX))
+            .build();
+        self.docker
+            .update_service(runner, spec, options, None)
+            .await?;
+        Ok(())
+    }
+
     fn events(&self, _since: i64) -> RunnerEvents {
         Box::pin(futures_util::stream::pending())
     }
