@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{self, RunnerBackend};
 use crate::backup::Backups;
 use crate::config::{OrphanPolicy, Settings};
-use crate::db::{Actor, AuditAction, AuditEntry, Db, MovedAside};
+use crate::db::{Actor, AuditAction, AuditEntry, Db};
 use crate::domain::Summary;
 use crate::drift::{self, DriftWatcher};
 use crate::egress::{self, Nft};
@@ -217,7 +217,20 @@ async fn run_background(service: Service, supervisor: Supervisor, shutdown: Canc
     // a stale "unreachable" from before it came back.
     service.health.mark_reachable();
     if let Some(moved) = &moved_aside {
-        audit_rebuild(&service.db, moved, summary).await;
+        let reason = format!(
+            "the database {} was damaged ({}) and moved aside to {}; rebuilt from the engine: \
+             {summary}",
+            moved.from.display(),
+            moved.why,
+            moved.to.display()
+        );
+        audit_rebuild(&service.db, &reason, summary).await;
+    } else if service.db.created() && summary.adopted > 0 {
+        let reason = format!(
+            "the database {} did not exist; rebuilt from the engine: {summary}",
+            settings.database_url
+        );
+        audit_rebuild(&service.db, &reason, summary).await;
     }
     readiness.ready(summary);
     tracing::info!(%summary, "ready");
@@ -295,20 +308,14 @@ async fn run_background(service: Service, supervisor: Supervisor, shutdown: Canc
 
 /// Says in the log and the audit trail that the rows were rebuilt from the
 /// engine, and from what.
-async fn audit_rebuild(db: &Db, moved: &MovedAside, summary: Summary) {
-    let reason = format!(
-        "the database {} was damaged ({}) and moved aside to {}; rebuilt from the engine: {summary}",
-        moved.from.display(),
-        moved.why,
-        moved.to.display()
-    );
-    tracing::warn!(%summary, moved_to = %moved.to.display(), "rebuilt from the engine");
+async fn audit_rebuild(db: &Db, reason: &str, summary: Summary) {
+    tracing::warn!(%summary, "rebuilt from the engine");
     let entry = AuditEntry {
         session_id: REBUILD_SUBJECT,
         container_id: None,
         actor: Actor::Reconciler,
         action: AuditAction::Rebuilt,
-        reason: &reason,
+        reason,
     };
     if let Err(error) = db.audit(&entry, chrono::Utc::now()).await {
         tracing::warn!(%error, "could not write the rebuild's audit entry");

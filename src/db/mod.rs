@@ -64,6 +64,8 @@ pub struct Db {
     _lock: Option<Arc<File>>,
     /// The damaged file this start moved aside, if it did.
     moved_aside: Option<Arc<MovedAside>>,
+    /// Whether this start created the file (there was none).
+    created: bool,
 }
 
 impl Db {
@@ -76,6 +78,8 @@ impl Db {
         let options = connect_options(database_url)?;
         let path = options.get_filename().to_owned();
         let lock = lock_database(&path)?;
+        let created =
+            !path.as_os_str().is_empty() && path != Path::new(":memory:") && !path.exists();
         let (db, moved_aside) = match Self::open(database_url, options.clone()).await {
             Ok(db) => (db, None),
             Err(error) => {
@@ -110,6 +114,7 @@ impl Db {
         Ok(Self {
             _lock: lock,
             moved_aside,
+            created,
             ..db
         })
     }
@@ -117,6 +122,11 @@ impl Db {
     /// The damaged database this start moved aside, if it did.
     pub fn moved_aside(&self) -> Option<&MovedAside> {
         self.moved_aside.as_deref()
+    }
+
+    /// Whether this start found no database file and created one.
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// Opens an existing database read-only, without the service lock and
@@ -133,6 +143,7 @@ impl Db {
             pool,
             _lock: None,
             moved_aside: None,
+            created: false,
         })
     }
 
@@ -174,6 +185,7 @@ impl Db {
             pool,
             _lock: None,
             moved_aside: None,
+            created: false,
         })
     }
 

@@ -174,6 +174,15 @@ async fn a_claimed_warm_runner_is_still_claimed_after_a_lost_database() {
         let _ = std::fs::remove_file(format!("{}{suffix}", env.db_path.display()));
     }
     let app = env.spawn(&["--warm-pool-size=1"]).await;
+    let trail = env.db().await.audit_trail("(database)").await.unwrap();
+    assert!(
+        trail.len() == 1
+            && trail[0].action == "rebuilt"
+            && trail[0]
+                .reason
+                .contains("did not exist; rebuilt from the engine"),
+        "{trail:?}"
+    );
     let row = env.row(&session).await.expect("the claimed runner adopted");
     assert!(!row.pooled, "{row:?}");
     assert_eq!(app.api.heartbeat(&session).await.status, 200);
