@@ -44,14 +44,15 @@ use chrono::{DateTime, Utc};
 
 use crate::db::{Db, DbError, RunningRunner};
 use crate::domain::RunnerKind;
-use crate::domain::{Route, RunnerAddress};
+use crate::domain::{Route, RunnerAddress, token};
 use crate::metrics::{Metrics, WriteResult};
 
 #[derive(Debug, Clone)]
 struct Seen {
     kind: RunnerKind,
-    /// Its key in [`Cache::routes`], if the gateway can reach it.
-    token: Option<String>,
+    /// Its keys in [`Cache::routes`] (token digests), if the gateway can
+    /// reach it.
+    keys: Vec<String>,
     at: DateTime<Utc>,
     /// Not yet written to the database.
     unflushed: bool,
@@ -62,7 +63,7 @@ struct Seen {
 #[derive(Debug, Default)]
 struct Cache {
     sessions: HashMap<String, Seen>,
-    /// The gateway's routes: token to session and address.
+    /// The gateway's routes: a token's digest to session and address.
     routes: HashMap<String, Target>,
     admissions: u64,
 }
@@ -75,26 +76,33 @@ struct Target {
 
 impl Cache {
     fn remove(&mut self, session_id: &str) {
-        if let Some(token) = self.sessions.remove(session_id).and_then(|seen| seen.token) {
-            self.routes.remove(&token);
+        if let Some(seen) = self.sessions.remove(session_id) {
+            for key in &seen.keys {
+                self.routes.remove(key);
+            }
         }
     }
 
-    /// Points `seen`'s token at `route`, dropping a route it had before.
+    /// Points `seen`'s keys at `route`, dropping the routes it had before.
     fn set_route(&mut self, session_id: &str, route: Option<Route>) {
         let Some(seen) = self.sessions.get_mut(session_id) else {
             return;
         };
-        let token = route.as_ref().map(|route| route.token.clone());
-        if let Some(old) = std::mem::replace(&mut seen.token, token) {
+        let keys = route
+            .as_ref()
+            .map(|route| route.keys.clone())
+            .unwrap_or_default();
+        for old in std::mem::replace(&mut seen.keys, keys) {
             self.routes.remove(&old);
         }
         if let Some(route) = route {
-            let target = Target {
-                session_id: session_id.to_owned(),
-                address: route.address,
-            };
-            self.routes.insert(route.token, target);
+            for key in route.keys {
+                let target = Target {
+                    session_id: session_id.to_owned(),
+                    address: route.address.clone(),
+                };
+                self.routes.insert(key, target);
+            }
         }
     }
 }
@@ -129,15 +137,15 @@ impl Heartbeats {
         Some(seen.kind)
     }
 
-    /// Records a request through the gateway for `token` as a heartbeat of
-    /// its runner, and returns where that runner is reached; `None`: no
-    /// running runner has this token.
-    pub fn visit(&self, token: &str, at: DateTime<Utc>) -> Option<RunnerAddress> {
+    /// Records a request through the gateway for the token whose digest is
+    /// `key` as a heartbeat of its runner, and returns where that runner is
+    /// reached; `None`: no running runner has this token.
+    pub fn visit(&self, key: &str, at: DateTime<Utc>) -> Option<RunnerAddress> {
         let mut cache = self.cache();
         let Cache {
             sessions, routes, ..
         } = &mut *cache;
-        let target = routes.get(token)?;
+        let target = routes.get(key)?;
         let seen = sessions.get_mut(&target.session_id)?;
         seen.at = seen.at.max(at);
         seen.unflushed = true;
@@ -168,7 +176,7 @@ impl Heartbeats {
             })
             .or_insert(Seen {
                 kind,
-                token: None,
+                keys: Vec::new(),
                 at,
                 unflushed: false,
                 admission,
@@ -187,14 +195,14 @@ impl Heartbeats {
             cache.admissions += 1;
             let seen = Seen {
                 kind: runner.kind,
-                token: None,
+                keys: Vec::new(),
                 at,
                 unflushed: false,
                 admission: cache.admissions,
             };
             cache.sessions.insert(runner.session_id.clone(), seen);
             let route = Route::of(
-                runner.token,
+                token::route_keys(&runner.token, runner.token_sha256.as_deref()),
                 runner.host_port,
                 runner.node_host.as_deref(),
                 runner.address.as_deref(),
@@ -393,6 +401,7 @@ mod tests {
             session_id: session_id.to_owned(),
             kind,
             token: token.to_owned(),
+            token_sha256: None,
             host_port,
             node_host: None,
             address: None,
@@ -401,16 +410,32 @@ mod tests {
             vec![
                 running("a", RunnerKind::Session, "t-a", Some(40000)),
                 running("shared", RunnerKind::Singleton, "t-s", None),
+                RunningRunner {
+                    token_sha256: Some(token::digest("t-lost")),
+                    ..running("rebuilt", RunnerKind::Session, "t-new", Some(40001))
+                },
             ],
             at(7),
         );
         assert_eq!(heartbeats.record("gone", at(8)), None);
+        // Routed by the token's digest, never by the token itself.
+        assert_eq!(heartbeats.visit("t-a", at(7)), None);
         assert_eq!(
-            heartbeats.visit("t-a", at(7)).map(|a| a.to_string()),
+            heartbeats
+                .visit(&token::digest("t-a"), at(7))
+                .map(|a| a.to_string()),
             Some("127.0.0.1:40000".to_owned())
         );
         // No published port: nothing for the gateway to reach.
-        assert_eq!(heartbeats.visit("t-s", at(8)), None);
+        assert_eq!(heartbeats.visit(&token::digest("t-s"), at(8)), None);
+        // A row whose labels carry another token's digest (a rebuild that
+        // could not derive it) is reached by both.
+        for reached_by in ["t-lost", "t-new"] {
+            let address = heartbeats.visit(&token::digest(reached_by), at(8));
+            assert_eq!(address.unwrap().to_string(), "127.0.0.1:40001");
+        }
+        heartbeats.forget("rebuilt");
+        assert_eq!(heartbeats.visit(&token::digest("t-lost"), at(9)), None);
         assert_eq!(heartbeats.record("a", at(8)), Some(RunnerKind::Session));
         assert_eq!(
             heartbeats.record("shared", at(8)),
@@ -421,7 +446,7 @@ mod tests {
     }
 
     fn route(token: &str, port: u16) -> Option<Route> {
-        Route::of(token.to_owned(), Some(port), None, None)
+        Route::of(vec![token.to_owned()], Some(port), None, None)
     }
 
     #[test]

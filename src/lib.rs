@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod healthcheck;
 pub mod heartbeats;
 pub mod http;
+pub mod keys;
 pub mod lifecycle;
 pub mod locks;
 pub mod metrics;

@@ -10,6 +10,7 @@ use crate::backend::RunnerBackend;
 use crate::backend::health::EngineHealth;
 use crate::config::{OrphanPolicy, Settings};
 use crate::db::Db;
+use crate::domain::token::TokenKey;
 use crate::egress::{Egress, Firewall};
 use crate::heartbeats::{HeartbeatWriter, Heartbeats};
 use crate::lifecycle::{Lifecycle, Runners};
@@ -40,6 +41,7 @@ impl Service {
         backend: Arc<dyn RunnerBackend>,
         firewall: Arc<dyn Firewall>,
         settings: Arc<Settings>,
+        token_key: TokenKey,
     ) -> Self {
         let health = EngineHealth::new(Arc::clone(&backend));
         let metrics = Metrics::shared();
@@ -57,6 +59,7 @@ impl Service {
             health.clone(),
             Arc::clone(&metrics),
             heartbeats.clone(),
+            token_key,
         );
         let warm_pool_refill = Arc::new(Notify::new());
         let runners = Runners::new(

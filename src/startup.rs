@@ -17,9 +17,11 @@ use crate::backup::Backups;
 use crate::config::{OrphanPolicy, Settings};
 use crate::db::{Actor, AuditAction, AuditEntry, Db};
 use crate::domain::Summary;
+use crate::domain::token::TokenKey;
 use crate::drift::{self, DriftWatcher};
 use crate::egress::{self, Nft};
 use crate::heartbeats::HeartbeatWriter;
+use crate::keys;
 use crate::lifecycle::Runners;
 use crate::readiness::Readiness;
 use crate::service::Service;
@@ -52,6 +54,7 @@ impl Application {
         backend: Arc<dyn RunnerBackend>,
     ) -> anyhow::Result<Self> {
         let db = Db::connect(&settings.database_url).await?;
+        let token_key = token_key(&settings, &db)?;
         let listener = TcpListener::bind((settings.listen_address, settings.port))
             .await
             .with_context(|| {
@@ -77,7 +80,7 @@ impl Application {
         Ok(Self {
             listener,
             address,
-            service: Service::new(db, backend, Arc::new(Nft), Arc::new(settings)),
+            service: Service::new(db, backend, Arc::new(Nft), Arc::new(settings), token_key),
             readiness: Readiness::default(),
         })
     }
@@ -167,6 +170,16 @@ impl Application {
             Some(error) => Err(error).context("background task failed"),
             None => Ok(()),
         }
+    }
+}
+
+/// The key runner tokens are derived from: its file's (created if missing),
+/// or one for this process only when the database is in memory.
+pub fn token_key(settings: &Settings, db: &Db) -> anyhow::Result<TokenKey> {
+    let explicit = settings.access.gateway_token_key_file.as_deref();
+    match keys::key_path(explicit, db.path()) {
+        Some(path) => Ok(keys::load_or_create(&path)?),
+        None => Ok(TokenKey::generate()),
     }
 }
 

@@ -52,11 +52,13 @@ impl Harness {
             .expect("the database");
         let backend = Arc::new(MemoryBackend::new());
         let firewall = MemoryFirewall::default();
+        let token_key = crate::startup::token_key(&settings, &db).expect("the token key");
         let service = Service::new(
             db,
             backend.clone(),
             Arc::new(firewall.clone()),
             Arc::new(settings),
+            token_key,
         );
         Self {
             runners: service.runners.clone(),

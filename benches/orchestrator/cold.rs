@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use taylored_orchestrator::backend::docker::DockerBackend;
 use taylored_orchestrator::backend::{NetworkMode, RunnerSpec};
 use taylored_orchestrator::config::Settings;
+use taylored_orchestrator::domain::token::TokenKey;
 use taylored_orchestrator::domain::{RunnerKind, SessionId};
 
 /// An engine client configured as the service's (default limits), under an
@@ -37,12 +38,15 @@ fn raw_engine(image: &str, instance: &str) -> Result<DockerBackend> {
 async fn raw_start(docker: &Docker, engine: &DockerBackend, session: &str) -> Result<()> {
     let session = SessionId::parse(session)?;
     let name = session.container_name(engine.instance());
+    // The same labels as the service's runners, token ones included.
+    let (_, token) = TokenKey::generate().issue();
     let body = engine.container_body(&RunnerSpec {
         session_id: session.as_str(),
         name: &name,
         network_mode: &NetworkMode::Default,
         kind: RunnerKind::Session,
         pooled: false,
+        token: Some(&token),
     });
     let options = CreateContainerOptionsBuilder::new().name(&name).build();
     let id = docker.create_container(Some(options), body).await?.id;

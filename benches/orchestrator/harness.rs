@@ -369,7 +369,14 @@ pub async fn in_process_service(cx: &Context, url: &str, instance: &str) -> Resu
     let db = Db::connect(url).await?;
     let backend = taylored_orchestrator::backend::from_settings(&settings)?;
     let firewall = Arc::new(taylored_orchestrator::egress::Nft);
-    Ok(InProcess::new(db, backend, firewall, Arc::new(settings)))
+    let key = taylored_orchestrator::startup::token_key(&settings, &db)?;
+    Ok(InProcess::new(
+        db,
+        backend,
+        firewall,
+        Arc::new(settings),
+        key,
+    ))
 }
 
 // ---------------------------------------------------------------------------

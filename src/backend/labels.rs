@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use super::RunnerSpec;
 use crate::config::{
     DEFAULT_INSTANCE, INSTANCE_LABEL, POOLED_LABEL, SESSION_LABEL, SINGLETON_LABEL,
+    TOKEN_DIGEST_LABEL, TOKEN_NONCE_LABEL,
 };
 use crate::domain::RunnerKind;
+use crate::domain::token::{self, TokenLabels};
 
 /// The labels of `runner`, started by `instance`.
 pub fn of(runner: &RunnerSpec<'_>, instance: &str) -> HashMap<String, String> {
@@ -22,7 +24,22 @@ pub fn of(runner: &RunnerSpec<'_>, instance: &str) -> HashMap<String, String> {
     if runner.pooled {
         labels.insert(POOLED_LABEL.to_owned(), "true".to_owned());
     }
+    if let Some(token) = runner.token {
+        labels.insert(TOKEN_NONCE_LABEL.to_owned(), token.nonce.clone());
+        labels.insert(TOKEN_DIGEST_LABEL.to_owned(), token.sha256.clone());
+    }
     labels
+}
+
+/// What the labels say about the runner's token, when both are there and
+/// have their shapes (runners of the first orchestrator carry neither).
+pub fn token_of(labels: &HashMap<String, String>) -> Option<TokenLabels> {
+    let nonce = labels.get(TOKEN_NONCE_LABEL)?;
+    let sha256 = labels.get(TOKEN_DIGEST_LABEL)?;
+    (token::is_nonce(nonce) && token::is_digest(sha256)).then(|| TokenLabels {
+        nonce: nonce.clone(),
+        sha256: sha256.clone(),
+    })
 }
 
 /// Runners carry their instance's label; those that carry only the session
@@ -44,7 +61,6 @@ pub fn kind_of(labels: &HashMap<String, String>) -> RunnerKind {
     }
 }
 
-/// Whether the labels mark a warm-pool runner.
 /// The suffix a claimed warm container's name gets (see
 /// [`RunnerBackend::mark_claimed`](crate::backend::RunnerBackend::mark_claimed)).
 pub const CLAIMED_SUFFIX: &str = "-claimed";
@@ -55,6 +71,7 @@ pub fn waiting_warm(labels: &HashMap<String, String>, name: &str) -> bool {
     pooled(labels) && !name.ends_with(CLAIMED_SUFFIX)
 }
 
+/// Whether the labels mark a warm-pool runner.
 pub fn pooled(labels: &HashMap<String, String>) -> bool {
     labels.get(POOLED_LABEL).is_some_and(|v| v == "true")
 }

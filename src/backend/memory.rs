@@ -338,6 +338,7 @@ impl MemoryBackend {
                 created: self.epoch + i64::try_from(sequence).unwrap_or(0),
                 node: None,
                 address: None,
+                token: spec.token.cloned(),
             },
         );
         Ok(id)
@@ -549,6 +550,7 @@ mod tests {
             network_mode: &NetworkMode::Default,
             kind: RunnerKind::Session,
             pooled: false,
+            token: None,
         }
     }
 

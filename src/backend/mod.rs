@@ -25,6 +25,7 @@ use futures_util::stream::BoxStream;
 
 use crate::config::{BackendKind, Settings};
 use crate::domain::RunnerKind;
+use crate::domain::token::TokenLabels;
 
 pub use error::EngineError;
 pub use network_mode::NetworkMode;
@@ -56,6 +57,9 @@ pub struct RunnerSpec<'a> {
     pub kind: RunnerKind,
     /// Started for the warm pool (labelled so, for a restart to know).
     pub pooled: bool,
+    /// Its token's nonce and digest, for its labels (`None`: a runner
+    /// without a gateway token, as the first orchestrator's).
+    pub token: Option<&'a TokenLabels>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +105,8 @@ pub struct ObservedRunner {
     pub node: Option<RunnerNode>,
     /// See [`StartedRunner::address`].
     pub address: Option<String>,
+    /// What its labels say about its gateway token.
+    pub token: Option<TokenLabels>,
 }
 
 /// A runner of this instance that stopped or vanished, as the engine's

@@ -2,6 +2,7 @@
 //! the gateway (`RUNNER_ACCESS=gateway`), and the endpoints either gives.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
@@ -40,6 +41,17 @@ pub struct AccessSettings {
     #[arg(long, env = "GATEWAY_PUBLIC_PORT", value_name = "GATEWAY_PUBLIC_PORT",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub gateway_public_port: Option<u16>,
+
+    /// The file of the key runner tokens are derived from (64 hex digits),
+    /// created with a fresh key when missing; unset: `<database>.token-key`
+    /// beside the database file. Keep it apart from the database (another
+    /// volume, a Docker secret) for endpoints to survive a lost volume.
+    #[arg(
+        long,
+        env = "GATEWAY_TOKEN_KEY_FILE",
+        value_name = "GATEWAY_TOKEN_KEY_FILE"
+    )]
+    pub gateway_token_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

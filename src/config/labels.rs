@@ -9,6 +9,12 @@ pub const INSTANCE_LABEL: &str = "taylored-orchestrator-id";
 pub const POOLED_LABEL: &str = "taylored-runner-pooled";
 /// The Docker label that marks the shared runner of `REUSE_RUNNER_MODE`.
 pub const SINGLETON_LABEL: &str = "taylored-runner-singleton";
+/// The Docker label of a runner's token nonce: with the token key, it
+/// derives the runner's gateway token again (see `domain::token`).
+pub const TOKEN_NONCE_LABEL: &str = "taylored-runner-token-nonce";
+/// The Docker label of the SHA-256 digest of a runner's gateway token, by
+/// which the gateway routes (the token itself is in no label).
+pub const TOKEN_DIGEST_LABEL: &str = "taylored-runner-token-sha256";
 /// The Docker label of an instance's egress agent service on a swarm
 /// (`orchestrator egress node` on every node), valued with its instance.
 pub const EGRESS_AGENT_LABEL: &str = "taylored-egress-agent";

@@ -10,7 +10,8 @@ impl Db {
     /// what the running set that answers heartbeats holds (see `heartbeats`).
     pub async fn running_sessions(&self) -> Result<Vec<RunningRunner>, DbError> {
         sqlx::query_as(
-            "SELECT session_id, kind, token, host_port, node_host, address FROM runners \
+            "SELECT session_id, kind, token, token_sha256, host_port, node_host, address \
+             FROM runners \
              WHERE state = 'running'",
         )
         .fetch_all(&self.pool)

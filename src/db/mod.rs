@@ -66,6 +66,8 @@ pub struct Db {
     moved_aside: Option<Arc<MovedAside>>,
     /// Whether this start created the file (there was none).
     created: bool,
+    /// The database file (`None`: in memory).
+    path: Option<Arc<Path>>,
 }
 
 impl Db {
@@ -111,10 +113,12 @@ impl Db {
                 )
             }
         };
+        let in_memory = path.as_os_str().is_empty() || path == Path::new(":memory:");
         Ok(Self {
             _lock: lock,
             moved_aside,
             created,
+            path: (!in_memory).then(|| Arc::from(path.as_path())),
             ..db
         })
     }
@@ -127,6 +131,11 @@ impl Db {
     /// Whether this start found no database file and created one.
     pub fn created(&self) -> bool {
         self.created
+    }
+
+    /// The database file, if it is one (not in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Opens an existing database read-only, without the service lock and
@@ -144,6 +153,7 @@ impl Db {
             _lock: None,
             moved_aside: None,
             created: false,
+            path: None,
         })
     }
 
@@ -186,6 +196,7 @@ impl Db {
             _lock: None,
             moved_aside: None,
             created: false,
+            path: None,
         })
     }
 

@@ -12,12 +12,13 @@ impl Db {
     /// hundreds of runners costs one commit, not one each. Recorded runners
     /// get a last heartbeat of at least `now`, so clients whose heartbeats
     /// failed while the service was down get a full grace period. Returns
-    /// the token of each recorded runner (a kept row keeps its own).
+    /// the token of each recorded runner (a kept row keeps its own) and
+    /// the digest its labels carry.
     pub async fn write_changes(
         &self,
         changes: &RowChanges<'_>,
         now: DateTime<Utc>,
-    ) -> Result<HashMap<String, String>, DbError> {
+    ) -> Result<HashMap<String, (String, Option<String>)>, DbError> {
         if changes.is_empty() {
             return Ok(HashMap::new());
         }
@@ -39,6 +40,7 @@ impl Db {
                 "node_host": runner.node.map(|node| &node.host),
                 "address": runner.address,
                 "token": runner.token,
+                "token_sha256": runner.token_sha256,
                 "created_at": chrono::DateTime::from_timestamp(runner.created, 0)
                     .filter(|_| runner.created > 0)
                     .map(timestamp),
@@ -64,22 +66,23 @@ impl Db {
         .bind(removing)
         .execute(&mut *transaction)
         .await?;
-        let tokens: Vec<(String, String)> = sqlx::query_as(
+        let tokens: Vec<(String, String, Option<String>)> = sqlx::query_as(
             "INSERT INTO runners (session_id, kind, state, container_name, container_id, \
              host_port, network_mode, created_at, updated_at, last_heartbeat_at, pooled, \
-             node, node_host, token, address) \
+             node, node_host, token, token_sha256, address) \
              SELECT value ->> 'session_id', value ->> 'kind', 'running', \
                 value ->> 'container_name', value ->> 'container_id', value ->> 'host_port', \
                 value ->> 'network_mode', COALESCE(value ->> 'created_at', ?1), ?1, ?1, \
                 value ->> 'pooled', \
-                value ->> 'node', value ->> 'node_host', value ->> 'token', value ->> 'address' \
+                value ->> 'node', value ->> 'node_host', value ->> 'token', \
+                value ->> 'token_sha256', value ->> 'address' \
              FROM json_each(?2) WHERE true \
              ON CONFLICT (session_id) DO UPDATE SET state = 'running', \
              container_name = excluded.container_name, container_id = excluded.container_id, \
              host_port = excluded.host_port, node = excluded.node, \
              node_host = excluded.node_host, address = excluded.address, updated_at = excluded.updated_at, \
              last_heartbeat_at = MAX(runners.last_heartbeat_at, excluded.last_heartbeat_at) \
-             RETURNING session_id, token",
+             RETURNING session_id, token, token_sha256",
         )
         .bind(&now)
         .bind(observed)
@@ -96,7 +99,10 @@ impl Db {
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;
-        Ok(tokens.into_iter().collect())
+        Ok(tokens
+            .into_iter()
+            .map(|(session_id, token, labelled)| (session_id, (token, labelled)))
+            .collect())
     }
 }
 

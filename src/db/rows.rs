@@ -44,6 +44,8 @@ pub struct RunningRunner {
     pub session_id: String,
     pub kind: RunnerKind,
     pub token: String,
+    /// The digest its labels carry (see migration V7).
+    pub token_sha256: Option<String>,
     pub host_port: Option<u16>,
     pub node_host: Option<String>,
     /// See [`StartedRunner::address`](crate::backend::StartedRunner::address).
@@ -59,7 +61,7 @@ pub struct NewRunner<'a> {
     pub network_mode: &'a NetworkMode,
     /// Started for the warm pool rather than for a client.
     pub pooled: bool,
-    /// Its gateway token (see `gateway::token`).
+    /// Its gateway token (see `domain::token`).
     pub token: &'a str,
 }
 
@@ -75,9 +77,13 @@ pub struct FoundRunner<'a> {
     pub pooled: bool,
     pub node: Option<&'a RunnerNode>,
     pub address: Option<&'a str>,
-    /// Its row's token when kept, a fresh one when adopted (a kept row
-    /// keeps its own whatever this says).
+    /// Its row's token when kept; when adopted, the one its labels and the
+    /// token key derive, else a fresh one (a kept row keeps its own
+    /// whatever this says).
     pub token: String,
+    /// The token digest its labels carry, for an adopted row (see
+    /// migration V7).
+    pub token_sha256: Option<&'a str>,
     /// When the engine created it (seconds since the epoch): an adopted
     /// row's `created_at`, so that `MAX_RUNNER_AGE_SECONDS` counts from the
     /// runner's start, not from its adoption (a kept row keeps its own).

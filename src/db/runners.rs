@@ -102,8 +102,8 @@ impl Db {
         let now = timestamp(now);
         let inserted = sqlx::query(
             "INSERT INTO runners (session_id, kind, state, container_name, network_mode, \
-             created_at, updated_at, last_heartbeat_at, pooled, token) \
-             SELECT ?1, ?2, 'provisioning', ?3, ?4, ?5, ?5, ?5, ?7, ?8 \
+             created_at, updated_at, last_heartbeat_at, pooled, token, token_sha256) \
+             SELECT ?1, ?2, 'provisioning', ?3, ?4, ?5, ?5, ?5, ?7, ?8, ?9 \
              WHERE ?6 = 0 OR (SELECT COUNT(*) FROM runners) < ?6 \
              ON CONFLICT DO NOTHING",
         )
@@ -115,6 +115,7 @@ impl Db {
         .bind(limit)
         .bind(runner.pooled)
         .bind(runner.token)
+        .bind(crate::domain::token::digest(runner.token))
         .execute(&self.pool)
         .await?
         .rows_affected();

@@ -1,5 +1,5 @@
-//! Where a runner is reached: its gateway route (the secret token and the
-//! address behind it), shared by the lifecycle that makes it, the heartbeats
+//! Where a runner is reached: its gateway route (the digests of its token
+//! that name it, and the address behind it), shared by the lifecycle that makes it, the heartbeats
 //! that keep the running set, and the gateway that proxies to it.
 
 use std::fmt;
@@ -16,10 +16,13 @@ impl fmt::Display for RunnerAddress {
     }
 }
 
-/// A running runner's token and address, as the gateway routes to it.
+/// A running runner's keys and address, as the gateway routes to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub token: String,
+    /// The SHA-256 digests of the tokens that reach it (see
+    /// [`token::route_keys`](super::token::route_keys)): the gateway hashes
+    /// a host's token and looks the digest up.
+    pub keys: Vec<String>,
     pub address: RunnerAddress,
 }
 
@@ -30,7 +33,7 @@ impl Route {
     /// `node_host` (a Swarm node) or on this host's loopback; `None`
     /// without a port (an isolated runner).
     pub fn of(
-        token: String,
+        keys: Vec<String>,
         host_port: Option<u16>,
         node_host: Option<&str>,
         address: Option<&str>,
@@ -43,7 +46,7 @@ impl Route {
             (None, None) => format!("127.0.0.1:{port}"),
         };
         Some(Self {
-            token,
+            keys,
             address: RunnerAddress(address.into()),
         })
     }

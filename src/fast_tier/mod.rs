@@ -309,6 +309,7 @@ impl Service {
                 network_mode: &crate::backend::NetworkMode::Default,
                 kind,
                 pooled: false,
+                token: None,
             })
             .await
             .expect("a start");

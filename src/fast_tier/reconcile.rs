@@ -318,6 +318,7 @@ async fn a_restart_keeps_one_runner_of_a_session_with_duplicates() {
             network_mode: &crate::backend::NetworkMode::Default,
             kind: RunnerKind::Session,
             pooled: false,
+            token: None,
         })
         .await
         .unwrap();

@@ -6,8 +6,8 @@
 //!
 //! [`Front`](crate::server::Front) routes every request by its host: a name under the domain goes
 //! to [`Gateway`], anything else to the API as before. The gateway finds
-//! the token's runner in memory (the running set of `heartbeats`, with no
-//! SQLite read), proxies HTTP with streaming bodies and WebSocket upgrades
+//! the token's runner in memory by the token's SHA-256 digest (the running
+//! set of `heartbeats`, with no SQLite read), proxies HTTP with streaming bodies and WebSocket upgrades
 //! both ways, and records the traffic as the runner's heartbeats (through
 //! their batching; no write per request).
 
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use host::{Destination, destination};
 
 use crate::config::Settings;
+use crate::domain::token;
 use crate::heartbeats::Heartbeats;
 use crate::http::ApiError;
 use crate::metrics::{GatewayResult, Metrics};
@@ -115,7 +116,10 @@ impl Gateway {
                 GatewayResult::NotReady,
             );
         }
-        let Some(address) = self.routes.visit(&token, Utc::now()) else {
+        // Routed by the token's digest: that is what the engine's labels
+        // carry, and what a rebuild from them brings back.
+        let key = token::digest(&token);
+        let Some(address) = self.routes.visit(&key, Utc::now()) else {
             let answer = ApiError::NoRunnerAtHost.into_response();
             return (answer, GatewayResult::NotFound);
         };
@@ -156,7 +160,7 @@ impl Gateway {
         let result = match (client_upgrade, switched) {
             (Some(client_upgrade), true) if kept_upgrade.is_some() => {
                 let runner_upgrade = hyper::upgrade::on(&mut response);
-                tokio::spawn(self.tunnel(token, client_upgrade, runner_upgrade));
+                tokio::spawn(self.tunnel(key, client_upgrade, runner_upgrade));
                 GatewayResult::WebSocket
             }
             (_, true) => {
@@ -172,7 +176,7 @@ impl Gateway {
     /// Carries an upgraded connection (a WebSocket) both ways until either
     /// side closes it, the runner is removed or the service stops; while
     /// open it counts as the runner's heartbeat every `activity_interval`.
-    async fn tunnel(self: Arc<Self>, token: String, client: OnUpgrade, runner: OnUpgrade) {
+    async fn tunnel(self: Arc<Self>, key: String, client: OnUpgrade, runner: OnUpgrade) {
         let (client, runner) = match tokio::try_join!(client, runner) {
             Ok(upgraded) => upgraded,
             Err(error) => {
@@ -191,7 +195,7 @@ impl Gateway {
             tokio::select! {
                 _ = &mut copy => return,
                 _ = ticks.tick() => {
-                    if self.routes.visit(&token, Utc::now()).is_none() {
+                    if self.routes.visit(&key, Utc::now()).is_none() {
                         return;
                     }
                 }

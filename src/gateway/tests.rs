@@ -79,7 +79,7 @@ impl World {
             .unwrap();
         let token = harness.db().find("s-1").await.unwrap().unwrap().token;
         let runner = stand_in_runner().await;
-        let route = Route::of(token.clone(), Some(runner.port()), None, None);
+        let route = Route::of(vec![token::digest(&token)], Some(runner.port()), None, None);
         harness
             .service
             .lifecycle
@@ -252,7 +252,7 @@ async fn a_runner_that_does_not_answer_is_a_502_and_a_starting_service_a_503() {
         .local_addr()
         .unwrap();
     let token = token::generate();
-    let route = Route::of(token.clone(), Some(closed.port()), None, None);
+    let route = Route::of(vec![token::digest(&token)], Some(closed.port()), None, None);
     let lifecycle = &world.harness.service.lifecycle;
     lifecycle.track_running("s-1", RunnerKind::Session, route);
     let (status, body) = world.get_json(&world.host(&token), "/").await;
@@ -311,7 +311,7 @@ fn open_websockets_are_seen_well_within_the_inactivity_timeout() {
 #[test]
 fn a_route_goes_straight_to_the_container_when_its_address_is_known() {
     let route = |address, node_host| {
-        Route::of("t".into(), Some(40000), node_host, address)
+        Route::of(vec!["t".into()], Some(40000), node_host, address)
             .unwrap()
             .address
             .to_string()
@@ -320,7 +320,7 @@ fn a_route_goes_straight_to_the_container_when_its_address_is_known() {
     assert_eq!(route(None, None), "127.0.0.1:40000");
     assert_eq!(route(None, Some("10.0.0.3")), "10.0.0.3:40000");
     assert_eq!(route(None, Some("fd00::3")), "[fd00::3]:40000");
-    assert!(Route::of("t".into(), None, None, Some("172.18.0.5:3000")).is_none());
+    assert!(Route::of(vec!["t".into()], None, None, Some("172.18.0.5:3000")).is_none());
 }
 
 /// Polls the service's metrics until `line` appears (a tunnel is counted

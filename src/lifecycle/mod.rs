@@ -28,6 +28,7 @@ use crate::backend::{EngineError, ObservedRunner, RunnerBackend, Stop};
 use crate::db::{Actor, AuditAction, AuditEntry, Db, DbError, RunnerRow};
 use crate::domain::Route;
 use crate::domain::RunnerKind;
+use crate::domain::token::TokenKey;
 use crate::heartbeats::Heartbeats;
 use crate::locks::{SessionGuard, SessionLocks};
 use crate::metrics::{EngineErrorKind, Metrics, ReconcileAction};
@@ -84,6 +85,8 @@ pub struct Lifecycle {
     metrics: Arc<Metrics>,
     heartbeats: Heartbeats,
     locks: SessionLocks,
+    /// What runner tokens are derived from (see `domain::token`).
+    token_key: Arc<TokenKey>,
 }
 
 impl Lifecycle {
@@ -93,6 +96,7 @@ impl Lifecycle {
         health: EngineHealth,
         metrics: Arc<Metrics>,
         heartbeats: Heartbeats,
+        token_key: TokenKey,
     ) -> Self {
         Self {
             db,
@@ -101,7 +105,13 @@ impl Lifecycle {
             metrics,
             heartbeats,
             locks: SessionLocks::default(),
+            token_key: Arc::new(token_key),
         }
+    }
+
+    /// What runner tokens are derived from.
+    pub fn token_key(&self) -> &TokenKey {
+        &self.token_key
     }
 
     /// Serialises work on one session (or on the shared runner) with every

@@ -10,7 +10,7 @@ use crate::backend::{EngineError, NetworkMode, RunnerSpec, Stop};
 use crate::capacity::RunnerLimit;
 use crate::config::Settings;
 use crate::db::{Actor, AuditAction, Claim, NewRunner, RunnerRow, RunnerState};
-use crate::domain::{Route, token};
+use crate::domain::Route;
 use crate::domain::{RunnerKind, SessionId};
 use crate::metrics::{HeartbeatResult, ProvisionResult};
 
@@ -239,7 +239,7 @@ impl Runners {
         // waits for the engine to settle only for rows that young.
         let _turn = self.turn_to_start().await;
         let limit = self.runner_limit().await?;
-        let token = token::generate();
+        let (token, token_labels) = self.lifecycle.token_key.issue();
         let claim = self
             .lifecycle
             .db
@@ -270,6 +270,7 @@ impl Runners {
             network_mode,
             kind,
             pooled,
+            token: Some(&token_labels),
         };
         let started = match self.lifecycle.backend.start(&spec).await {
             Ok(started) => started,
@@ -301,7 +302,7 @@ impl Runners {
         let node_host = started.node.as_ref().map(|node| node.host.as_str());
         let endpoint = self.endpoint(started.host_port, node_host, &token);
         let route = Route::of(
-            token,
+            vec![token_labels.sha256],
             started.host_port,
             node_host,
             started.address.as_deref(),

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use chrono::Utc;
 
 use super::Reconciler;
-use super::plan::{Action, found};
+use super::plan::{Action, adopted_token, found};
 use crate::backend::Stop;
 use crate::db::{Actor, AuditAction, AuditEntry, DbError, RowChanges};
 use crate::domain::{Route, Summary, token};
@@ -103,7 +103,7 @@ impl Reconciler {
                         container,
                         container.kind,
                         container.pooled,
-                        token::generate(),
+                        adopted_token(container, self.lifecycle().token_key()),
                         AuditAction::Adopted,
                         "running runner without a row",
                     ));
@@ -120,7 +120,10 @@ impl Reconciler {
                     let host = runner.node.map(|node| node.host.as_str());
                     let route = tokens
                         .remove(runner.session_id)
-                        .and_then(|token| Route::of(token, runner.host_port, host, runner.address));
+                        .and_then(|(token, labelled)| {
+                            let keys = token::route_keys(&token, labelled.as_deref());
+                            Route::of(keys, runner.host_port, host, runner.address)
+                        });
                     self.lifecycle()
                         .track_running(runner.session_id, runner.kind, route);
                     let kept = entry.action == AuditAction::Kept;

@@ -7,8 +7,13 @@ use crate::backend::ObservedRunner;
 use crate::config::OrphanPolicy;
 use crate::db::{Actor, AuditAction, AuditEntry, FoundRunner, RunnerRow, RunnerState};
 use crate::domain::RunnerKind;
+use crate::domain::token::{self, TokenKey};
 
 /// One step towards agreement.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a plan is one short-lived list per reconcile; boxing would cost an allocation per runner"
+)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Remove a container that nothing should run.
@@ -202,6 +207,10 @@ pub(super) fn found<'a>(
     let runner = FoundRunner {
         pooled,
         token,
+        token_sha256: container
+            .token
+            .as_ref()
+            .map(|labels| labels.sha256.as_str()),
         session_id: &container.session_id,
         kind,
         container_name: &container.name,
@@ -220,6 +229,19 @@ pub(super) fn found<'a>(
         reason,
     };
     (runner, entry)
+}
+
+/// The token an adopted runner's row gets: the one its labels' nonce
+/// derives under `key` when their digest says it is that runner's (so its
+/// endpoint is the one its client holds), else a fresh one (the first
+/// orchestrator's runners, or a key that was lost: the digest in its labels
+/// still routes its old host, see [`token::route_keys`]).
+pub fn adopted_token(container: &ObservedRunner, key: &TokenKey) -> String {
+    container
+        .token
+        .as_ref()
+        .and_then(|labels| key.recover(labels))
+        .unwrap_or_else(token::generate)
 }
 
 impl Action {

@@ -57,6 +57,7 @@ async fn the_startup_reconcile_adopts_a_running_orphan() {
             network_mode: &NetworkMode::Default,
             kind: RunnerKind::Singleton,
             pooled: false,
+            token: None,
         })
         .await
         .unwrap();
@@ -70,7 +71,8 @@ async fn the_startup_reconcile_adopts_a_running_orphan() {
     // An adopted runner gets a token, and the gateway a route to it.
     assert!(crate::domain::token::is_token(&row.token), "{row:?}");
     let routes = harness.service.heartbeats.running();
-    let address = routes.visit(&row.token, Utc::now()).unwrap();
+    let key = crate::domain::token::digest(&row.token);
+    let address = routes.visit(&key, Utc::now()).unwrap();
     assert_eq!(
         address.to_string(),
         format!("127.0.0.1:{}", row.host_port.unwrap())
@@ -80,7 +82,7 @@ async fn the_startup_reconcile_adopts_a_running_orphan() {
     assert_eq!(summary.kept, 1);
     let kept = harness.db().find("orphan").await.unwrap().unwrap();
     assert_eq!(kept.token, row.token);
-    assert!(routes.visit(&row.token, Utc::now()).is_some());
+    assert!(routes.visit(&key, Utc::now()).is_some());
 }
 
 fn row(session: &str, state: RunnerState, container: Option<&str>) -> RunnerRow {
@@ -115,6 +117,7 @@ fn container(id: &str, session: &str, running: bool, created: i64) -> ObservedRu
         created,
         node: None,
         address: None,
+        token: None,
     }
 }
 
@@ -410,4 +413,77 @@ fn removals_come_before_everything_else() {
         })
         .collect();
     assert_eq!(order, [0, 1, 2, 3]);
+}
+
+/// A database lost with every runner still running: the rebuild reads each
+/// one's kind, warm state and token from its labels alone, and each gateway
+/// host routes as before; with the token key lost too, the old host still
+/// routes (by the labels' digest) and the row gets a token of its own.
+#[tokio::test]
+async fn a_rebuild_takes_every_kind_and_its_token_from_the_labels_alone() {
+    use crate::domain::token::{self, TokenKey};
+    let harness = Harness::new(&[]).await;
+    let key = harness.service.lifecycle.token_key().clone();
+    let kinds = [
+        ("session", RunnerKind::Session, false),
+        ("shared", RunnerKind::Singleton, false),
+        ("warm", RunnerKind::Session, true),
+    ];
+    let mut issued = Vec::new();
+    for (session, kind, pooled) in kinds {
+        let (token, labels) = key.issue();
+        let name = format!("runner-{session}");
+        harness
+            .backend
+            .start(&crate::backend::RunnerSpec {
+                session_id: session,
+                name: &name,
+                network_mode: &NetworkMode::Default,
+                kind,
+                pooled,
+                token: Some(&labels),
+            })
+            .await
+            .unwrap();
+        issued.push((session, kind, pooled, token));
+    }
+    let (summary, _) = harness.reconciler().run_startup().await.unwrap();
+    assert_eq!(summary.adopted, 3);
+    let routes = harness.service.heartbeats.running();
+    for (session, kind, pooled, token) in &issued {
+        let row = harness.db().find(session).await.unwrap().unwrap();
+        assert_eq!((row.kind, row.pooled), (*kind, *pooled), "{session}");
+        assert_eq!(
+            &row.token, token,
+            "{session}: the same token, so the same endpoint"
+        );
+        assert!(routes.visit(&token::digest(token), Utc::now()).is_some());
+    }
+
+    // The key lost as well: another service, another key, the same engine.
+    let (token, labels) = TokenKey::generate().issue();
+    harness
+        .backend
+        .start(&crate::backend::RunnerSpec {
+            session_id: "other-key",
+            name: "runner-other-key",
+            network_mode: &NetworkMode::Default,
+            kind: RunnerKind::Session,
+            pooled: false,
+            token: Some(&labels),
+        })
+        .await
+        .unwrap();
+    let (summary, _) = harness.reconciler().run_startup().await.unwrap();
+    assert_eq!(summary.adopted, 1);
+    let row = harness.db().find("other-key").await.unwrap().unwrap();
+    assert_ne!(row.token, token);
+    assert!(token::is_token(&row.token));
+    for reached_by in [&token, &row.token] {
+        assert!(
+            routes
+                .visit(&token::digest(reached_by), Utc::now())
+                .is_some()
+        );
+    }
 }

@@ -231,6 +231,65 @@ async fn the_endpoint_keeps_working_across_a_restart() {
     assert_eq!((again.status, again.endpoint()), (200, endpoint.as_str()));
 }
 
+/// Deletes the (stopped) service's database, and the token key's file
+/// beside it too when `key_too`.
+fn lose_the_database(env: &TestEnv, key_too: bool) {
+    let db = env.db_path.display().to_string();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{db}{suffix}"));
+    }
+    assert!(!env.db_path.exists());
+    let key = format!("{db}.token-key");
+    assert!(
+        std::path::Path::new(&key).exists(),
+        "no token key beside {db}"
+    );
+    if key_too {
+        std::fs::remove_file(&key).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_endpoint_survives_a_deleted_database() {
+    let env = TestEnv::new();
+    let port = free_port();
+    let port_arg = format!("--port={port}");
+    let app = env.spawn(&[GATEWAY, &port_arg]).await;
+    let endpoint = provision(&app, "gw-rebuilt").await;
+    assert_answers_through_gateway(&endpoint).await;
+
+    // The database alone: the labels' nonce and the key give the same token.
+    let env = app.stop().await;
+    lose_the_database(&env, false);
+    let app = env.spawn(&[GATEWAY, &port_arg]).await;
+    assert_eq!(app.reconciled.adopted, 1);
+    assert_answers_through_gateway(&endpoint).await;
+    let again = app.api.provision(Some("gw-rebuilt")).await;
+    assert_eq!((again.status, again.endpoint()), (200, endpoint.as_str()));
+    assert_eq!(app.api.heartbeat("gw-rebuilt").await.status, 200);
+    let trail = env.db().await.audit_trail("(database)").await.unwrap();
+    assert!(
+        trail
+            .iter()
+            .any(|entry| entry.action == "rebuilt"
+                && entry.reason.contains("rebuilt from the engine")),
+        "{trail:?}"
+    );
+
+    // The key as well: the host the browser holds still reaches the runner
+    // (routed by the digest in its labels), and provision answers a new one
+    // that reaches it too.
+    let env = app.stop().await;
+    lose_the_database(&env, true);
+    let app = env.spawn(&[GATEWAY, &port_arg]).await;
+    assert_eq!(app.reconciled.adopted, 1);
+    assert_answers_through_gateway(&endpoint).await;
+    let again = app.api.provision(Some("gw-rebuilt")).await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_ne!(again.endpoint(), endpoint);
+    assert_answers_through_gateway(again.endpoint()).await;
+}
+
 /// Traffic through the gateway, and nothing else, keeps `busy` alive while
 /// `idle` (provisioned alike, no traffic) is reaped, and past twice the
 /// timeout. `traffic` runs until it is dropped.

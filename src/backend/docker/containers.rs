@@ -123,6 +123,7 @@ impl DockerBackend {
                     created: summary.created.unwrap_or_default(),
                     node: None,
                     address,
+                    token: labels::token_of(&labels),
                 })
             })
             .collect())

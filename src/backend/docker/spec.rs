@@ -189,6 +189,7 @@ mod tests {
             network_mode,
             kind,
             pooled: false,
+            token: None,
         })
     }
 
@@ -216,6 +217,7 @@ mod tests {
             network_mode: &NetworkMode::Default,
             kind: RunnerKind::Session,
             pooled: true,
+            token: None,
         });
         assert_eq!(pooled.labels.unwrap()[POOLED_LABEL], "true");
     }

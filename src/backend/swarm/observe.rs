@@ -116,6 +116,7 @@ fn observed(
             .map_or(0, |at| at.timestamp()),
         node,
         address: None,
+        token: labels::token_of(&labels),
     })
 }
 

@@ -222,6 +222,7 @@ mod tests {
                 network_mode: &NetworkMode::Default,
                 kind,
                 pooled,
+                token: None,
             },
             "sha256:abc",
             30001,
