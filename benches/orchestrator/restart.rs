@@ -81,6 +81,29 @@ pub async fn restart(cx: &mut Context) -> Result<()> {
              linear extrapolation to 500 runners: {at_500:.0} ms"
         ));
     }
+    // The same runners, the database lost: every row rebuilt from the
+    // engine's labels (the token key kept beside it).
+    if let Some(&(size, normal)) = points.last().filter(|(size, _)| *size > 0) {
+        service.stop().await?;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", db_path.display()));
+        }
+        service = spawn_service(&config).await?;
+        let took = service.spawn_to_ready();
+        println!(
+            "  {size} runners, database deleted: ready {:.0} ms after spawn (reconcile: {})",
+            ms(took),
+            service.summary
+        );
+        cx.push(figure(
+            format!("rebuild from the engine, {size} runners"),
+            format!("{:.0} ms", ms(took)),
+            format!("{:.0} ms, normal restart", ms(normal)),
+            ms(took) / ms(normal),
+            "",
+            None,
+        ));
+    }
     service.stop().await?;
     let started = Instant::now();
     let removed = remove_instance_containers(&instance).await;
