@@ -80,8 +80,8 @@ impl Db {
         let options = connect_options(database_url)?;
         let path = options.get_filename().to_owned();
         let lock = lock_database(&path)?;
-        let created =
-            !path.as_os_str().is_empty() && path != Path::new(":memory:") && !path.exists();
+        let in_memory = path.as_os_str().is_empty() || path == Path::new(":memory:");
+        let created = !in_memory && !path.exists();
         let (db, moved_aside) = match Self::open(database_url, options.clone()).await {
             Ok(db) => (db, None),
             Err(error) => {
@@ -113,7 +113,6 @@ impl Db {
                 )
             }
         };
-        let in_memory = path.as_os_str().is_empty() || path == Path::new(":memory:");
         Ok(Self {
             _lock: lock,
             moved_aside,

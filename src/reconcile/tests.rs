@@ -432,19 +432,7 @@ async fn a_rebuild_takes_every_kind_and_its_token_from_the_labels_alone() {
     let mut issued = Vec::new();
     for (session, kind, pooled) in kinds {
         let (token, labels) = key.issue();
-        let name = format!("runner-{session}");
-        harness
-            .backend
-            .start(&crate::backend::RunnerSpec {
-                session_id: session,
-                name: &name,
-                network_mode: &NetworkMode::Default,
-                kind,
-                pooled,
-                token: Some(&labels),
-            })
-            .await
-            .unwrap();
+        start_labelled(&harness, session, kind, pooled, &labels).await;
         issued.push((session, kind, pooled, token));
     }
     let (summary, _) = harness.reconciler().run_startup().await.unwrap();
@@ -462,18 +450,7 @@ async fn a_rebuild_takes_every_kind_and_its_token_from_the_labels_alone() {
 
     // The key lost as well: another service, another key, the same engine.
     let (token, labels) = TokenKey::generate().issue();
-    harness
-        .backend
-        .start(&crate::backend::RunnerSpec {
-            session_id: "other-key",
-            name: "runner-other-key",
-            network_mode: &NetworkMode::Default,
-            kind: RunnerKind::Session,
-            pooled: false,
-            token: Some(&labels),
-        })
-        .await
-        .unwrap();
+    start_labelled(&harness, "other-key", RunnerKind::Session, false, &labels).await;
     let (summary, _) = harness.reconciler().run_startup().await.unwrap();
     assert_eq!(summary.adopted, 1);
     let row = harness.db().find("other-key").await.unwrap().unwrap();
@@ -486,4 +463,28 @@ async fn a_rebuild_takes_every_kind_and_its_token_from_the_labels_alone() {
                 .is_some()
         );
     }
+}
+
+/// Starts a runner behind the service's back, labelled as the service
+/// labels its own (token nonce and digest included).
+async fn start_labelled(
+    harness: &Harness,
+    session: &str,
+    kind: RunnerKind,
+    pooled: bool,
+    token: &crate::domain::token::TokenLabels,
+) {
+    let name = format!("runner-{session}");
+    harness
+        .backend
+        .start(&crate::backend::RunnerSpec {
+            session_id: session,
+            name: &name,
+            network_mode: &NetworkMode::Default,
+            kind,
+            pooled,
+            token: Some(token),
+        })
+        .await
+        .unwrap();
 }
