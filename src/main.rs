@@ -16,6 +16,10 @@ async fn main() -> ExitCode {
         Command::Reconcile { dry_run: _ } => operator::reconcile_dry_run(&cli.settings).await,
         Command::Egress { command } => operator::egress(command, &cli.settings).await,
         Command::Backup { path } => operator::backup(&path, &cli.settings).await,
+        Command::NewTokenKey => {
+            print!("{}", operator::new_token_key());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -56,6 +56,11 @@ pub async fn backup(path: &std::path::Path, settings: &Settings) -> anyhow::Resu
     Ok(())
 }
 
+/// `orchestrator new-token-key`: a fresh key, as its file holds it.
+pub fn new_token_key() -> String {
+    crate::domain::token::TokenKey::generate().to_file_text()
+}
+
 /// `orchestrator egress node`: the egress agent of one swarm node. Its
 /// networks are the node's config-only halves of the manager's runner
 /// networks, its rules this node's; both are checked every

@@ -36,6 +36,10 @@ pub enum Command {
     /// Write a consistent copy of DATABASE_URL to PATH while the service
     /// runs (SQLite's `VACUUM INTO`), and check it; PATH must not exist.
     Backup { path: std::path::PathBuf },
+    /// Print a new gateway token key (64 hex digits), for a file that
+    /// GATEWAY_TOKEN_KEY_FILE names, e.g. a Docker secret every manager
+    /// shares: `orchestrator new-token-key | docker secret create NAME -`.
+    NewTokenKey,
     /// This instance's egress rules (RUNNER_EGRESS) on the engine's host.
     Egress {
         #[command(subcommand)]

@@ -381,7 +381,7 @@ fn a_database_path_that_cannot_be_created_is_refused() {
 }
 
 /// The damaged files next to `database`, moved aside by a start.
-fn moved_aside(database: &std::path::Path) -> Vec<PathBuf> {
+pub(crate) fn moved_aside(database: &std::path::Path) -> Vec<PathBuf> {
     let name = database.file_name().unwrap().to_string_lossy().into_owned();
     let mut found: Vec<PathBuf> = std::fs::read_dir(database.parent().unwrap())
         .unwrap()
@@ -401,7 +401,7 @@ fn moved_aside(database: &std::path::Path) -> Vec<PathBuf> {
 /// bytes that are not SQLite, a file that fails SQLite's integrity check,
 /// and a schema written by a newer orchestrator.
 #[derive(Debug, Clone, Copy)]
-enum Damage {
+pub(crate) enum Damage {
     NotSqlite,
     Corrupt,
     Newer,
@@ -410,7 +410,7 @@ enum Damage {
 impl Damage {
     /// Damages the (stopped) service's database this way; returns what
     /// the file then holds.
-    async fn inflict(self, env: &TestEnv) -> Vec<u8> {
+    pub(crate) async fn inflict(self, env: &TestEnv) -> Vec<u8> {
         let path = &env.db_path;
         match self {
             Damage::NotSqlite => {

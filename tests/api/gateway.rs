@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use crate::faults::{Damage, moved_aside};
 use crate::helpers::{TestApp, TestEnv, eventually, wait_for};
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -288,6 +289,50 @@ async fn the_endpoint_survives_a_deleted_database() {
     assert_eq!(again.status, 200, "{again:?}");
     assert_ne!(again.endpoint(), endpoint);
     assert_answers_through_gateway(again.endpoint()).await;
+}
+
+/// A gateway-mode database replaced with bytes that are not SQLite, or with
+/// one from a newer orchestrator: moved aside, and every runner keeps its
+/// endpoint (derived again from its labels and the key beside the file).
+#[tokio::test]
+async fn a_damaged_database_keeps_every_endpoint() {
+    for damage in [Damage::NotSqlite, Damage::Newer] {
+        let env = TestEnv::new();
+        let port = free_port().to_string();
+        let gateway = [("RUNNER_ACCESS", "gateway"), ("PORT", port.as_str())];
+        let app = env.spawn_binary(&gateway).await;
+        let sessions = ["gw-damaged-1", "gw-damaged-2"];
+        let mut endpoints = Vec::new();
+        for session in sessions {
+            let reply = app.api.provision(Some(session)).await;
+            assert_eq!(reply.status, 201, "{reply:?}");
+            endpoints.push(reply.endpoint().to_owned());
+        }
+        assert!(app.terminate().await.success());
+        damage.inflict(&env).await;
+
+        let app = env.spawn_binary(&gateway).await;
+        assert_eq!(moved_aside(&env.db_path).len(), 1, "{damage:?}");
+        for (session, endpoint) in sessions.iter().zip(&endpoints) {
+            assert_answers_through_gateway(endpoint).await;
+            let again = app.api.provision(Some(session)).await;
+            assert_eq!(
+                (again.status, again.endpoint()),
+                (200, endpoint.as_str()),
+                "{damage:?}"
+            );
+            assert_eq!(app.api.heartbeat(session).await.status, 200, "{damage:?}");
+        }
+        let trail = env.db().await.audit_trail("(database)").await.unwrap();
+        assert!(
+            trail.len() == 1
+                && trail[0].action == "rebuilt"
+                && trail[0].reason.contains("was damaged")
+                && trail[0].reason.contains("adopted=2"),
+            "{damage:?}: {trail:?}"
+        );
+        assert!(app.terminate().await.success());
+    }
 }
 
 /// Traffic through the gateway, and nothing else, keeps `busy` alive while

@@ -1,5 +1,6 @@
 use futures_util::future::join_all;
 use taylored_orchestrator::config::SINGLETON_LABEL;
+use taylored_orchestrator::domain::RunnerKind;
 
 use crate::helpers::{TestEnv, assert_runner_answers};
 
@@ -86,5 +87,48 @@ async fn concurrent_first_provisions_share_one_runner() {
             .iter()
             .all(|r| r.endpoint() == replies[0].endpoint())
     );
+    assert_eq!(env.containers().await.len(), 1);
+}
+
+/// The shared runner after its database is deleted: the start rebuilds its
+/// row from the labels (a singleton, not a session's runner), audits it, and
+/// every client gets the same runner, session and endpoint as before.
+#[tokio::test]
+async fn a_deleted_database_keeps_the_shared_runner() {
+    let env = TestEnv::new();
+    let app = env.spawn(&[REUSE]).await;
+    let first = app.api.provision(None).await;
+    assert_eq!(first.status, 201, "{first:?}");
+    let shared = first.session_id().to_owned();
+    let env = app.stop().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", env.db_path.display()));
+    }
+
+    let app = env.spawn(&[REUSE]).await;
+    assert_eq!(app.reconciled.adopted, 1);
+    let row = env.row(&shared).await.expect("the shared runner adopted");
+    assert_eq!(row.kind, RunnerKind::Singleton, "{row:?}");
+    let trail = env.db().await.audit_trail("(database)").await.unwrap();
+    assert!(
+        trail.len() == 1
+            && trail[0].action == "rebuilt"
+            && trail[0].reason.contains("rebuilt from the engine"),
+        "{trail:?}"
+    );
+    for asked in [None, Some("someone-else"), Some(shared.as_str())] {
+        let reply = app.api.provision(asked).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.message(), "Returning existing singleton runner.");
+        assert_eq!(
+            (reply.endpoint(), reply.session_id()),
+            (first.endpoint(), shared.as_str())
+        );
+    }
+    assert_eq!(
+        app.api.heartbeat(&shared).await.message(),
+        "Heartbeat received for singleton runner."
+    );
+    assert_runner_answers(first.endpoint()).await;
     assert_eq!(env.containers().await.len(), 1);
 }

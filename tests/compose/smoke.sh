@@ -6,8 +6,9 @@
 # `down` + `up` (the database lives in the named volume). Then the `gateway`
 # profile's service must give a runner reachable only through its own port
 # (`<token>.runners.localhost`), published on the loopback alone, on a runner
-# network without inter-container traffic, and answer 404 for it once
-# deprovisioned.
+# network without inter-container traffic, keep its endpoint when its
+# volume is deleted (the token key lives outside it), and answer 404 for it
+# once deprovisioned.
 #
 # Everything it creates is scoped to one unique compose project, instance id
 # (ORCHESTRATOR_ID) and image tags, and removed on exit, also on failure.
@@ -38,6 +39,9 @@ gateway_port="${SMOKE_GATEWAY_PORT:-21302}"
 export GATEWAY_ORCHESTRATOR_ID="${project}-gateway"
 # Given to the gateway service only (the others keep the default bridge).
 runner_network="${project}-runners"
+# The gateway's token key, outside its volume (removed on exit).
+GATEWAY_KEY_DIR="$(mktemp -d)"
+export GATEWAY_KEY_DIR
 export PORT=3001
 export RUNNERS_HOST=http://127.0.0.1
 # A runner without a row after `down` + `up` means the volume lost the
@@ -73,6 +77,14 @@ fail() {
     exit 1
 }
 
+wait_gateway_ready() {
+    for _ in $(seq 1 60); do
+        curl --silent --fail --max-time 2 "$gateway/readyz" >/dev/null && return
+        sleep 1
+    done
+    fail "the gateway service is not ready within 60 s"
+}
+
 runner_containers() { # [INSTANCE]
     docker ps --all --quiet --no-trunc \
         --filter "label=taylored-orchestrator-id=${1:-$ORCHESTRATOR_ID}" \
@@ -106,6 +118,7 @@ cleanup() {
             xargs --no-run-if-empty docker network rm >/dev/null 2>&1 || true
     done
     docker network rm "$runner_network" >/dev/null 2>&1 || true
+    rm -rf "$GATEWAY_KEY_DIR"
     docker image rm "$ORCHESTRATOR_IMAGE" "$RUNNER_IMAGE" >/dev/null 2>&1 || true
     echo "smoke test finished in $((SECONDS - started_at)) s (exit $status)"
     exit "$status"
@@ -268,12 +281,7 @@ step "the gateway profile: a runner reached only through the service's port"
 PORT="$gateway_port" RUNNER_NETWORK="$runner_network" \
     compose --profile gateway up --detach orchestrator-gateway 2>&1
 gateway="http://127.0.0.1:${gateway_port}"
-for _ in $(seq 1 60); do
-    curl --silent --fail --max-time 2 "$gateway/readyz" >/dev/null && break
-    sleep 1
-done
-curl --silent --fail --max-time 2 "$gateway/readyz" >/dev/null \
-    || fail "the gateway service is not ready within 60 s"
+wait_gateway_ready
 answer=$(curl --silent --max-time 30 --write-out ' %{http_code}' --request POST \
     --header 'Content-Type: application/json' --header "X-Session-Id: gw-${session}" \
     --data '{}' "$gateway/api/runner/provision")
@@ -297,6 +305,30 @@ jq --exit-status 'all(.[][]; .HostIp == "127.0.0.1")' <<<"$bindings" >/dev/null 
     || fail "the runner's port is published beyond the loopback: ${bindings}"
 [ "$(docker network inspect --format '{{index .Options "com.docker.network.bridge.enable_icc"}}' \
     "$runner_network")" = false ] || fail "RUNNER_NETWORK ${runner_network} lets runners reach each other"
+
+step "the gateway profile after its volume is deleted: the same endpoint, rebuilt from the engine"
+compose --profile gateway stop --timeout 10 orchestrator-gateway 2>&1
+compose --profile gateway rm --force orchestrator-gateway 2>&1
+docker volume rm "${project}_orchestrator-gateway-data" >/dev/null \
+    || fail "could not delete the gateway's volume"
+[ -s "$GATEWAY_KEY_DIR/token-key" ] || fail "no token key in GATEWAY_KEY_DIR"
+# A missing database adopts what the engine holds (ORPHAN_POLICY=remove, set
+# above for the other service's check, would remove it).
+ORPHAN_POLICY=adopt PORT="$gateway_port" RUNNER_NETWORK="$runner_network" \
+    compose --profile gateway up --detach orchestrator-gateway 2>&1
+wait_gateway_ready
+again=$(curl --silent --max-time 30 --write-out ' %{http_code}' --request POST \
+    --header 'Content-Type: application/json' --header "X-Session-Id: gw-${session}" \
+    --data '{}' "$gateway/api/runner/provision")
+echo "provision after the rebuild → ${again}"
+[ "${again##* }" = 200 ] || fail "provision after the rebuild: expected HTTP 200 (the runner kept)"
+[ "$(jq --raw-output .endpoint <<<"${again% *}")" = "$gateway_endpoint" ] \
+    || fail "the endpoint changed after the rebuild: ${again}"
+curl --silent --fail --max-time 5 "${resolve[@]}" "$gateway_endpoint/" >/dev/null \
+    || fail "the runner does not answer through the gateway after the rebuild"
+compose logs --no-color orchestrator-gateway 2>&1 | grep -q 'rebuilt from the engine' \
+    || fail "the gateway service's log does not say it rebuilt from the engine"
+
 answer=$(curl --silent --max-time 30 --write-out '%{http_code}' --output /dev/null --request POST \
     --header 'Content-Type: application/json' --data "{\"sessionId\":\"gw-${session}\"}" \
     "$gateway/api/runner/deprovision")

@@ -10,14 +10,14 @@ use crate::harness::Swarm;
 use crate::support::wait::poll_until;
 
 /// How long a runner the service reports may take to answer a client.
-const REACH_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const REACH_LIMIT: Duration = Duration::from_secs(10);
 
-fn check(condition: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+pub(crate) fn check(condition: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     if condition { Ok(()) } else { Err(what()) }
 }
 
 /// Waits until the runner at `endpoint` answers the client namespace.
-async fn reached(swarm: &Swarm, endpoint: &str) -> Result<(), String> {
+pub(crate) async fn reached(swarm: &Swarm, endpoint: &str) -> Result<(), String> {
     poll_until(
         REACH_LIMIT,
         &format!("{endpoint} answering a client"),
@@ -204,17 +204,29 @@ pub async fn the_reaper_removes_idle_services(swarm: &Swarm) -> Result<(), Strin
         },
     )
     .await?;
+    // The row goes (and the audit is written) just after the service.
+    let reaped = poll_until(
+        Duration::from_secs(10),
+        "the reaping in the audit log",
+        || async {
+            let reasons = service.audit_reasons("idle").await.ok()?;
+            reasons
+                .iter()
+                .any(|reason| reason.contains("INACTIVITY_TIMEOUT_SECONDS"))
+                .then_some(())
+        },
+    )
+    .await;
+    if let Err(error) = reaped {
+        return Err(format!(
+            "{error}: {:?}",
+            service.audit_reasons("idle").await
+        ));
+    }
     let status = service.heartbeat("idle").await?;
     check(status == 404, || {
         format!("a reaped runner's heartbeat answered {status}")
-    })?;
-    let reasons = service.audit_reasons("idle").await?;
-    check(
-        reasons
-            .iter()
-            .any(|reason| reason.contains("INACTIVITY_TIMEOUT_SECONDS")),
-        || format!("no reaping in the audit log: {reasons:?}"),
-    )
+    })
 }
 
 pub async fn the_warm_pool_and_the_limit_work_on_the_swarm(swarm: &Swarm) -> Result<(), String> {
@@ -358,28 +370,7 @@ pub async fn a_lost_node_s_sessions_are_repaired_on_the_others(
     check(!on_lost.is_empty(), || {
         format!("no runner on {}", lost.hostname)
     })?;
-    // Its link down and its engine killed, as a machine that died.
-    let down = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lost.netns,
-            "ip",
-            "link",
-            "set",
-            "eth0",
-            "down",
-        ])
-        .status()
-        .map_err(|error| error.to_string())?;
-    check(down.success(), || {
-        "could not take the node's link down".to_owned()
-    })?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(lost.pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .map_err(|error| error.to_string())?;
+    swarm.cluster.kill(&lost)?;
     let lost_at = Instant::now();
     // Swarm marks it down within its node heartbeat; the drift reconcile
     // (every second here) follows.
@@ -426,7 +417,7 @@ pub async fn a_lost_node_s_sessions_are_repaired_on_the_others(
 /// `GET /` of a gateway endpoint, sent to the service's port on this host
 /// (the gateway's domain has no DNS here); the runner's JSON answer and the
 /// status.
-async fn through_gateway(
+pub(crate) async fn through_gateway(
     service_port: u16,
     endpoint: &str,
 ) -> Result<(u16, serde_json::Value), String> {
@@ -493,7 +484,7 @@ pub async fn the_gateway_reaches_runners_on_their_nodes(swarm: &Swarm) -> Result
 /// Runner egress on a swarm (docs/swarm.md): each node's rules are its
 /// egress agent's (a global service running `orchestrator egress node`).
 /// Without one the service is not ready and says why; with agents on two
-/// of the three nodes it is, names the third, places runners on the two
+/// of the four nodes it is, names the other two, places runners on the two
 /// only, and their rules block what a runner without rules reaches; a table
 /// deleted by hand is put back by the node's agent; without agents the
 /// service is not ready again and the nodes lose their label.
@@ -546,7 +537,7 @@ async fn not_ready(service: &crate::harness::Service) -> Option<serde_json::Valu
 
 async fn egress_agents(swarm: &Swarm, instance: &str, open_instance: &str) -> Result<(), String> {
     let nodes = &swarm.cluster.nodes;
-    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (n1, n2, n3, n4) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
     let image = crate::agent::image(&swarm.cluster)?;
     let table = taylored_orchestrator::egress::ruleset::table_name(instance);
     let public = [
@@ -569,7 +560,7 @@ async fn egress_agents(swarm: &Swarm, instance: &str, open_instance: &str) -> Re
         &image,
         instance,
         &[("RUNNER_EGRESS", "public")],
-        &[&n3.hostname],
+        &[&n3.hostname, &n4.hostname],
     )?;
     let ready = poll_until(
         Duration::from_secs(90),
@@ -583,17 +574,17 @@ async fn egress_agents(swarm: &Swarm, instance: &str, open_instance: &str) -> Re
     let nodes_said = &ready["egress"]["nodes"];
     check(
         nodes_said["ruled"] == serde_json::json!([n1.hostname, n2.hostname])
-            && nodes_said["missing"] == serde_json::json!([n3.hostname]),
+            && nodes_said["missing"] == serde_json::json!([n3.hostname, n4.hostname]),
         || format!("/readyz: {ready}"),
     )?;
     let (_, metrics) = service.get("/metrics").await?;
     let metrics = metrics.as_str().unwrap_or_default().to_owned();
     check(
         metrics.contains("orchestrator_egress_nodes{state=\"ruled\"} 2")
-            && metrics.contains("orchestrator_egress_nodes{state=\"missing\"} 1"),
+            && metrics.contains("orchestrator_egress_nodes{state=\"missing\"} 2"),
         || format!("metrics: {metrics}"),
     )?;
-    for (node, holds) in [(n1, true), (n2, true), (n3, false)] {
+    for (node, holds) in [(n1, true), (n2, true), (n3, false), (n4, false)] {
         let listed = swarm.nft(node, &["list", "table", "inet", &table]);
         check(listed.status.success() == holds, || {
             format!(
@@ -619,9 +610,10 @@ async fn egress_agents(swarm: &Swarm, instance: &str, open_instance: &str) -> Re
         .into_iter()
         .filter_map(|(_, node)| node)
         .collect();
-    check(!placed.contains(&n3.hostname) && !placed.is_empty(), || {
-        format!("runners under rules were placed on {placed:?}")
-    })?;
+    check(
+        !placed.contains(&n3.hostname) && !placed.contains(&n4.hostname) && !placed.is_empty(),
+        || format!("runners under rules were placed on {placed:?}"),
+    )?;
 
     // The same kind of target from both sides: a runner without rules (an
     // instance under `all`) reaches a runner's published port on a node's

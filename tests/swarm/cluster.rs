@@ -25,6 +25,8 @@ pub struct Node {
 pub struct Cluster {
     name: String,
     pub nodes: Vec<Node>,
+    /// How many of `nodes`, from the first, are managers.
+    managers: usize,
     /// The namespace clients connect from.
     pub client_netns: String,
 }
@@ -43,12 +45,23 @@ pub fn check_prerequisites() -> Result<(), String> {
 }
 
 impl Cluster {
-    /// Brings up `nodes` engines as a swarm with the runner image on every
-    /// node, and the stubborn image on the first node only (for a node that
-    /// lacks the image).
-    pub fn up(name: &str, nodes: usize, images: &TestImages) -> Result<Self, String> {
+    /// Brings up `nodes` engines as a swarm, the first `managers` of them
+    /// managers, with the runner image on every node, and the stubborn image
+    /// on the first node only (for a node that lacks the image).
+    pub fn up(
+        name: &str,
+        nodes: usize,
+        managers: usize,
+        images: &TestImages,
+    ) -> Result<Self, String> {
         let output = Command::new(script())
-            .args(["up", name, &nodes.to_string(), &images.runner])
+            .args([
+                "up",
+                name,
+                &nodes.to_string(),
+                &managers.to_string(),
+                &images.runner,
+            ])
             .stderr(Stdio::inherit())
             .output()
             .map_err(|error| format!("run cluster.sh: {error}"))?;
@@ -56,6 +69,7 @@ impl Cluster {
         let mut cluster = Self {
             name: name.to_owned(),
             nodes: Vec::new(),
+            managers,
             client_netns: String::new(),
         };
         if !output.status.success() {
@@ -84,9 +98,40 @@ impl Cluster {
         std::path::PathBuf::from(format!("/run/swarm-{}", self.name))
     }
 
-    /// The manager's socket (the first node).
+    /// The first manager, which formed the swarm (its leader until lost).
     pub fn manager(&self) -> &Node {
         &self.nodes[0]
+    }
+
+    /// The managers, the first first.
+    pub fn managers(&self) -> &[Node] {
+        &self.nodes[..self.managers.min(self.nodes.len())]
+    }
+
+    /// Takes `node` off the network and kills its engine, as a machine that
+    /// died: its runners' containers are left as they were, unreachable.
+    pub fn kill(&self, node: &Node) -> Result<(), String> {
+        let down = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.netns,
+                "ip",
+                "link",
+                "set",
+                "eth0",
+                "down",
+            ])
+            .status()
+            .map_err(|error| error.to_string())?;
+        if !down.success() {
+            return Err(format!("could not take {}'s link down", node.hostname));
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(node.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .map_err(|error| format!("kill {}'s engine: {error}", node.hostname))
     }
 
     /// Loads `image` from this machine's engine on `node`.

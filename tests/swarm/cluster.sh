@@ -7,8 +7,11 @@
 # orchestrator under test reach runners at their node's address, and a
 # client namespace stands for a browser's machine elsewhere.
 #
-#   tests/swarm/cluster.sh up NAME NODES [IMAGE...]   start NODES engines, form a swarm,
-#                                                     load each IMAGE on every node
+#   tests/swarm/cluster.sh up NAME NODES MANAGERS [IMAGE...]
+#                                                     start NODES engines, form a swarm
+#                                                     whose first MANAGERS nodes are
+#                                                     managers, load each IMAGE on
+#                                                     every node
 #   tests/swarm/cluster.sh down NAME                  remove everything `up` made
 #   tests/swarm/cluster.sh env NAME                   print the cluster's facts
 #
@@ -19,7 +22,7 @@
 # machine's own engine uses). Facts behind each step: shared/spec/stack-notes.md.
 set -euo pipefail
 
-command=${1:?usage: cluster.sh up|down|env NAME [NODES [IMAGE...]]}
+command=${1:?usage: cluster.sh up|down|env NAME [NODES MANAGERS [IMAGE...]]}
 name=${2:?a cluster name (at most 4 characters)}
 [[ $name =~ ^[a-z0-9]{1,4}$ ]] || { echo "cluster name must be 1-4 of [a-z0-9]" >&2; exit 2; }
 
@@ -79,7 +82,7 @@ EOF
 }
 
 up() {
-    local nodes=${3:?number of nodes}; shift 3
+    local nodes=${3:?number of nodes} managers=${4:?number of managers}; shift 4
     local images=("$@")
     if [ -e "$state" ]; then
         log "already up (or left over); taking it down first"
@@ -116,13 +119,19 @@ up() {
     log "engines up; forming the swarm"
     node_docker 1 swarm init --advertise-addr "$(node_address 1)" >/dev/null
     local token pids=()
+    # Managers one at a time (each join changes the raft membership, which
+    # takes one change at a time); workers all at once.
+    token=$(node_docker 1 swarm join-token -q manager)
+    for node in $(seq 2 "$managers"); do
+        node_docker "$node" swarm join --token "$token" "$(node_address 1):2377" >/dev/null
+    done
     token=$(node_docker 1 swarm join-token -q worker)
-    for node in $(seq 2 "$nodes"); do
+    for node in $(seq $((managers + 1)) "$nodes"); do
         node_docker "$node" swarm join --token "$token" "$(node_address 1):2377" >/dev/null &
         pids+=($!)
     done
     # Only the joins: a bare `wait` would wait for the engines too.
-    for pid in "${pids[@]}"; do wait "$pid"; done
+    for pid in "${pids[@]+"${pids[@]}"}"; do wait "$pid"; done
     wait_for "$nodes ready nodes" 120 all_ready "$nodes"
     for image in "${images[@]}"; do
         log "loading $image on every node"
@@ -141,7 +150,7 @@ all_ready() {
 }
 
 down() {
-    local nodes=3
+    local nodes=4
     [ -f "$state/nodes" ] && nodes=$(cat "$state/nodes")
     for node in $(seq 1 "$nodes"); do
         local dir="$state/n$node"

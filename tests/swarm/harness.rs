@@ -40,12 +40,7 @@ pub struct Service {
 
 impl Swarm {
     pub fn new(cluster: Cluster, images: TestImages) -> Self {
-        let manager = Docker::connect_with_unix(
-            cluster.manager().socket.trim_start_matches("unix://"),
-            30,
-            bollard::API_DEFAULT_VERSION,
-        )
-        .expect("the manager's socket");
+        let manager = engine(cluster.manager());
         Self {
             cluster,
             images,
@@ -84,14 +79,41 @@ impl Swarm {
         env: &[(&str, &str)],
         ready: bool,
     ) -> Result<Service, String> {
-        let database = format!(
-            "sqlite://{}",
-            self.dir.path().join(format!("{instance}.db")).display()
-        );
+        let database = self.file(&format!("{instance}.db"));
+        self.start_on(instance, env, ready, self.cluster.manager(), &database)
+            .await
+    }
+
+    /// Starts the service for `instance` through `manager`'s engine, on the
+    /// database file `database` (a path; see [`Swarm::file`]).
+    pub async fn spawn_on(
+        &self,
+        instance: &str,
+        env: &[(&str, &str)],
+        manager: &Node,
+        database: &str,
+    ) -> Result<Service, String> {
+        self.start_on(instance, env, true, manager, database).await
+    }
+
+    /// A path in this run's temporary directory.
+    pub fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    async fn start_on(
+        &self,
+        instance: &str,
+        env: &[(&str, &str)],
+        ready: bool,
+        manager: &Node,
+        database: &str,
+    ) -> Result<Service, String> {
+        let database = format!("sqlite://{database}");
         let mut command = service_command(&database, instance, &self.images.runner);
         command
             .env("RUNNER_BACKEND", "swarm")
-            .env("DOCKER_HOST", &self.cluster.manager().socket)
+            .env("DOCKER_HOST", &manager.socket)
             // Swarm publishes on every address of the node.
             .env("RUNNER_BIND_ADDRESS", "0.0.0.0")
             .env("RECONCILE_INTERVAL_SECONDS", "1")
@@ -154,39 +176,7 @@ impl Swarm {
     /// This instance's services, each with the hostname of the node its
     /// latest task was placed on.
     pub async fn services(&self, instance: &str) -> Result<Vec<(String, Option<String>)>, String> {
-        let label = format!("{INSTANCE_LABEL}={instance}");
-        let filters = HashMap::from([("label", vec![label.as_str()])]);
-        let services = self
-            .manager
-            .list_services(Some(
-                ListServicesOptionsBuilder::new().filters(&filters).build(),
-            ))
-            .await
-            .map_err(|error| error.to_string())?;
-        let mut found = Vec::new();
-        for service in services {
-            let name = service.spec.and_then(|spec| spec.name).unwrap_or_default();
-            let filters = HashMap::from([("service", vec![name.as_str()])]);
-            let tasks = self
-                .manager
-                .list_tasks(Some(
-                    ListTasksOptionsBuilder::new().filters(&filters).build(),
-                ))
-                .await
-                .map_err(|error| error.to_string())?;
-            let node_id = tasks.iter().find_map(|task| task.node_id.clone());
-            let node = match node_id {
-                Some(id) => self
-                    .manager
-                    .inspect_node(&id)
-                    .await
-                    .ok()
-                    .and_then(|node| node.description?.hostname),
-                None => None,
-            };
-            found.push((name, node));
-        }
-        Ok(found)
+        services_on(&self.manager, instance).await
     }
 
     /// The node whose address an endpoint names.
@@ -197,12 +187,17 @@ impl Swarm {
 
     /// Removes every service of this run's instances (between tests, and
     /// after a failure).
+    /// Through every manager that answers: the failover test loses the
+    /// first.
     pub async fn clean_up(&self) {
         let instances = self.instances.lock().unwrap().clone();
-        for instance in instances {
-            if let Ok(services) = self.services(&instance).await {
-                for (name, _) in services {
-                    let _ = self.manager.delete_service(&name).await;
+        for manager in self.cluster.managers() {
+            let engine = engine(manager);
+            for instance in &instances {
+                if let Ok(services) = services_on(&engine, instance).await {
+                    for (name, _) in services {
+                        let _ = engine.delete_service(&name).await;
+                    }
                 }
             }
         }
@@ -316,4 +311,52 @@ impl Service {
         pool.close().await;
         Ok(rows.iter().map(|row| row.get::<String, _>(0)).collect())
     }
+}
+
+/// A client of `node`'s engine.
+pub fn engine(node: &Node) -> Docker {
+    Docker::connect_with_unix(
+        node.socket.trim_start_matches("unix://"),
+        30,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .expect("a node's socket")
+}
+
+/// `instance`'s services as `manager` lists them, each with the hostname of
+/// the node its latest task was placed on.
+pub async fn services_on(
+    manager: &Docker,
+    instance: &str,
+) -> Result<Vec<(String, Option<String>)>, String> {
+    let label = format!("{INSTANCE_LABEL}={instance}");
+    let filters = HashMap::from([("label", vec![label.as_str()])]);
+    let services = manager
+        .list_services(Some(
+            ListServicesOptionsBuilder::new().filters(&filters).build(),
+        ))
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut found = Vec::new();
+    for service in services {
+        let name = service.spec.and_then(|spec| spec.name).unwrap_or_default();
+        let filters = HashMap::from([("service", vec![name.as_str()])]);
+        let tasks = manager
+            .list_tasks(Some(
+                ListTasksOptionsBuilder::new().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|error| error.to_string())?;
+        let node_id = tasks.iter().find_map(|task| task.node_id.clone());
+        let node = match node_id {
+            Some(id) => manager
+                .inspect_node(&id)
+                .await
+                .ok()
+                .and_then(|node| node.description?.hostname),
+            None => None,
+        };
+        found.push((name, node));
+    }
+    Ok(found)
 }

@@ -1,5 +1,6 @@
 //! The swarm tier (`cargo test --test swarm`): the service binary with
-//! `RUNNER_BACKEND=swarm` against a real Docker Swarm of three engines, each
+//! `RUNNER_BACKEND=swarm` against a real Docker Swarm of four engines (three
+//! managers, so that the swarm outlives one of them, and a worker), each
 //! in a network namespace of its own on this machine (`cluster.sh`), and
 //! clients in a namespace of their own. It brings the swarm up, runs every
 //! test against it one after another, and takes it down, also when a test
@@ -14,6 +15,7 @@ mod support;
 mod agent;
 mod cases;
 mod cluster;
+mod failover;
 mod harness;
 
 use std::process::ExitCode;
@@ -22,7 +24,9 @@ use std::time::Instant;
 use cluster::Cluster;
 use harness::Swarm;
 
-/// The tests, in order: the lost node comes last, since it kills a node.
+/// The tests, in order: the two that kill a node come last, the worker
+/// first and then the first manager (the one `Swarm::manager` talks to);
+/// the two managers left still hold the swarm's quorum.
 const TESTS: &[(&str, harness::Test)] = &[
     ("runners_spread_over_nodes_and_answer_clients", |s| {
         Box::pin(cases::runners_spread_over_nodes_and_answer_clients(s))
@@ -61,6 +65,10 @@ const TESTS: &[(&str, harness::Test)] = &[
     ("a_lost_node_s_sessions_are_repaired_on_the_others", |s| {
         Box::pin(cases::a_lost_node_s_sessions_are_repaired_on_the_others(s))
     }),
+    (
+        "a_lost_manager_and_database_fail_over_to_another_manager",
+        |s| Box::pin(failover::a_lost_manager_and_database_fail_over_to_another_manager(s)),
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -72,7 +80,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let started = Instant::now();
     // Taken down when dropped, whatever happens below.
-    let cluster = match Cluster::up("tsw", 3, &images) {
+    let cluster = match Cluster::up("tsw", 4, 3, &images) {
         Ok(cluster) => cluster,
         Err(reason) => {
             eprintln!("could not bring the swarm up: {reason}");

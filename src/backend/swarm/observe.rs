@@ -166,7 +166,9 @@ pub(super) fn node_ready(node: &Node) -> bool {
 }
 
 /// The node's public host is its `taylored.runners-host` label, else the
-/// address it joined the swarm with.
+/// address it joined the swarm with: a manager's raft address, since a
+/// manager that became leader after another was lost reads `0.0.0.0` in
+/// `Status.Addr` (moby#35437), a worker's `Status.Addr`.
 fn runner_node(node: &Node) -> RunnerNode {
     let label = node
         .spec
@@ -175,7 +177,7 @@ fn runner_node(node: &Node) -> RunnerNode {
         .and_then(|labels| labels.get(RUNNERS_HOST_LABEL))
         .filter(|host| !host.is_empty())
         .cloned();
-    let address = node.status.as_ref().and_then(|status| status.addr.clone());
+    let address = node_address(node);
     RunnerNode {
         name: node
             .description
@@ -186,6 +188,27 @@ fn runner_node(node: &Node) -> RunnerNode {
         host: label.or(address).unwrap_or_default(),
         ready: node_ready(node),
     }
+}
+
+fn node_address(node: &Node) -> Option<String> {
+    let raft = node
+        .manager_status
+        .as_ref()
+        .and_then(|status| status.addr.as_deref())
+        .map(|addr| addr.rsplit_once(':').map_or(addr, |(host, _port)| host))
+        .map(|host| host.trim_start_matches('[').trim_end_matches(']'));
+    let status = node
+        .status
+        .as_ref()
+        .and_then(|status| status.addr.as_deref());
+    [raft, status]
+        .into_iter()
+        .flatten()
+        .find(|host| {
+            host.parse::<std::net::IpAddr>()
+                .map_or(!host.is_empty(), |ip| !ip.is_unspecified())
+        })
+        .map(str::to_owned)
 }
 
 fn labels_of(service: &Service) -> HashMap<String, String> {
@@ -223,6 +246,29 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_manager_is_reached_at_its_raft_address_a_worker_at_its_status_address() {
+        use bollard::models::ManagerStatus;
+        let mut leader = node("leader", NodeState::READY, None);
+        // A manager that became leader after the first was lost.
+        leader.status.as_mut().unwrap().addr = Some("0.0.0.0".into());
+        leader.manager_status = Some(ManagerStatus {
+            addr: Some("10.1.2.3:2377".into()),
+            ..Default::default()
+        });
+        assert_eq!(runner_node(&leader).host, "10.1.2.3");
+        let mut v6 = leader.clone();
+        v6.manager_status.as_mut().unwrap().addr = Some("[fd00::7]:2377".into());
+        assert_eq!(runner_node(&v6).host, "fd00::7");
+        let mut unknown = leader.clone();
+        unknown.manager_status = None;
+        assert_eq!(runner_node(&unknown).host, "");
+        let worker = node("w", NodeState::READY, None);
+        assert_eq!(runner_node(&worker).host, "10.0.0.1");
+        let labelled = node("w", NodeState::READY, Some("runners-1.example.com"));
+        assert_eq!(runner_node(&labelled).host, "runners-1.example.com");
     }
 
     fn service(session: &str) -> Service {
