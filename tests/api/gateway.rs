@@ -331,6 +331,11 @@ async fn a_damaged_database_keeps_every_endpoint() {
                 && trail[0].reason.contains("adopted=2"),
             "{damage:?}: {trail:?}"
         );
+        let (ok, listed, _) = crate::operator::operator(&env, &["runners", "list"]);
+        assert!(
+            ok && sessions.iter().all(|session| listed.contains(session)),
+            "{damage:?}: {listed}"
+        );
         assert!(app.terminate().await.success());
     }
 }

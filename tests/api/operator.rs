@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::helpers::{TestEnv, spawn_app};
 
 /// Runs `orchestrator <args>` on the environment's database and instance.
-fn operator(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn operator(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .args(args)
         .env("DATABASE_URL", &env.db_path)

@@ -131,4 +131,11 @@ async fn a_deleted_database_keeps_the_shared_runner() {
     );
     assert_runner_answers(first.endpoint()).await;
     assert_eq!(env.containers().await.len(), 1);
+    let (ok, listed, _) = crate::operator::operator(&env, &["runners", "list"]);
+    assert!(
+        ok && listed
+            .lines()
+            .any(|line| line.starts_with(&shared) && line.contains("singleton")),
+        "{listed}"
+    );
 }

@@ -193,3 +193,59 @@ async fn a_claimed_warm_runner_is_still_claimed_after_a_lost_database() {
     assert_eq!(next.status, 201, "{next:?}");
     assert_ne!(next.session_id(), session);
 }
+
+/// A kill -9 after a warm claim was marked on the engine and before its row
+/// said so, then a deleted database: the start adopts the runner as its
+/// session's, and no browser that comes next gets it. The test makes the
+/// killed process's half-step itself, through the service's own backend
+/// (no signal can be timed into a window of a millisecond): the process is
+/// killed with both runners waiting, one is then marked claimed.
+#[tokio::test]
+async fn a_kill_9_between_a_claim_and_its_row_then_a_lost_database_hands_it_out_once() {
+    use taylored_orchestrator::backend::RunnerBackend;
+    use taylored_orchestrator::backend::docker::DockerBackend;
+    let env = TestEnv::new();
+    let warm = [("WARM_POOL_SIZE", "2")];
+    let app = env.spawn_binary(&warm).await;
+    eventually(
+        Duration::from_secs(30),
+        "two waiting warm runners",
+        || async {
+            let rows = env.db().await.all().await.unwrap();
+            rows.iter()
+                .filter(|row| {
+                    row.pooled && row.state == taylored_orchestrator::db::RunnerState::Running
+                })
+                .count()
+                == 2
+        },
+    )
+    .await;
+    app.kill_9();
+    let rows = env.db().await.all().await.unwrap();
+    let half = rows.iter().find(|row| row.pooled).unwrap().clone();
+    let backend = DockerBackend::connect(&env.settings(&[])).unwrap();
+    backend
+        .mark_claimed(half.container_id.as_deref().unwrap(), &half.container_name)
+        .await
+        .unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", env.db_path.display()));
+    }
+
+    let app = env.spawn_binary(&warm).await;
+    let row = env
+        .row(&half.session_id)
+        .await
+        .expect("the claimed runner adopted");
+    assert!(!row.pooled, "{row:?}");
+    assert_eq!(app.api.heartbeat(&half.session_id).await.status, 200);
+    // The other waiting one, then fresh or refilled ones: never the claimed.
+    let mut given = HashSet::new();
+    for _ in 0..3 {
+        let next = app.api.provision(None).await;
+        assert_eq!(next.status, 201, "{next:?}");
+        assert_ne!(next.session_id(), half.session_id, "handed out twice");
+        assert!(given.insert(next.session_id().to_owned()), "{next:?}");
+    }
+}

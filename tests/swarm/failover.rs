@@ -16,7 +16,7 @@ const PUBLIC_PORT: &str = "8443";
 
 /// How long the swarm may take to notice its lost manager: a new raft
 /// leader and the node marked down (swarmkit's election and node heartbeat;
-/// measured 45-51 s here, docs/swarm.md#failover).
+/// measured 40-51 s here, docs/swarm.md#failover).
 const NOTICE_LIMIT: Duration = Duration::from_secs(90);
 
 /// The bound this test holds the failover to, from the machine's death to
