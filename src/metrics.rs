@@ -145,6 +145,7 @@ pub struct Metrics {
     reconcile_actions: Family<ActionLabel, Counter>,
     engine_errors: Family<KindLabel, Counter>,
     runner_limit: Gauge,
+    runner_starts: Family<NodeStateLabel, Gauge>,
     gateway_requests: Family<GatewayLabel, Counter>,
     gateway_tunnels: Gauge,
     egress_policy: Family<PolicyLabel, Gauge>,
@@ -156,6 +157,7 @@ pub struct Metrics {
     egress_repaired: Counter,
 }
 
+/// A `state` label: of egress nodes, of runner starts.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeStateLabel {
     state: &'static str,
@@ -235,6 +237,13 @@ impl Default for Metrics {
             "MAX_CONCURRENT_RUNNERS in force (0: no limit), set once the engine was first reached",
             runner_limit.clone(),
         );
+        let runner_starts = Family::<NodeStateLabel, Gauge>::default();
+        registry.register(
+            "runner_starts",
+            "Runner starts with the engine now (in_flight, at most RUNNER_STARTS_AT_ONCE) \
+             and waiting for their turn (waiting)",
+            runner_starts.clone(),
+        );
         let gateway_requests = Family::<GatewayLabel, Counter>::default();
         registry.register(
             "gateway_requests",
@@ -311,6 +320,7 @@ impl Default for Metrics {
             reconcile_actions,
             engine_errors,
             runner_limit,
+            runner_starts,
         }
     }
 }
@@ -413,6 +423,15 @@ impl Metrics {
 
     pub fn runner_limit(&self, limit: u32) {
         self.runner_limit.set(i64::from(limit));
+    }
+
+    /// The start queue's state (see `lifecycle::start_queue`).
+    pub fn runner_starts(&self, in_flight: usize, waiting: usize) {
+        for (state, count) in [("in_flight", in_flight), ("waiting", waiting)] {
+            self.runner_starts
+                .get_or_create(&NodeStateLabel { state })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     /// The text exposition, with the runner gauge set from `counts` (state,

@@ -20,7 +20,7 @@ use taylored_orchestrator::domain::{RunnerKind, SessionId};
 
 /// An engine client configured as the service's (default limits), under an
 /// instance label of its own so that the service never sees its containers.
-fn raw_engine(image: &str, instance: &str) -> Result<DockerBackend> {
+pub(crate) fn raw_engine(image: &str, instance: &str) -> Result<DockerBackend> {
     let settings = Settings::from_env_and_args([
         "orchestrator".to_owned(),
         format!("--orchestrator-id={instance}"),
@@ -35,7 +35,11 @@ fn raw_engine(image: &str, instance: &str) -> Result<DockerBackend> {
 /// The engine's own work for a provision: create, start, and inspect of the
 /// very container body the service sends (`DockerBackend::container_body`), with
 /// bollard and nothing else.
-async fn raw_start(docker: &Docker, engine: &DockerBackend, session: &str) -> Result<()> {
+pub(crate) async fn raw_start(
+    docker: &Docker,
+    engine: &DockerBackend,
+    session: &str,
+) -> Result<()> {
     let session = SessionId::parse(session)?;
     let name = session.container_name(engine.instance());
     // The same labels as the service's runners, token ones included.

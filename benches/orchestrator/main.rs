@@ -5,12 +5,14 @@
 //! both alike. It reports and never fails on noise: it exits non-zero only if
 //! something is broken (no engine, a request refused).
 //!
-//! Parts named after `--` run alone (`throughput`, `sessions`, `cold`,
+//! Parts named after `--` run alone (`throughput`, `sessions`, `cold`, `burst`,
 //! `egress`, `egress-connect`, `warm`, `reaper`, `restart`, `gateway`). `--smoke` (or `BENCH_SMOKE=1`) runs them at
 //! a tiny size. Sizes:
 //! `BENCH_HB_CLIENTS` (32), `BENCH_HB_SECONDS` (4), `BENCH_HB_SESSIONS`
 //! (10000), `BENCH_COLD_SAMPLES` (30),
-//! `BENCH_BURST` (50), `BENCH_WARM_SAMPLES` (20), `BENCH_WARM_POOL` (4),
+//! `BENCH_BURST` (50), `BENCH_BURST_SIZES` (`25,50,100`: the burst part's
+//! simultaneous first provisions; `BENCH_STARTS_AT_ONCE` sets the service's
+//! `RUNNER_STARTS_AT_ONCE` there), `BENCH_WARM_SAMPLES` (20), `BENCH_WARM_POOL` (4),
 //! `BENCH_RESTART_SIZES` (`100,500`; the restart part also kills the service
 //! mid-burst of `BENCH_BURST` provisions),
 //! `BENCH_REAPER_ROWS` (10000), `BENCH_REAPER_STALE` (5),
@@ -43,6 +45,7 @@ mod egress_tier;
 #[allow(dead_code)]
 mod world;
 
+mod burst;
 mod cold;
 mod egress;
 mod egress_connect;
@@ -62,6 +65,7 @@ struct Sizes {
     hb_sessions: usize,
     cold_samples: usize,
     burst: usize,
+    burst_sizes: Vec<usize>,
     warm_samples: usize,
     warm_pool: usize,
     restart_sizes: Vec<usize>,
@@ -86,6 +90,12 @@ impl Sizes {
             || std::env::var("BENCH_SMOKE").is_ok_and(|value| value == "1");
         let pick = |full, tiny| if smoke { tiny } else { full };
         let restart_default = if smoke { "3,6" } else { "100,500" };
+        let burst_default = if smoke { "4" } else { "25,50,100" };
+        let burst_sizes = std::env::var("BENCH_BURST_SIZES")
+            .unwrap_or_else(|_| burst_default.to_owned())
+            .split(',')
+            .filter_map(|size| size.trim().parse().ok())
+            .collect();
         let restart_sizes = std::env::var("BENCH_RESTART_SIZES")
             .unwrap_or_else(|_| restart_default.to_owned())
             .split(',')
@@ -108,6 +118,7 @@ impl Sizes {
             hb_sessions: env_or("BENCH_HB_SESSIONS", pick(10_000, 200)),
             cold_samples: env_or("BENCH_COLD_SAMPLES", pick(30, 3)),
             burst: env_or("BENCH_BURST", pick(50, 4)),
+            burst_sizes,
             warm_samples: env_or("BENCH_WARM_SAMPLES", pick(20, 3)),
             warm_pool: env_or("BENCH_WARM_POOL", pick(4, 2)),
             restart_sizes,
@@ -155,10 +166,11 @@ const DEBUG_BUILD_NOTE: &str = if cfg!(debug_assertions) {
 
 /// The parts, in the order they run; `cargo bench --bench orchestrator --
 /// cold warm` runs only those named.
-const PARTS: [&str; 9] = [
+const PARTS: [&str; 10] = [
     "throughput",
     "sessions",
     "cold",
+    "burst",
     "egress",
     "egress-connect",
     "warm",
@@ -177,6 +189,7 @@ async fn bench(cx: &mut Context) -> Result<()> {
             "throughput" => throughput::throughput(cx).await?,
             "sessions" => sessions::sessions(cx).await?,
             "cold" => cold::cold(cx).await?,
+            "burst" => burst::burst(cx).await?,
             "egress" => egress::egress(cx).await?,
             "egress-connect" => egress_connect::egress_connect(cx).await?,
             "warm" => warm::warm_pool(cx).await?,

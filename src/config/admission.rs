@@ -31,6 +31,14 @@ pub struct Admission {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub provision_burst: u32,
 
+    /// Most runner starts (create and start) sent to the engine at once;
+    /// further cold provisions and warm refills wait their turn in arrival
+    /// order. The default is the concurrency at which this machine's engine
+    /// starts a burst fastest (docs/performance.md#a-burst-of-first-loads).
+    #[arg(long, env = "RUNNER_STARTS_AT_ONCE", default_value_t = 8,
+          value_name = "RUNNER_STARTS_AT_ONCE", value_parser = parse_starts_at_once)]
+    pub runner_starts_at_once: usize,
+
     /// Take the client address from `X-Forwarded-For` (only behind a proxy
     /// that sets it; anyone can send the header).
     #[arg(long, env = "TRUST_FORWARDED_FOR", default_value = "false", value_name = "TRUST_FORWARDED_FOR",
@@ -59,6 +67,13 @@ pub(super) fn parse_max_runners(value: &str) -> Result<MaxRunners, String> {
             .parse()
             .map(MaxRunners::Set)
             .map_err(|_| format!("expected `auto` or a number of runners, got `{value}`")),
+    }
+}
+
+fn parse_starts_at_once(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n @ 1..=1024) => Ok(n),
+        _ => Err(format!("`{text}` is not a number of starts from 1 to 1024")),
     }
 }
 
@@ -91,6 +106,15 @@ mod tests {
         ] {
             let error = parse(args).unwrap_err().to_string();
             assert!(error.contains(variable), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn starts_at_once_is_a_number_from_1_to_1024() {
+        assert_eq!(super::parse_starts_at_once("8"), Ok(8));
+        assert_eq!(super::parse_starts_at_once("1024"), Ok(1024));
+        for bad in ["0", "1025", "-1", "many", ""] {
+            assert!(super::parse_starts_at_once(bad).is_err(), "{bad}");
         }
     }
 }

@@ -129,12 +129,13 @@ impl Db {
         Ok(existing.map_or(Claim::LimitReached, |row| Claim::Existing(Box::new(row))))
     }
 
-    /// The oldest waiting warm runner, the next to claim.
-    pub async fn next_warm(&self) -> Result<Option<RunnerRow>, DbError> {
+    /// The `limit` oldest waiting warm runners, the next to claim first.
+    pub async fn next_warm(&self, limit: u32) -> Result<Vec<RunnerRow>, DbError> {
         sqlx::query_as(select_runners!(
-            "WHERE pooled = 1 AND state = 'running' ORDER BY created_at LIMIT 1"
+            "WHERE pooled = 1 AND state = 'running' ORDER BY created_at LIMIT ?"
         ))
-        .fetch_optional(&self.pool)
+        .bind(limit)
+        .fetch_all(&self.pool)
         .await
         .map_err(DbError::from)
     }

@@ -9,6 +9,7 @@
 //! the service's parts are put together.
 
 mod backup;
+mod burst;
 mod egress;
 mod limits;
 mod provision;

@@ -195,3 +195,31 @@ async fn a_claim_marked_on_the_engine_survives_a_lost_database() {
     assert!(![&claimed, &half].contains(&&fresh.session()), "{fresh:?}");
     assert_eq!(service.heartbeat(&half).await.status, StatusCode::OK);
 }
+
+/// Claims of a burst are picked one at a time but marked on the engine
+/// together: each concurrent provision gets a waiting runner of its own,
+/// none gets one twice, and none is sent to the cold path while one waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_each_take_a_waiting_runner_of_their_own() {
+    let (service, _pool) = filled(6).await;
+    let mut waiting = pooled(&service).await;
+    let answers =
+        futures_util::future::join_all((0..6).map(|_| service.provision_with(None, json!({}))))
+            .await;
+    let mut claimed: Vec<String> = answers
+        .iter()
+        .map(|answer| {
+            assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+            answer.session()
+        })
+        .collect();
+    claimed.sort();
+    waiting.sort();
+    assert_eq!(claimed, waiting);
+    assert_eq!(
+        service.backend().runners().len(),
+        6,
+        "a cold start was made"
+    );
+    assert!(pooled(&service).await.is_empty());
+}

@@ -16,12 +16,14 @@
 //! container is gone.
 
 mod runners;
+mod start_queue;
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 pub use runners::{Heartbeat, NO_ENDPOINT, Provisioned, RunnerInfo, Runners};
+pub use start_queue::{StartQueue, StartTurn};
 
 use crate::backend::health::EngineHealth;
 use crate::backend::{EngineError, ObservedRunner, RunnerBackend, Stop};

@@ -1,10 +1,12 @@
 //! Provision, heartbeat and deprovision: the lifecycle as the API drives it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::Utc;
-use tokio::sync::{Notify, Semaphore, SemaphorePermit};
+use tokio::sync::Notify;
 
+use super::start_queue::{StartQueue, StartTurn};
 use super::{Lifecycle, Removal, RemovalOutcome, RunnerError, SINGLETON_LOCK};
 use crate::backend::{EngineError, NetworkMode, RunnerSpec, Stop};
 use crate::capacity::RunnerLimit;
@@ -17,12 +19,6 @@ use crate::metrics::{HeartbeatResult, ProvisionResult};
 /// The endpoint text for a runner without a published port (as the first
 /// orchestrator answered).
 pub const NO_ENDPOINT: &str = "N/A (isolated network or no ports mapped)";
-
-/// Most runner starts sent to the engine at once; further provisions wait
-/// their turn here. The engine gains little from more in parallel on a small
-/// host, and 100 at once (a class) made each of its calls slow enough to
-/// reach the engine's request timeout on a busy 2-core machine.
-const STARTS_AT_ONCE: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerInfo {
@@ -45,19 +41,49 @@ pub enum Heartbeat {
     Singleton,
 }
 
+/// The session ids of warm runners in a claim: being marked and written
+/// (`taking`), or written since the last pick began (`claimed`), which a read
+/// begun before their commit may still show as waiting.
+#[derive(Debug, Default)]
+struct Claims {
+    taking: HashSet<String>,
+    claimed: HashSet<String>,
+}
+
+/// A warm runner taken for a claim, given back when dropped: to the pool
+/// when the claim failed, to `claimed` when its row was written.
+#[derive(Debug)]
+struct Taken {
+    claims: Arc<std::sync::Mutex<Claims>>,
+    session_id: String,
+    claimed: bool,
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        let mut claims = self.claims.lock().expect("the claim set");
+        claims.taking.remove(&self.session_id);
+        if self.claimed {
+            claims.claimed.insert(std::mem::take(&mut self.session_id));
+        }
+    }
+}
+
 /// The API's side of the lifecycle. The clones the handlers share sit
 /// behind one `Arc` (a clone of this copies strings of its settings).
 #[derive(Debug, Clone)]
 pub struct Runners {
     lifecycle: Lifecycle,
-    /// Bounds the starts in flight (see `STARTS_AT_ONCE`).
-    starts: Arc<Semaphore>,
+    /// Bounds the starts in flight (`RUNNER_STARTS_AT_ONCE`), in arrival order.
+    starts: Arc<StartQueue>,
     settings: Arc<Settings>,
     /// Woken whenever a warm runner is claimed.
     warm_pool_refill: Arc<Notify>,
     runner_limit: Arc<RunnerLimit>,
-    /// Held while a warm runner is claimed.
-    claiming: Arc<tokio::sync::Mutex<()>>,
+    /// Held while a warm runner is picked for a claim.
+    picking: Arc<tokio::sync::Mutex<()>>,
+    /// The warm runners being claimed, and those claimed since the last pick.
+    claims: Arc<std::sync::Mutex<Claims>>,
 }
 
 impl Runners {
@@ -66,12 +92,17 @@ impl Runners {
         settings: Arc<Settings>,
         warm_pool_refill: Arc<Notify>,
     ) -> Self {
+        let starts = Arc::new(StartQueue::new(
+            settings.admission.runner_starts_at_once,
+            lifecycle.metrics.clone(),
+        ));
         Self {
             lifecycle,
-            starts: Arc::new(Semaphore::new(STARTS_AT_ONCE)),
+            starts,
             warm_pool_refill,
             runner_limit: Arc::new(RunnerLimit::new(&settings.admission, &settings.limits)),
-            claiming: Arc::default(),
+            picking: Arc::default(),
+            claims: Arc::default(),
             settings,
         }
     }
@@ -153,14 +184,14 @@ impl Runners {
         }
     }
 
-    /// Claims the oldest waiting warm runner: marked claimed on the engine
-    /// first (see [`crate::backend::RunnerBackend::mark_claimed`]), then in
-    /// its row, so that a crash between the two, even with the database
-    /// lost after it, never hands the runner to a second client. One claim
-    /// at a time: two would pick the same runner.
+    /// Claims the oldest waiting warm runner that no other claim is taking:
+    /// marked claimed on the engine first (see
+    /// [`crate::backend::RunnerBackend::mark_claimed`]), then in its row, so
+    /// that a crash between the two, even with the database lost after it,
+    /// never hands the runner to a second client. Only the pick is one at a
+    /// time; the marks of a burst's claims go to the engine together.
     async fn claim_warm(&self) -> Result<Option<RunnerRow>, RunnerError> {
-        let _one_at_a_time = self.claiming.lock().await;
-        let Some(next) = self.lifecycle.db.next_warm().await? else {
+        let Some((next, mut taken)) = self.pick_warm().await? else {
             return Ok(None);
         };
         let runner = next.container_id.as_deref().unwrap_or(&next.container_name);
@@ -175,11 +206,45 @@ impl Runners {
             tracing::warn!(session_id = %next.session_id, %error, "could not mark a warm runner claimed");
             return Ok(None);
         }
-        Ok(self
+        let claimed = self
             .lifecycle
             .db
             .claim_warm(&next.session_id, Utc::now())
-            .await?)
+            .await?;
+        taken.claimed = claimed.is_some();
+        Ok(claimed)
+    }
+
+    /// The oldest waiting warm runner not being claimed, taken (for as long
+    /// as the guard lives) so that no concurrent claim picks it too.
+    async fn pick_warm(&self) -> Result<Option<(RunnerRow, Taken)>, RunnerError> {
+        let _one_pick_at_a_time = self.picking.lock().await;
+        let excluded = {
+            let mut claims = self.claims.lock().expect("the claim set");
+            // Claimed before this pick's read starts: the read sees them.
+            claims.claimed.clear();
+            claims.taking.len()
+        };
+        let rows = self
+            .lifecycle
+            .db
+            .next_warm(u32::try_from(excluded + 1).unwrap_or(u32::MAX))
+            .await?;
+        let mut claims = self.claims.lock().expect("the claim set");
+        // A claim that committed while the read ran may still show as
+        // waiting in it: it is in `claimed` then, and skipped too.
+        let Some(next) = rows.into_iter().find(|row| {
+            !claims.taking.contains(&row.session_id) && !claims.claimed.contains(&row.session_id)
+        }) else {
+            return Ok(None);
+        };
+        claims.taking.insert(next.session_id.clone());
+        let taken = Taken {
+            claims: self.claims.clone(),
+            session_id: next.session_id.clone(),
+            claimed: false,
+        };
+        Ok(Some((next, taken)))
     }
 
     /// Starts one runner for the warm pool under a generated session id.
@@ -319,13 +384,15 @@ impl Runners {
         }))
     }
 
-    /// Waits for a turn to start a runner (see `STARTS_AT_ONCE`); the start
-    /// is made while the permit is held.
-    async fn turn_to_start(&self) -> SemaphorePermit<'_> {
-        self.starts
-            .acquire()
-            .await
-            .expect("the semaphore is never closed")
+    /// Waits for a turn to start a runner, behind the starts that asked
+    /// before; the start is made while the turn is held.
+    async fn turn_to_start(&self) -> StartTurn<'_> {
+        self.starts.turn().await
+    }
+
+    /// The queue of starts toward the engine.
+    pub fn starts(&self) -> &StartQueue {
+        &self.starts
     }
 
     /// Undoes a provision that failed half-way through the removal path:

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 
 use futures_util::future::join_all;
 
-use crate::helpers::{assert_runner_answers, spawn_app};
+use crate::helpers::{TestEnv, assert_runner_answers, spawn_app};
 
 #[tokio::test]
 async fn twenty_concurrent_provisions_of_one_session_make_one_runner() {
@@ -69,5 +69,68 @@ async fn racing_provision_heartbeat_and_deprovision_end_consistent() {
             }
             None => assert!(mine.is_empty(), "{mine:?}"),
         }
+    }
+}
+
+/// A class opening the page together (issue 21): 40 first provisions at
+/// once from one address, each on a connection of its own, with the
+/// service's default admission (`PROVISION_BURST`, the rate, the `auto`
+/// limit, `RUNNER_STARTS_AT_ONCE`): every one gets `201` and a runner of its
+/// own, and the start queue is empty afterwards.
+#[tokio::test]
+async fn a_class_of_40_first_loads_from_one_address_all_get_a_runner() {
+    let env = TestEnv::new();
+    let app = env
+        .spawn_binary_without(
+            &[],
+            &["PROVISION_RATE_PER_MINUTE", "MAX_CONCURRENT_RUNNERS"],
+        )
+        .await;
+    let clients: Vec<reqwest::Client> = (0..40).map(|_| reqwest::Client::new()).collect();
+    let replies = join_all(clients.iter().map(|client| async {
+        let response = client
+            .post(format!("{}/api/runner/provision", app.api.base))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<serde_json::Value>().await.unwrap())
+    }))
+    .await;
+    assert!(
+        replies.iter().all(|(status, _)| *status == 201),
+        "{replies:?}"
+    );
+    let sessions: HashSet<&str> = replies
+        .iter()
+        .map(|(_, body)| body["sessionId"].as_str().unwrap())
+        .collect();
+    let endpoints: HashSet<&str> = replies
+        .iter()
+        .map(|(_, body)| body["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!((sessions.len(), endpoints.len()), (40, 40));
+    // One runner per session, each labelled with its own.
+    let labelled: Vec<String> = env
+        .containers()
+        .await
+        .into_iter()
+        .filter_map(|c| c.labels?.get("taylored-runner-session-id").cloned())
+        .collect();
+    assert_eq!(labelled.len(), 40, "{labelled:?}");
+    assert_eq!(
+        labelled.iter().map(String::as_str).collect::<HashSet<_>>(),
+        sessions
+    );
+    let metrics = app.api.metrics().await;
+    assert!(
+        metrics.contains("orchestrator_runner_starts{state=\"in_flight\"} 0")
+            && metrics.contains("orchestrator_runner_starts{state=\"waiting\"} 0")
+            && metrics.contains("orchestrator_provisions_total{result=\"created\"} 40"),
+        "{metrics}"
+    );
+    for (_, body) in replies.iter().take(3) {
+        assert_runner_answers(body["endpoint"].as_str().unwrap()).await;
     }
 }

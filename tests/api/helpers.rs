@@ -281,10 +281,24 @@ impl TestEnv {
     /// Starts the real binary on this environment's database and waits
     /// until it is ready.
     pub async fn spawn_binary(self: &Arc<Self>, extra_env: &[(&str, &str)]) -> BinaryApp {
+        self.spawn_binary_without(extra_env, &[]).await
+    }
+
+    /// [`TestEnv::spawn_binary`] with the `defaults` settings left unset
+    /// (the tiers turn admission off), so that the service's own defaults
+    /// apply.
+    pub async fn spawn_binary_without(
+        self: &Arc<Self>,
+        extra_env: &[(&str, &str)],
+        defaults: &[&str],
+    ) -> BinaryApp {
         let settings = self.settings(&[]);
         let mut command = service_command(&settings.database_url, &self.instance, &self.image);
         for (key, value) in extra_env {
             command.env(key, value);
+        }
+        for key in defaults {
+            command.env_remove(key);
         }
         let process = ServiceProcess::spawn(command, Duration::from_secs(60))
             .await

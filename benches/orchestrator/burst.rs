@@ -1,0 +1,136 @@
+//! A burst of first loads (issue 21): N browsers opening the page together,
+//! each from its own client, against the engine's own best for the same N
+//! starts, measured in the same run.
+//!
+//! The engine's best: N create+start+inspect calls with bollard at each
+//! concurrency of 1, 2, 4, ... up to N; the fastest total wins. The fair
+//! queue model: at the engine's best throughput, served in arrival order,
+//! the k-th of N requests is answered at k/N of the best total, so the p50
+//! and p95 a fair service can give are 0.50 and 0.95 of it. The service's
+//! figures are its own answers' times to `201`, from the moment the burst
+//! was sent.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use crate::cold::{raw_engine, raw_start};
+use crate::harness::{
+    Context, Result, figure, ms, percentile, provision_request, remove_instance_containers,
+};
+
+/// The engine's total for `n` starts at each concurrency tried; the best.
+async fn engine_best(cx: &Context, n: usize) -> Result<(usize, Duration, Vec<(usize, Duration)>)> {
+    let mut totals = Vec::new();
+    let mut concurrency = 1;
+    loop {
+        let instance = cx
+            .instances
+            .new_instance(&cx.prefix, &format!("raw-{n}-{concurrency}"));
+        let raw = raw_engine(&cx.image, &instance)?;
+        let started = Instant::now();
+        let results: Vec<Result<()>> = futures_util::stream::iter(0..n)
+            .map(|i| {
+                let (docker, raw) = (&cx.docker, &raw);
+                async move { raw_start(docker, raw, &format!("raw-{i}")).await }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let total = started.elapsed();
+        remove_instance_containers(&instance).await;
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        totals.push((concurrency, total));
+        if concurrency >= n {
+            break;
+        }
+        concurrency = (concurrency * 2).min(n);
+    }
+    let (best_at, best) = *totals.iter().min_by_key(|(_, total)| *total).unwrap();
+    Ok((best_at, best, totals))
+}
+
+/// `n` first provisions sent at once, each on a client (a connection) of
+/// its own; each one's time to its `201`.
+async fn service_burst(cx: &Context, n: usize) -> Result<Vec<Duration>> {
+    let env: Vec<(&str, String)> = starts_at_once()
+        .map(|value| ("RUNNER_STARTS_AT_ONCE", value))
+        .into_iter()
+        .collect();
+    let service = cx.part_service(&format!("burst-{n}"), &env).await?;
+    let clients: Vec<reqwest::Client> = (0..n)
+        .map(|_| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let started = Instant::now();
+    let answers = futures_util::future::join_all(clients.iter().map(|client| {
+        let request = provision_request(client, &service.base, None);
+        async move {
+            let response = request.send().await?;
+            let status = response.status();
+            anyhow::ensure!(
+                status.as_u16() == 201,
+                "a first provision answered {status}"
+            );
+            Ok(started.elapsed())
+        }
+    }))
+    .await;
+    service.finish().await?;
+    answers.into_iter().collect()
+}
+
+/// `BENCH_STARTS_AT_ONCE`, passed on as the service's `RUNNER_STARTS_AT_ONCE`.
+fn starts_at_once() -> Option<String> {
+    std::env::var("BENCH_STARTS_AT_ONCE").ok()
+}
+
+pub async fn burst(cx: &mut Context) -> Result<()> {
+    for n in cx.sizes.burst_sizes.clone() {
+        println!(
+            "\n[burst] {n} simultaneous first provisions, each its own client, against the engine's best for {n} starts"
+        );
+        let (best_at, best, totals) = engine_best(cx, n).await?;
+        let tried: Vec<String> = totals
+            .iter()
+            .map(|(c, total)| format!("{c}: {:.2} s", total.as_secs_f64()))
+            .collect();
+        println!(
+            "  the engine, {n} create+start at each concurrency: {}",
+            tried.join(", ")
+        );
+        let times = service_burst(cx, n).await?;
+        let total = *times.iter().max().unwrap();
+        let ratio = ms(total) / ms(best);
+        cx.push(figure(
+            format!("burst of {n}: all answered"),
+            format!("{:.2} s", total.as_secs_f64()),
+            format!("{:.2} s engine at {best_at}", best.as_secs_f64()),
+            ratio,
+            "<= 1.1x",
+            Some(ratio <= 1.1),
+        ));
+        for (q, name) in [(0.5, "p50"), (0.95, "p95")] {
+            let measured = percentile(&times, q);
+            let fair = best.mul_f64(q);
+            let ratio = ms(measured) / ms(fair);
+            cx.push(figure(
+                format!("burst of {n}: {name} to 201"),
+                format!("{:.2} s", measured.as_secs_f64()),
+                format!("{:.2} s fair", fair.as_secs_f64()),
+                ratio,
+                if q == 0.95 { "<= 1.1x" } else { "-" },
+                (q == 0.95).then_some(ratio <= 1.1),
+            ));
+        }
+        cx.notes.push(format!(
+            "burst of {n}: the engine's totals by concurrency {}; the service at RUNNER_STARTS_AT_ONCE={}",
+            tried.join(", "),
+            starts_at_once().unwrap_or_else(|| "its default".to_owned())
+        ));
+    }
+    Ok(())
+}
