@@ -146,6 +146,8 @@ pub struct Metrics {
     engine_errors: Family<KindLabel, Counter>,
     runner_limit: Gauge,
     runner_starts: Family<NodeStateLabel, Gauge>,
+    warm_pool_target: Gauge,
+    warm_pool_resizes: Family<NodeStateLabel, Counter>,
     gateway_requests: Family<GatewayLabel, Counter>,
     gateway_tunnels: Gauge,
     egress_policy: Family<PolicyLabel, Gauge>,
@@ -244,6 +246,19 @@ impl Default for Metrics {
              and waiting for their turn (waiting)",
             runner_starts.clone(),
         );
+        let warm_pool_target = Gauge::default();
+        registry.register(
+            "warm_pool_target",
+            "The warm pool's size now (WARM_POOL_SIZE, or under auto what it sized itself to)",
+            warm_pool_target.clone(),
+        );
+        let warm_pool_resizes = Family::<NodeStateLabel, Counter>::default();
+        registry.register(
+            "warm_pool_resizes",
+            "Changes of the auto warm pool's size: grew (provisions found it empty), shrank \
+             (a quiet period)",
+            warm_pool_resizes.clone(),
+        );
         let gateway_requests = Family::<GatewayLabel, Counter>::default();
         registry.register(
             "gateway_requests",
@@ -321,6 +336,8 @@ impl Default for Metrics {
             engine_errors,
             runner_limit,
             runner_starts,
+            warm_pool_target,
+            warm_pool_resizes,
         }
     }
 }
@@ -423,6 +440,18 @@ impl Metrics {
 
     pub fn runner_limit(&self, limit: u32) {
         self.runner_limit.set(i64::from(limit));
+    }
+
+    pub fn warm_pool_target(&self, target: u32) {
+        self.warm_pool_target.set(i64::from(target));
+    }
+
+    /// The auto warm pool's size changed: up (`grew`) or down.
+    pub fn warm_pool_resized(&self, grew: bool) {
+        let state = if grew { "grew" } else { "shrank" };
+        self.warm_pool_resizes
+            .get_or_create(&NodeStateLabel { state })
+            .inc();
     }
 
     /// The start queue's state (see `lifecycle::start_queue`).

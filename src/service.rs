@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 
 use crate::backend::RunnerBackend;
 use crate::backend::health::EngineHealth;
+use crate::config::WarmPoolSize;
 use crate::config::{OrphanPolicy, Settings};
 use crate::db::Db;
 use crate::domain::token::TokenKey;
@@ -17,7 +18,7 @@ use crate::lifecycle::{Lifecycle, Runners};
 use crate::metrics::Metrics;
 use crate::reaper::{self, Reaper, Schedule};
 use crate::reconcile::{self, Reconciler};
-use crate::warm_pool::{self, WarmPool};
+use crate::warm_pool::{self, Bounds, WarmPool};
 
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -132,11 +133,31 @@ impl Service {
 
     /// The warm pool of `size` runners.
     pub fn warm_pool(&self, size: u32) -> WarmPool {
+        self.warm_pool_within(Bounds::fixed(size))
+    }
+
+    /// The warm pool of the settings: fixed, or sizing itself (`auto`).
+    pub fn configured_warm_pool(&self) -> WarmPool {
+        let settings = &self.settings.warm_pool;
+        let (min, max) = settings.bounds();
+        self.warm_pool_within(Bounds {
+            min,
+            max,
+            quiet: match settings.warm_pool_size {
+                WarmPoolSize::Auto => settings.warm_pool_quiet,
+                WarmPoolSize::Fixed(_) => std::time::Duration::MAX,
+            },
+        })
+    }
+
+    /// A warm pool between these sizes.
+    pub fn warm_pool_within(&self, bounds: Bounds) -> WarmPool {
         let context = warm_pool::Context {
             db: self.db.clone(),
             runners: self.runners.clone(),
             refill: Arc::clone(&self.warm_pool_refill),
+            metrics: Arc::clone(&self.metrics),
         };
-        WarmPool::new(context, size)
+        WarmPool::new(context, bounds)
     }
 }

@@ -254,7 +254,7 @@ async fn run_background(service: Service, supervisor: Supervisor, shutdown: Canc
         tracing::info!(summary = %total, "startup repairs finished");
         readiness.repaired(total);
     };
-    let warm_pool = service.warm_pool(settings.warm_pool_size);
+    let warm_pool = service.configured_warm_pool();
     let reaper = service.reaper();
     let stop = shutdown.clone();
     let reaping = supervisor.supervise("reaper", move || {
@@ -263,7 +263,7 @@ async fn run_background(service: Service, supervisor: Supervisor, shutdown: Canc
     let stop = shutdown.clone();
     let warming = async {
         // With no pool there is nothing to keep running.
-        if settings.warm_pool_size > 0 {
+        if settings.warm_pool.enabled() {
             supervisor
                 .supervise("warm pool", move || {
                     warm_pool.clone().run_until_stopped(stop.clone())

@@ -92,8 +92,8 @@ impl Harness {
         self.service.reconciler()
     }
 
-    /// The warm pool with the settings' `WARM_POOL_SIZE`.
+    /// The warm pool of the settings (`WARM_POOL_SIZE` and its bounds).
     pub fn warm_pool(&self) -> WarmPool {
-        self.service.warm_pool(self.service.settings.warm_pool_size)
+        self.service.configured_warm_pool()
     }
 }

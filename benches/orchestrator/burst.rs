@@ -58,29 +58,9 @@ async fn service_burst(cx: &Context, n: usize) -> Result<Vec<Duration>> {
         .into_iter()
         .collect();
     let service = cx.part_service(&format!("burst-{n}"), &env).await?;
-    let clients: Vec<reqwest::Client> = (0..n)
-        .map(|_| {
-            reqwest::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .build()
-        })
-        .collect::<std::result::Result<_, _>>()?;
-    let started = Instant::now();
-    let answers = futures_util::future::join_all(clients.iter().map(|client| {
-        let request = provision_request(client, &service.base, None);
-        async move {
-            let response = request.send().await?;
-            let status = response.status();
-            anyhow::ensure!(
-                status.as_u16() == 201,
-                "a first provision answered {status}"
-            );
-            Ok(started.elapsed())
-        }
-    }))
-    .await;
+    let times = timed_burst(&service.base, n).await;
     service.finish().await?;
-    answers.into_iter().collect()
+    times
 }
 
 /// `BENCH_STARTS_AT_ONCE`, passed on as the service's `RUNNER_STARTS_AT_ONCE`.
@@ -132,5 +112,121 @@ pub async fn burst(cx: &mut Context) -> Result<()> {
             starts_at_once().unwrap_or_else(|| "its default".to_owned())
         ));
     }
+    let largest = cx.sizes.burst_sizes.iter().copied().max().unwrap_or(0);
+    warm_bursts(cx, largest.min(50)).await
+}
+
+/// The `auto` pool through two bursts of `n` (issue 21): the first, cold,
+/// grows it; once it has refilled, the second is served from it. Then,
+/// quiet, it goes back to its minimum.
+pub async fn warm_bursts(cx: &mut Context, n: usize) -> Result<()> {
+    println!(
+        "\n[auto warm pool] a burst of {n} first provisions, the pool's refill, a second burst of {n}, the return to its minimum"
+    );
+    let quiet = 5;
+    let service = cx
+        .part_service(
+            &format!("auto-pool-{n}"),
+            &[
+                ("WARM_POOL_SIZE", "auto".to_owned()),
+                ("WARM_POOL_MAX", n.to_string()),
+                ("WARM_POOL_QUIET_SECONDS", quiet.to_string()),
+            ],
+        )
+        .await?;
+    let first = timed_burst(&service.base, n).await?;
+    let refill_started = Instant::now();
+    wait_for_metric(
+        &service,
+        &format!("orchestrator_runners{{state=\"warm_running\"}} {n}"),
+        Duration::from_secs(300),
+    )
+    .await?;
+    let refilled = refill_started.elapsed();
+    let second = timed_burst(&service.base, n).await?;
+    let quiet_started = Instant::now();
+    wait_for_metric(
+        &service,
+        "orchestrator_warm_pool_target 1",
+        Duration::from_secs(120),
+    )
+    .await?;
+    let back = quiet_started.elapsed();
+    service.finish().await?;
+
+    let cold_p95 = percentile(&first, 0.95);
+    let warm_p95 = percentile(&second, 0.95);
+    cx.push(figure(
+        format!("second burst of {n}, auto pool: p95 to 201"),
+        format!("{:.1} ms", ms(warm_p95)),
+        format!("{:.0} ms first burst", ms(cold_p95)),
+        ms(warm_p95) / ms(cold_p95),
+        "<= 50 ms",
+        Some(ms(warm_p95) <= 50.0),
+    ));
+    cx.push(figure(
+        format!("second burst of {n}, auto pool: p50 to 201"),
+        format!("{:.1} ms", ms(percentile(&second, 0.5))),
+        format!("{:.0} ms first burst", ms(percentile(&first, 0.5))),
+        ms(percentile(&second, 0.5)) / ms(percentile(&first, 0.5)),
+        "-",
+        None,
+    ));
+    cx.notes.push(format!(
+        "auto warm pool: refilled to {n} in {:.1} s after the first burst; back at its minimum {:.1} s \
+         after the second (WARM_POOL_QUIET_SECONDS={quiet}, checked every 5 s)",
+        refilled.as_secs_f64(),
+        back.as_secs_f64()
+    ));
     Ok(())
+}
+
+/// `n` first provisions at once, each on a client of its own; each one's
+/// time to its `201`.
+async fn timed_burst(base: &str, n: usize) -> Result<Vec<Duration>> {
+    let clients: Vec<reqwest::Client> = (0..n)
+        .map(|_| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let started = Instant::now();
+    let answers = futures_util::future::join_all(clients.iter().map(|client| {
+        let request = provision_request(client, base, None);
+        async move {
+            let response = request.send().await?;
+            let status = response.status();
+            anyhow::ensure!(
+                status.as_u16() == 201,
+                "a first provision answered {status}"
+            );
+            Ok(started.elapsed())
+        }
+    }))
+    .await;
+    answers.into_iter().collect()
+}
+
+/// Waits until the service's `/metrics` holds `line`.
+async fn wait_for_metric(
+    service: &crate::harness::Service,
+    line: &str,
+    limit: Duration,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let text = service
+            .client
+            .get(format!("{}/metrics", service.base))
+            .send()
+            .await?
+            .text()
+            .await?;
+        if text.contains(line) {
+            return Ok(());
+        }
+        anyhow::ensure!(started.elapsed() < limit, "no `{line}` within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

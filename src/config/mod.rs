@@ -16,6 +16,7 @@ mod labels;
 mod parse;
 mod runner;
 mod swarm;
+mod warm;
 
 pub use access::{AccessSettings, PublicScheme, RunnerAccess};
 pub use admission::{Admission, MaxRunners};
@@ -28,6 +29,7 @@ pub use labels::{
 };
 pub use runner::{Capabilities, RunnerLimits};
 pub use swarm::{Placement, PortRange, SwarmSettings};
+pub use warm::{WarmPoolSettings, WarmPoolSize};
 
 use access::parse_runners_host;
 use parse::{
@@ -125,11 +127,8 @@ pub struct Settings {
           value_name = "CORS_ALLOWED_ORIGINS", value_parser = parse_origins)]
     pub cors_allowed_origins: AllowedOrigins,
 
-    /// Started runners kept waiting for provisions without a session id
-    /// (they answer at once); 0 turns the pool off.
-    #[arg(long, env = "WARM_POOL_SIZE", default_value_t = 0, value_name = "WARM_POOL_SIZE",
-          value_parser = clap::value_parser!(u32).range(0..=1000))]
-    pub warm_pool_size: u32,
+    #[command(flatten)]
+    pub warm_pool: WarmPoolSettings,
 
     #[command(flatten)]
     pub limits: RunnerLimits,

@@ -1,5 +1,7 @@
 //! The warm pool, filled one step (`try_once`) at a time.
 
+use std::time::Duration;
+
 use axum::http::StatusCode;
 use futures_util::FutureExt;
 use serde_json::json;
@@ -126,15 +128,26 @@ async fn an_empty_pool_falls_back_to_a_cold_start() {
 }
 
 #[tokio::test]
-async fn a_failed_refill_stops_the_step_and_the_next_step_retries() {
+async fn a_failed_refill_leaves_no_row_and_the_next_step_retries() {
+    use crate::backend::memory::StartFailure::ImageMissing;
     let service = Service::new(&["--warm-pool-size=2"]).await;
     let pool = service.warm_pool(2);
+    // Every start of the step fails: the step says so.
     service
         .backend()
-        .fail_next_starts([crate::backend::memory::StartFailure::ImageMissing]);
+        .fail_next_starts([ImageMissing, ImageMissing]);
     assert!(pool.try_once(&CancellationToken::new()).await.is_err());
     assert!(service.rows().await.is_empty());
     assert_eq!(pool.try_once(&CancellationToken::new()).await.unwrap(), 2);
+    assert_eq!(pooled(&service).await.len(), 2);
+    // One of two fails: the other is kept, the next step starts the missing one.
+    for _ in 0..2 {
+        service.provision_with(None, json!({})).await;
+    }
+    service.backend().fail_next_starts([ImageMissing]);
+    assert_eq!(pool.try_once(&CancellationToken::new()).await.unwrap(), 1);
+    assert_eq!(pooled(&service).await.len(), 1);
+    assert_eq!(pool.try_once(&CancellationToken::new()).await.unwrap(), 1);
     assert_eq!(pooled(&service).await.len(), 2);
 }
 
@@ -222,4 +235,126 @@ async fn concurrent_claims_each_take_a_waiting_runner_of_their_own() {
         "a cold start was made"
     );
     assert!(pooled(&service).await.is_empty());
+}
+
+/// `WARM_POOL_SIZE=auto`: provisions that find the pool empty grow it (one
+/// per miss, up to `WARM_POOL_MAX`), its refill goes to the engine through
+/// the start queue (`RUNNER_STARTS_AT_ONCE` at a time), and after
+/// `WARM_POOL_QUIET_SECONDS` without demand it retires waiting runners
+/// down to `WARM_POOL_MIN`. Time moves with tokio's paused clock only.
+#[tokio::test]
+async fn an_auto_pool_grows_with_misses_up_to_its_cap_and_shrinks_after_a_quiet_period() {
+    use crate::warm_pool::Step;
+    let service = Service::new(&[
+        "--warm-pool-size=auto",
+        "--warm-pool-min=1",
+        "--warm-pool-max=4",
+        "--warm-pool-quiet=60",
+        "--runner-starts-at-once=2",
+        "--max-concurrent-runners=0",
+    ])
+    .await;
+    let pool = service.harness.warm_pool();
+    let mut sizer = pool.sizer();
+    let running = CancellationToken::new();
+    let step = pool.step(&mut sizer, &running).await.unwrap();
+    assert_eq!(
+        step,
+        Step {
+            target: 1,
+            started: 1,
+            retired: 0
+        }
+    );
+
+    // A class of 6 arrives: one claims the waiting runner, 5 go cold.
+    for _ in 0..6 {
+        let answer = service.provision_with(None, json!({})).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+    }
+    assert_eq!(service.runners().warm_demand().claims, 1);
+    assert_eq!(service.runners().warm_demand().misses, 5);
+
+    // The next step grows to the cap; its 4 starts queue 2 at a time.
+    service.backend().hold_starts();
+    let stepping = {
+        let (pool, running) = (pool.clone(), running.clone());
+        tokio::spawn(async move {
+            let step = pool.step(&mut sizer, &running).await;
+            (step, sizer)
+        })
+    };
+    super::held_starts(service.backend(), 2).await;
+    service.runners().starts().wait_for_waiting(2).await;
+    assert_eq!(service.runners().starts().in_flight(), 2);
+    service.backend().release_starts();
+    let (step, mut sizer) = stepping.await.unwrap();
+    assert_eq!(
+        step.unwrap(),
+        Step {
+            target: 4,
+            started: 4,
+            retired: 0
+        }
+    );
+    assert_eq!(pooled(&service).await.len(), 4);
+    let text = service.harness.service.metrics.render(&[]);
+    assert!(
+        text.contains("orchestrator_warm_pool_target 4")
+            && text.contains("orchestrator_warm_pool_resizes_total{state=\"grew\"} 1"),
+        "{text}"
+    );
+
+    // Quiet: not yet at 59 s, back to the minimum at 60 s.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(59)).await;
+    tokio::time::resume();
+    let step = pool.step(&mut sizer, &running).await.unwrap();
+    assert_eq!(
+        step,
+        Step {
+            target: 4,
+            started: 0,
+            retired: 0
+        }
+    );
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    tokio::time::resume();
+    let waiting = pooled(&service).await;
+    let step = pool.step(&mut sizer, &running).await.unwrap();
+    assert_eq!(
+        step,
+        Step {
+            target: 1,
+            started: 0,
+            retired: 3
+        }
+    );
+    let left = pooled(&service).await;
+    assert_eq!(left.len(), 1);
+    let retired: Vec<&String> = waiting.iter().filter(|s| !left.contains(s)).collect();
+    assert_eq!(retired.len(), 3);
+    for session in retired {
+        assert!(
+            service
+                .backend()
+                .runners()
+                .iter()
+                .all(|r| &r.session_id != session)
+        );
+        let trail = service.db().audit_trail(session).await.unwrap();
+        assert!(
+            trail
+                .iter()
+                .any(|entry| entry.reason.contains("WARM_POOL_MIN")),
+            "{trail:?}"
+        );
+    }
+    let text = service.harness.service.metrics.render(&[]);
+    assert!(
+        text.contains("orchestrator_warm_pool_target 1")
+            && text.contains("orchestrator_warm_pool_resizes_total{state=\"shrank\"} 1"),
+        "{text}"
+    );
 }

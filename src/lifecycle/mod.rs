@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-pub use runners::{Heartbeat, NO_ENDPOINT, Provisioned, RunnerInfo, Runners};
+pub use runners::{Heartbeat, NO_ENDPOINT, Provisioned, RunnerInfo, Runners, WarmDemand};
 pub use start_queue::{StartQueue, StartTurn};
 
 use crate::backend::health::EngineHealth;

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
 use tokio::sync::Notify;
@@ -50,6 +51,21 @@ struct Claims {
     claimed: HashSet<String>,
 }
 
+/// Claims and misses of the warm pool since the service started
+/// (monotonic counters): a miss is a provision without a session id that
+/// found no waiting runner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WarmDemand {
+    pub claims: u64,
+    pub misses: u64,
+}
+
+#[derive(Debug, Default)]
+struct DemandCounters {
+    claims: AtomicU64,
+    misses: AtomicU64,
+}
+
 /// A warm runner taken for a claim, given back when dropped: to the pool
 /// when the claim failed, to `claimed` when its row was written.
 #[derive(Debug)]
@@ -84,6 +100,9 @@ pub struct Runners {
     picking: Arc<tokio::sync::Mutex<()>>,
     /// The warm runners being claimed, and those claimed since the last pick.
     claims: Arc<std::sync::Mutex<Claims>>,
+    /// Provisions without a session id that got a warm runner, and those
+    /// that found none, since start (what an `auto` pool sizes itself by).
+    demand: Arc<DemandCounters>,
 }
 
 impl Runners {
@@ -103,6 +122,7 @@ impl Runners {
             runner_limit: Arc::new(RunnerLimit::new(&settings.admission, &settings.limits)),
             picking: Arc::default(),
             claims: Arc::default(),
+            demand: Arc::default(),
             settings,
         }
     }
@@ -158,12 +178,26 @@ impl Runners {
         } else {
             // Warm runners sit on the default network: a request for
             // another takes the cold path.
-            let poolable = requested.is_none() && *network_mode == NetworkMode::Default;
-            if poolable
-                && self.settings.warm_pool_size > 0
-                && let Some(row) = self.claim_warm().await?
-            {
+            let poolable = requested.is_none()
+                && *network_mode == NetworkMode::Default
+                && self.settings.warm_pool.enabled();
+            let claimed = if poolable {
+                self.claim_warm().await?
+            } else {
+                None
+            };
+            if poolable {
+                // Claimed or missed, the pool looks again (and, sizing
+                // itself, counts the miss).
+                let counter = if claimed.is_some() {
+                    &self.demand.claims
+                } else {
+                    &self.demand.misses
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 self.warm_pool_refill.notify_one();
+            }
+            if let Some(row) = claimed {
                 // Its heartbeat clock starts now, in memory as in the row.
                 self.lifecycle
                     .heartbeats
@@ -245,6 +279,31 @@ impl Runners {
             claimed: false,
         };
         Ok(Some((next, taken)))
+    }
+
+    /// Claims and misses of the warm pool since start.
+    pub fn warm_demand(&self) -> WarmDemand {
+        WarmDemand {
+            claims: self.demand.claims.load(Ordering::Relaxed),
+            misses: self.demand.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Removes the oldest waiting warm runner, taken as a claim would take
+    /// it so that no client is handed it meanwhile; `false` when none waits.
+    pub async fn retire_warm(&self) -> Result<bool, RunnerError> {
+        let Some((row, _taken)) = self.pick_warm().await? else {
+            return Ok(false);
+        };
+        let removal = Removal {
+            actor: Actor::Reaper,
+            action: AuditAction::Reaped,
+            reason: "the warm pool shrank back to WARM_POOL_MIN after a quiet period",
+            stale_before: None,
+            stop: Stop::Kill,
+        };
+        self.lifecycle.remove(&row, removal).await?;
+        Ok(true)
     }
 
     /// Starts one runner for the warm pool under a generated session id.

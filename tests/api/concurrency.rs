@@ -1,8 +1,9 @@
 use std::collections::HashSet;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 
-use crate::helpers::{TestEnv, assert_runner_answers, spawn_app};
+use crate::helpers::{TestEnv, assert_runner_answers, eventually, spawn_app};
 
 #[tokio::test]
 async fn twenty_concurrent_provisions_of_one_session_make_one_runner() {
@@ -75,17 +76,26 @@ async fn racing_provision_heartbeat_and_deprovision_end_consistent() {
 /// A class opening the page together (issue 21): 40 first provisions at
 /// once from one address, each on a connection of its own, with the
 /// service's default admission (`PROVISION_BURST`, the rate, the `auto`
-/// limit, `RUNNER_STARTS_AT_ONCE`): every one gets `201` and a runner of its
-/// own, and the start queue is empty afterwards.
+/// limit, `RUNNER_STARTS_AT_ONCE`) and a pool that sizes itself
+/// (`WARM_POOL_SIZE=auto`, its minimum of 1 waiting at the start): every one
+/// gets `201` and a runner of its own; the pool grows on the misses, and
+/// after its quiet period is back at its minimum.
 #[tokio::test]
 async fn a_class_of_40_first_loads_from_one_address_all_get_a_runner() {
     let env = TestEnv::new();
     let app = env
         .spawn_binary_without(
-            &[],
+            &[("WARM_POOL_SIZE", "auto"), ("WARM_POOL_QUIET_SECONDS", "2")],
             &["PROVISION_RATE_PER_MINUTE", "MAX_CONCURRENT_RUNNERS"],
         )
         .await;
+    let db = env.db().await;
+    eventually(
+        Duration::from_secs(30),
+        "the pool's minimum waiting",
+        || async { db.count_pooled().await.unwrap() == 1 },
+    )
+    .await;
     let clients: Vec<reqwest::Client> = (0..40).map(|_| reqwest::Client::new()).collect();
     let replies = join_all(clients.iter().map(|client| async {
         let response = client
@@ -102,35 +112,70 @@ async fn a_class_of_40_first_loads_from_one_address_all_get_a_runner() {
         replies.iter().all(|(status, _)| *status == 201),
         "{replies:?}"
     );
-    let sessions: HashSet<&str> = replies
+    let sessions: HashSet<String> = replies
         .iter()
-        .map(|(_, body)| body["sessionId"].as_str().unwrap())
+        .map(|(_, body)| body["sessionId"].as_str().unwrap().to_owned())
         .collect();
     let endpoints: HashSet<&str> = replies
         .iter()
         .map(|(_, body)| body["endpoint"].as_str().unwrap())
         .collect();
     assert_eq!((sessions.len(), endpoints.len()), (40, 40));
-    // One runner per session, each labelled with its own.
+    for (_, body) in replies.iter().take(3) {
+        assert_runner_answers(body["endpoint"].as_str().unwrap()).await;
+    }
+
+    // It grew on the 39 misses, refilled, and, quiet, went back to 1.
+    eventually(
+        Duration::from_secs(90),
+        "the pool back at its minimum",
+        || async {
+            let metrics = app.api.metrics().await;
+            metrics.contains("orchestrator_warm_pool_resizes_total{state=\"shrank\"} 1")
+                && metrics.contains("orchestrator_warm_pool_target 1")
+                && db.count_pooled().await.unwrap() == 1
+                // The last retired one's removal done too.
+                && db.all().await.unwrap().len() == 41
+        },
+    )
+    .await;
+    let metrics = app.api.metrics().await;
+    assert!(
+        metrics.contains("orchestrator_warm_pool_resizes_total{state=\"grew\"} 1")
+            && metrics.contains("orchestrator_runner_starts{state=\"waiting\"} 0"),
+        "{metrics}"
+    );
+    // One runner per session, each labelled with its own, and the one
+    // waiting warm runner.
     let labelled: Vec<String> = env
         .containers()
         .await
         .into_iter()
         .filter_map(|c| c.labels?.get("taylored-runner-session-id").cloned())
         .collect();
-    assert_eq!(labelled.len(), 40, "{labelled:?}");
+    let rows = db.all().await.unwrap();
+    let described: Vec<String> = rows
+        .iter()
+        .map(|row| format!("{} pooled={} {:?}", row.session_id, row.pooled, row.state))
+        .collect();
+    let unrecorded: Vec<&String> = labelled
+        .iter()
+        .filter(|session| rows.iter().all(|row| &row.session_id != *session))
+        .collect();
     assert_eq!(
-        labelled.iter().map(String::as_str).collect::<HashSet<_>>(),
-        sessions
+        labelled.len(),
+        41,
+        "without rows: {unrecorded:?}; rows: {described:?}"
     );
-    let metrics = app.api.metrics().await;
-    assert!(
-        metrics.contains("orchestrator_runner_starts{state=\"in_flight\"} 0")
-            && metrics.contains("orchestrator_runner_starts{state=\"waiting\"} 0")
-            && metrics.contains("orchestrator_provisions_total{result=\"created\"} 40"),
-        "{metrics}"
+    let claimed: HashSet<String> = rows
+        .iter()
+        .filter(|row| !row.pooled)
+        .map(|row| row.session_id.clone())
+        .collect();
+    assert_eq!(claimed, sessions);
+    assert_eq!(
+        labelled.into_iter().collect::<HashSet<_>>().len(),
+        41,
+        "a session with two runners"
     );
-    for (_, body) in replies.iter().take(3) {
-        assert_runner_answers(body["endpoint"].as_str().unwrap()).await;
-    }
 }
