@@ -6,7 +6,7 @@
 //! something is broken (no engine, a request refused).
 //!
 //! Parts named after `--` run alone (`throughput`, `sessions`, `cold`, `burst`,
-//! `egress`, `egress-connect`, `warm`, `reaper`, `restart`, `gateway`). `--smoke` (or `BENCH_SMOKE=1`) runs them at
+//! `egress`, `egress-connect`, `warm`, `reaper`, `restart`, `scale`, `gateway`). `--smoke` (or `BENCH_SMOKE=1`) runs them at
 //! a tiny size. Sizes:
 //! `BENCH_HB_CLIENTS` (32), `BENCH_HB_SECONDS` (4), `BENCH_HB_SESSIONS`
 //! (10000), `BENCH_COLD_SAMPLES` (30),
@@ -15,6 +15,8 @@
 //! `RUNNER_STARTS_AT_ONCE` there), `BENCH_WARM_SAMPLES` (20), `BENCH_WARM_POOL` (4),
 //! `BENCH_RESTART_SIZES` (`100,500`; the restart part also kills the service
 //! mid-burst of `BENCH_BURST` provisions),
+//! `BENCH_SCALE_SIZES` (`100,1000,10000`: the scale part's sessions, over
+//! the in-memory engine in a child process),
 //! `BENCH_REAPER_ROWS` (10000), `BENCH_REAPER_STALE` (5),
 //! `BENCH_GATEWAY_SAMPLES` (1000), `BENCH_GATEWAY_SOCKETS` (500),
 //! `BENCH_GATEWAY_IMAGE` (the runner image of the gateway part),
@@ -52,6 +54,7 @@ mod egress_connect;
 mod gateway;
 mod reaper;
 mod restart;
+mod scale;
 mod sessions;
 mod throughput;
 mod warm;
@@ -69,6 +72,7 @@ struct Sizes {
     warm_samples: usize,
     warm_pool: usize,
     restart_sizes: Vec<usize>,
+    scale_sizes: Vec<usize>,
     reaper_rows: usize,
     reaper_stale: usize,
     gateway_samples: usize,
@@ -84,6 +88,15 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// A comma-separated list of sizes from `name`, else `default`.
+fn sizes_from_env(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .filter_map(|size| size.trim().parse().ok())
+        .collect()
+}
+
 impl Sizes {
     fn from_env() -> Self {
         let smoke = std::env::args().any(|arg| arg == "--smoke")
@@ -91,16 +104,10 @@ impl Sizes {
         let pick = |full, tiny| if smoke { tiny } else { full };
         let restart_default = if smoke { "3,6" } else { "100,500" };
         let burst_default = if smoke { "4" } else { "25,50,100" };
-        let burst_sizes = std::env::var("BENCH_BURST_SIZES")
-            .unwrap_or_else(|_| burst_default.to_owned())
-            .split(',')
-            .filter_map(|size| size.trim().parse().ok())
-            .collect();
-        let restart_sizes = std::env::var("BENCH_RESTART_SIZES")
-            .unwrap_or_else(|_| restart_default.to_owned())
-            .split(',')
-            .filter_map(|size| size.trim().parse().ok())
-            .collect();
+        let burst_sizes = sizes_from_env("BENCH_BURST_SIZES", burst_default);
+        let restart_sizes = sizes_from_env("BENCH_RESTART_SIZES", restart_default);
+        let scale_default = if smoke { "20,200" } else { "100,1000,10000" };
+        let scale_sizes = sizes_from_env("BENCH_SCALE_SIZES", scale_default);
         // `cargo bench` passes `--bench`; other flags are ours or ignored.
         let only: Vec<String> = std::env::args()
             .skip(1)
@@ -122,6 +129,7 @@ impl Sizes {
             warm_samples: env_or("BENCH_WARM_SAMPLES", pick(20, 3)),
             warm_pool: env_or("BENCH_WARM_POOL", pick(4, 2)),
             restart_sizes,
+            scale_sizes,
             reaper_rows: env_or("BENCH_REAPER_ROWS", pick(10_000, 500)),
             reaper_stale: env_or("BENCH_REAPER_STALE", pick(5, 2)),
             gateway_samples: env_or("BENCH_GATEWAY_SAMPLES", pick(1000, 20)),
@@ -166,7 +174,7 @@ const DEBUG_BUILD_NOTE: &str = if cfg!(debug_assertions) {
 
 /// The parts, in the order they run; `cargo bench --bench orchestrator --
 /// cold warm` runs only those named.
-const PARTS: [&str; 10] = [
+const PARTS: [&str; 11] = [
     "throughput",
     "sessions",
     "cold",
@@ -176,6 +184,7 @@ const PARTS: [&str; 10] = [
     "warm",
     "reaper",
     "restart",
+    "scale",
     "gateway",
 ];
 
@@ -195,6 +204,7 @@ async fn bench(cx: &mut Context) -> Result<()> {
             "warm" => warm::warm_pool(cx).await?,
             "reaper" => reaper::reaper(cx).await?,
             "gateway" => gateway::gateway(cx).await?,
+            "scale" => scale::scale(cx).await?,
             _ => restart::restart(cx).await?,
         }
     }
@@ -203,6 +213,8 @@ async fn bench(cx: &mut Context) -> Result<()> {
 }
 
 fn main() {
+    // A scale child (this binary run again by the scale part) runs only that.
+    scale::run_child_if_asked();
     let sizes = Sizes::from_env();
     let instances = Instances::default();
     let _guard = CleanupGuard(instances.clone());

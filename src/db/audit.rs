@@ -14,7 +14,7 @@ pub enum Actor {
 }
 
 impl Actor {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Actor::Api => "api",
             Actor::Reconciler => "reconciler",
@@ -56,7 +56,7 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             AuditAction::Provisioned => "provisioned",
             AuditAction::ProvisionFailed => "provision_failed",
@@ -114,16 +114,6 @@ impl Db {
         .await
         .map_err(DbError::from)
     }
-}
-
-pub(super) fn audit_json(entry: &AuditEntry<'_>) -> serde_json::Value {
-    serde_json::json!({
-        "session_id": entry.session_id,
-        "container_id": entry.container_id,
-        "actor": entry.actor.as_str(),
-        "action": entry.action.as_str(),
-        "reason": entry.reason,
-    })
 }
 
 pub(super) async fn insert_audit(
