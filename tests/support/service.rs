@@ -63,9 +63,11 @@ impl Logs {
         let sender = logs.0.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                    sender.send_modify(|state| state.lines.push(event));
-                }
+                // A line that is not JSON (a panic, an error printed
+                // before logging starts) is kept as `{"stderr": line}`.
+                let event = serde_json::from_str::<Value>(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "stderr": line }));
+                sender.send_modify(|state| state.lines.push(event));
             }
             sender.send_modify(|state| state.closed = true);
         });
@@ -116,7 +118,14 @@ impl Logs {
             .map_err(|_| format!("no `{what}` log line within {limit:?}"))?
             .expect("the sender lives as long as self");
         let found = state.lines.iter().find(|event| matches(event)).cloned();
-        found.ok_or_else(|| format!("the service exited before a `{what}` log line"))
+        found.ok_or_else(|| {
+            let tail = state.lines.iter().rev().take(8).rev();
+            let tail: Vec<String> = tail.map(Value::to_string).collect();
+            format!(
+                "the service exited before a `{what}` log line; its last lines:\n{}",
+                tail.join("\n")
+            )
+        })
     }
 
     /// Waits until `count` lines carry this `message`.
