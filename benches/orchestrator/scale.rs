@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Context, Load, Result, alternate, figure, ms, run_load};
+use crate::harness::{Context, Load, Result, alternate, figure, memory_kib, ms, run_load};
 
 use taylored_orchestrator::backend::NetworkMode;
 use taylored_orchestrator::backend::memory::MemoryBackend;
@@ -306,20 +306,6 @@ fn format_value(value: f64, unit: &str) -> String {
 
 fn session_name(i: usize) -> String {
     format!("scale-session-{i}")
-}
-
-/// `(VmHWM, VmRSS)` of a process in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
 }
 
 // ---------------------------------------------------------------------------
