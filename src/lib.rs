@@ -18,6 +18,7 @@ pub mod http;
 pub mod keys;
 pub mod lifecycle;
 pub mod locks;
+pub mod memory;
 pub mod metrics;
 pub mod operator;
 pub mod readiness;

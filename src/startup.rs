@@ -23,6 +23,7 @@ use crate::egress::{self, Nft};
 use crate::heartbeats::HeartbeatWriter;
 use crate::keys;
 use crate::lifecycle::Runners;
+use crate::memory;
 use crate::readiness::Readiness;
 use crate::service::Service;
 use crate::shutdown::Ticks;
@@ -226,6 +227,9 @@ async fn run_background(service: Service, supervisor: Supervisor, shutdown: Canc
             }
         }
     };
+    // What the reconcile held (every row and runner) goes back to the
+    // system rather than staying the service's resident memory.
+    memory::release_freed();
     // The reconcile just reached the engine: requests must not fail fast on
     // a stale "unreachable" from before it came back.
     service.health.mark_reachable();

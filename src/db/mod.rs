@@ -33,7 +33,9 @@ pub use backup::{Backup, integrity_check};
 pub use damage::MovedAside;
 pub use error::DbError;
 pub use migrate::MigrationError;
-pub use rows::{Claim, FoundRunner, NewRunner, RowChanges, RunnerRow, RunnerState, RunningRunner};
+pub use rows::{
+    Claim, FoundRunner, NewRunner, RowChanges, RunnerRow, RunnerState, RunningRunner, TrackedRunner,
+};
 
 /// Formats a time the way every timestamp column stores it.
 pub fn timestamp(at: DateTime<Utc>) -> String {

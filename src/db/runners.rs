@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 
 use super::audit::insert_audit;
 use super::{
-    Actor, AuditAction, AuditEntry, Claim, Db, DbError, NewRunner, QueryPlan, RunnerRow, timestamp,
+    Actor, AuditAction, AuditEntry, Claim, Db, DbError, NewRunner, QueryPlan, RunnerRow,
+    TrackedRunner, timestamp,
 };
 use crate::backend::StartedRunner;
 use crate::domain::RunnerKind;
@@ -59,11 +60,34 @@ impl Db {
             .map_err(DbError::from)
     }
 
+    /// Every row, oldest first: what an operator lists.
     pub async fn all(&self) -> Result<Vec<RunnerRow>, DbError> {
         sqlx::query_as(select_runners!("ORDER BY created_at, session_id"))
             .fetch_all(&self.pool)
             .await
             .map_err(DbError::from)
+    }
+
+    /// Every row, in no particular order: what a reconcile compares with
+    /// the engine. A plain scan of the table, without the sort that
+    /// [`Db::all`]'s order costs (it grew faster than the rows).
+    pub async fn all_unordered(&self) -> Result<Vec<RunnerRow>, DbError> {
+        sqlx::query_as(select_runners!(""))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(DbError::from)
+    }
+
+    /// What every row tracks, in no particular order: a periodic
+    /// reconcile's first look.
+    pub async fn all_tracked(&self) -> Result<Vec<TrackedRunner>, DbError> {
+        sqlx::query_as(
+            "SELECT session_id, kind, state, container_name, container_id, host_port \
+             FROM runners",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(DbError::from)
     }
 
     /// Rows the reaper must act on: running ones whose last heartbeat is older

@@ -463,3 +463,33 @@ async fn drift_leaves_agreeing_runners_alone() {
         Ok(Provisioned::Existing(_))
     ));
 }
+
+#[tokio::test]
+async fn the_reconciles_cheaper_reads_see_the_same_rows_as_the_operators_list() {
+    let service = Service::new(&[]).await;
+    for session in ["s-3", "s-1", "s-2"] {
+        service.provisioned(session).await;
+    }
+    let mut all = service.rows().await;
+    let mut unordered = service.db().all_unordered().await.unwrap();
+    let mut tracked = service.db().all_tracked().await.unwrap();
+    for rows in [&mut all, &mut unordered] {
+        rows.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+    }
+    tracked.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+
+    assert_eq!(all.len(), 3);
+    assert_eq!(unordered, all);
+    let projected: Vec<crate::db::TrackedRunner> = all
+        .iter()
+        .map(|row| crate::db::TrackedRunner {
+            session_id: row.session_id.clone(),
+            kind: row.kind,
+            state: row.state,
+            container_name: row.container_name.clone(),
+            container_id: row.container_id.clone(),
+            host_port: row.host_port,
+        })
+        .collect();
+    assert_eq!(tracked, projected);
+}

@@ -13,13 +13,14 @@ use crate::backend::RunnerEvent;
 use crate::db::{Actor, AuditAction, AuditEntry, RunnerRow};
 use crate::domain::{RunnerKind, Summary};
 use crate::lifecycle::REMOVAL_CONCURRENCY;
+use crate::memory;
 
 impl Reconciler {
     /// A reconcile while serving: finds the sessions that disagree, then
     /// re-reads and repairs each under its lock (a request may have changed
     /// it since the first look).
     pub async fn run_drift(&self) -> Result<Summary, ReconcileError> {
-        let rows = self.db().all().await?;
+        let rows = self.db().all_tracked().await?;
         let containers = self.backend().list().await?;
         // A session that any action finds shared is repaired under the shared
         // runner's lock (`Singleton` orders after `Session`).
@@ -29,6 +30,10 @@ impl Reconciler {
             let entry = sessions.entry(session.to_owned()).or_insert(kind);
             *entry = (*entry).max(kind);
         }
+        // The pass held every row and runner at once; without this the
+        // allocator would keep the largest pass's worth of memory for good.
+        drop((rows, containers));
+        memory::release_freed();
         let results: Vec<_> = stream::iter(sessions)
             .map(
                 |(session, kind)| async move { self.reconcile_session(&session, kind, None).await },

@@ -1,34 +1,70 @@
 //! The plan: a pure function of (rows, containers) that says what to do for
 //! each, so that every case is unit-tested without an engine.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use crate::backend::ObservedRunner;
 use crate::config::OrphanPolicy;
-use crate::db::{Actor, AuditAction, AuditEntry, FoundRunner, RunnerRow, RunnerState};
+use crate::db::{
+    Actor, AuditAction, AuditEntry, FoundRunner, RunnerRow, RunnerState, TrackedRunner,
+};
 use crate::domain::RunnerKind;
 use crate::domain::token::{self, TokenKey};
 
-/// One step towards agreement.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a plan is one short-lived list per reconcile; boxing would cost an allocation per runner"
-)]
+/// What the plan reads of a row: which container it tracks. A startup
+/// reconcile plans over whole rows, as it writes them back; a periodic one
+/// first looks over [`TrackedRunner`]s, which are cheaper to read.
+pub trait Tracks: Clone {
+    fn session_id(&self) -> &str;
+    fn kind(&self) -> RunnerKind;
+    fn state(&self) -> RunnerState;
+    fn container_name(&self) -> &str;
+    fn container_id(&self) -> Option<&str>;
+    fn host_port(&self) -> Option<u16>;
+}
+
+macro_rules! tracks {
+    ($row:ty) => {
+        impl Tracks for $row {
+            fn session_id(&self) -> &str {
+                &self.session_id
+            }
+            fn kind(&self) -> RunnerKind {
+                self.kind
+            }
+            fn state(&self) -> RunnerState {
+                self.state
+            }
+            fn container_name(&self) -> &str {
+                &self.container_name
+            }
+            fn container_id(&self) -> Option<&str> {
+                self.container_id.as_deref()
+            }
+            fn host_port(&self) -> Option<u16> {
+                self.host_port
+            }
+        }
+    };
+}
+tracks!(RunnerRow);
+tracks!(TrackedRunner);
+
+/// One step towards agreement, about rows of type `R`. Its variants are not
+/// boxed: a plan is one short-lived list per reconcile, and boxing would cost
+/// an allocation per runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum Action<R = RunnerRow> {
     /// Remove a container that nothing should run.
     RemoveContainer {
         container: ObservedRunner,
         reason: &'static str,
     },
     /// Delete a row whose runner is gone (after its containers are removed).
-    DropRow {
-        row: RunnerRow,
-        reason: &'static str,
-    },
+    DropRow { row: R, reason: &'static str },
     /// Keep a row and its running container; refresh its port and grace.
     Keep {
-        row: RunnerRow,
+        row: R,
         container: ObservedRunner,
         reason: &'static str,
     },
@@ -54,13 +90,16 @@ fn on_lost_node(container: &ObservedRunner) -> bool {
 
 /// Decides, for every row and every container of this instance, what to do.
 /// Container removals come first, then row drops, keeps and adoptions.
-pub fn plan(
-    rows: &[RunnerRow],
+pub fn plan<R: Tracks>(
+    rows: &[R],
     containers: &[ObservedRunner],
     policy: OrphanPolicy,
     purpose: Purpose,
-) -> Vec<Action> {
-    let mut by_session: BTreeMap<&str, Vec<&ObservedRunner>> = BTreeMap::new();
+) -> Vec<Action<R>> {
+    // A hash map: a plan is made over every runner on each periodic pass,
+    // and a tree's lookups made that pass grow faster than the runners.
+    let mut by_session: HashMap<&str, Vec<&ObservedRunner>> =
+        HashMap::with_capacity(containers.len());
     for container in containers {
         by_session
             .entry(&container.session_id)
@@ -73,13 +112,11 @@ pub fn plan(
     let mut adoptions = Vec::new();
     let mut singleton_taken = rows
         .iter()
-        .any(|row| row.kind == RunnerKind::Singleton && row.state != RunnerState::Removing);
+        .any(|row| row.kind() == RunnerKind::Singleton && row.state() != RunnerState::Removing);
 
     for row in rows {
-        let candidates = by_session
-            .remove(row.session_id.as_str())
-            .unwrap_or_default();
-        let kept = match row.state {
+        let candidates = by_session.remove(row.session_id()).unwrap_or_default();
+        let kept = match row.state() {
             RunnerState::Removing => None,
             RunnerState::Running | RunnerState::Provisioning => {
                 tracked_or_newest_running(row, &candidates)
@@ -89,7 +126,7 @@ pub fn plan(
             if Some(*container) == kept {
                 continue;
             }
-            let reason = match (row.state, kept.is_some(), container.running) {
+            let reason = match (row.state(), kept.is_some(), container.running) {
                 (RunnerState::Removing, _, _) => "finishing an interrupted removal",
                 (_, true, _) => "duplicate runner for a session",
                 (_, false, false) if on_lost_node(container) => NODE_LOST,
@@ -106,14 +143,14 @@ pub fn plan(
             Some(container) => keeps.push(Action::Keep {
                 row: row.clone(),
                 container: container.clone(),
-                reason: match row.state {
+                reason: match row.state() {
                     RunnerState::Provisioning => "finishing an interrupted provision",
                     _ => "runner still running after a restart",
                 },
             }),
             None => drops.push(Action::DropRow {
                 row: row.clone(),
-                reason: match (row.state, candidates.is_empty()) {
+                reason: match (row.state(), candidates.is_empty()) {
                     (RunnerState::Removing, _) => "finishing an interrupted removal",
                     (RunnerState::Provisioning, true) => {
                         "provision interrupted before its container existed"
@@ -126,7 +163,11 @@ pub fn plan(
         }
     }
 
-    for (_, candidates) in by_session {
+    // Containers without a row, by session so that which one of several
+    // orphaned shared runners is adopted does not depend on the hash.
+    let mut orphans: Vec<(&str, Vec<&ObservedRunner>)> = by_session.into_iter().collect();
+    orphans.sort_unstable_by_key(|(session, _)| *session);
+    for (_, candidates) in orphans {
         let adopted = match policy {
             OrphanPolicy::Adopt => newest_running(&candidates)
                 .filter(|container| !(container.kind == RunnerKind::Singleton && singleton_taken)),
@@ -164,16 +205,16 @@ pub fn plan(
 }
 
 /// A running row that names this container and its port needs nothing.
-fn agrees(row: &RunnerRow, container: &ObservedRunner) -> bool {
-    row.state == RunnerState::Running
-        && row.container_id.as_deref() == Some(container.id.as_str())
-        && row.host_port == container.host_port
+fn agrees(row: &impl Tracks, container: &ObservedRunner) -> bool {
+    row.state() == RunnerState::Running
+        && row.container_id() == Some(container.id.as_str())
+        && row.host_port() == container.host_port
 }
 
 /// The container a row names, if it runs; otherwise the newest running one
 /// labelled with its session (a row is never kept on a stopped container).
 fn tracked_or_newest_running<'a>(
-    row: &RunnerRow,
+    row: &impl Tracks,
     candidates: &[&'a ObservedRunner],
 ) -> Option<&'a ObservedRunner> {
     candidates
@@ -181,8 +222,8 @@ fn tracked_or_newest_running<'a>(
         .copied()
         .find(|container| {
             container.running
-                && (row.container_id.as_deref() == Some(container.id.as_str())
-                    || row.container_name == container.name)
+                && (row.container_id() == Some(container.id.as_str())
+                    || row.container_name() == container.name)
         })
         .or_else(|| newest_running(candidates))
 }
@@ -244,14 +285,16 @@ pub fn adopted_token(container: &ObservedRunner, key: &TokenKey) -> String {
         .unwrap_or_else(token::generate)
 }
 
-impl Action {
+impl<R: Tracks> Action<R> {
     /// The session an action is about, and its kind of runner.
     pub(super) fn session(&self) -> (&str, RunnerKind) {
         match self {
             Action::RemoveContainer { container, .. } | Action::Adopt { container } => {
                 (&container.session_id, container.kind)
             }
-            Action::DropRow { row, .. } | Action::Keep { row, .. } => (&row.session_id, row.kind),
+            Action::DropRow { row, .. } | Action::Keep { row, .. } => {
+                (row.session_id(), row.kind())
+            }
         }
     }
 }

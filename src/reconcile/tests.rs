@@ -197,7 +197,7 @@ fn row_without_container_is_dropped() {
 fn running_orphan_is_adopted_or_removed_by_policy() {
     let containers = [container("c1", "s", true, 1)];
     assert!(matches!(
-        &plan(&[], &containers, OrphanPolicy::Adopt, Purpose::Startup)[..],
+        &plan::<RunnerRow>(&[], &containers, OrphanPolicy::Adopt, Purpose::Startup)[..],
         [Action::Adopt { container }] if container.id == "c1"
     ));
     assert_eq!(
