@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use super::RunnerSpec;
 use crate::config::{
-    DEFAULT_INSTANCE, INSTANCE_LABEL, POOLED_LABEL, SESSION_LABEL, SINGLETON_LABEL,
-    TOKEN_DIGEST_LABEL, TOKEN_NONCE_LABEL,
+    DEFAULT_INSTANCE, INSTANCE_LABEL, POOLED_AT_LABEL, POOLED_LABEL, SESSION_LABEL,
+    SINGLETON_LABEL, TOKEN_DIGEST_LABEL, TOKEN_NONCE_LABEL,
 };
 use crate::domain::RunnerKind;
 use crate::domain::token::{self, TokenLabels};
@@ -61,14 +61,15 @@ pub fn kind_of(labels: &HashMap<String, String>) -> RunnerKind {
     }
 }
 
-/// The suffix a claimed warm container's name gets (see
+/// The suffix a claimed warm container's name gets when it carries no
+/// start for the pool (started by an older version; see
 /// [`RunnerBackend::mark_claimed`](crate::backend::RunnerBackend::mark_claimed)).
 pub const CLAIMED_SUFFIX: &str = "-claimed";
 
-/// Whether a warm container still waits for a claim: pooled by its label
-/// and not renamed since.
-pub fn waiting_warm(labels: &HashMap<String, String>, name: &str) -> bool {
-    pooled(labels) && !name.ends_with(CLAIMED_SUFFIX)
+/// A warm container's start for the pool (see `backend::docker::claims`),
+/// when it carries one.
+pub fn pooled_at(labels: &HashMap<String, String>) -> Option<i64> {
+    labels.get(POOLED_AT_LABEL)?.parse().ok()
 }
 
 /// Whether the labels mark a warm-pool runner.

@@ -179,11 +179,22 @@ pub trait RunnerBackend: Send + Sync + fmt::Debug {
     async fn runner_bridge(&self, network: &str) -> Result<String, EngineError>;
 
     /// Marks a warm runner claimed on the engine itself, before the claim
-    /// is recorded, so that a lost database cannot hand it out again: the
-    /// container is renamed `<name>-claimed` (a label cannot change on a
-    /// running container), the Swarm service's pooled label set to
-    /// `false`. `runner` is its id, `name` its name.
+    /// is recorded, so that a lost or restored database cannot hand it out
+    /// again. On one engine the claim watermark is raised to the runner's
+    /// start for the pool (one write covers every claim of a burst; see
+    /// `backend::docker::claims`), or an older version's warm container,
+    /// without that label, is renamed `<name>-claimed` (a label cannot
+    /// change on a running container); on Swarm the service's pooled label
+    /// is set to `false`. `runner` is its id, `name` its name.
     async fn mark_claimed(&self, runner: &str, name: &str) -> Result<(), EngineError>;
+
+    /// Where a waiting warm runner stands in the order its claims are best
+    /// marked in (lowest first), when the backend keeps one: on one engine
+    /// its start for the pool, since a claim's mark also covers every
+    /// runner started before it.
+    fn claim_order(&self, _runner: &str) -> Option<i64> {
+        None
+    }
 
     /// On a backend whose nodes each hold their own egress rules (Swarm):
     /// which nodes hold them now, runners being placed on those only.

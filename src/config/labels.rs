@@ -7,6 +7,13 @@ pub const SESSION_LABEL: &str = "taylored-runner-session-id";
 pub const INSTANCE_LABEL: &str = "taylored-orchestrator-id";
 /// The Docker label that marks a runner started for the warm pool.
 pub const POOLED_LABEL: &str = "taylored-runner-pooled";
+/// The Docker label of a warm runner's start for the pool, in microseconds
+/// since the epoch: claimed as soon as the claim watermark reaches it (see
+/// `backend::docker::claims`).
+pub const POOLED_AT_LABEL: &str = "taylored-runner-pooled-at";
+/// The Docker label of the container that holds an instance's claim
+/// watermark in its name (created, never started).
+pub const CLAIMS_LABEL: &str = "taylored-runner-claims";
 /// The Docker label that marks the shared runner of `REUSE_RUNNER_MODE`.
 pub const SINGLETON_LABEL: &str = "taylored-runner-singleton";
 /// The Docker label of a runner's token nonce: with the token key, it

@@ -24,8 +24,8 @@ pub use backup::BackupSettings;
 pub use cli::{Cli, Command, EgressCommand, RunnersCommand};
 pub use egress::{EgressSettings, runner_network, runner_network_base};
 pub use labels::{
-    DEFAULT_INSTANCE, EGRESS_AGENT_LABEL, INSTANCE_LABEL, POOLED_LABEL, SESSION_LABEL,
-    SINGLETON_LABEL, TOKEN_DIGEST_LABEL, TOKEN_NONCE_LABEL,
+    CLAIMS_LABEL, DEFAULT_INSTANCE, EGRESS_AGENT_LABEL, INSTANCE_LABEL, POOLED_AT_LABEL,
+    POOLED_LABEL, SESSION_LABEL, SINGLETON_LABEL, TOKEN_DIGEST_LABEL, TOKEN_NONCE_LABEL,
 };
 pub use runner::{Capabilities, RunnerLimits};
 pub use swarm::{Placement, PortRange, SwarmSettings};

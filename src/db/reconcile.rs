@@ -66,6 +66,8 @@ impl Db {
         .bind(removing)
         .execute(&mut *transaction)
         .await?;
+        // A kept row's `pooled` only ever goes down: a row restored from a
+        // backup may call warm a runner the engine says was claimed.
         let tokens: Vec<(String, String, Option<String>)> = sqlx::query_as(
             "INSERT INTO runners (session_id, kind, state, container_name, container_id, \
              host_port, network_mode, created_at, updated_at, last_heartbeat_at, pooled, \
@@ -81,6 +83,7 @@ impl Db {
              container_name = excluded.container_name, container_id = excluded.container_id, \
              host_port = excluded.host_port, node = excluded.node, \
              node_host = excluded.node_host, address = excluded.address, updated_at = excluded.updated_at, \
+             pooled = MIN(runners.pooled, excluded.pooled), \
              last_heartbeat_at = MAX(runners.last_heartbeat_at, excluded.last_heartbeat_at) \
              RETURNING session_id, token, token_sha256",
         )

@@ -93,7 +93,9 @@ impl Reconciler {
                 } => changes.observed.push(found(
                     container,
                     row.kind,
-                    row.pooled,
+                    // A row restored from a backup may call a runner warm
+                    // that the engine's claim record says was handed out.
+                    row.pooled && container.pooled,
                     row.token.clone(),
                     AuditAction::Kept,
                     reason,

@@ -465,6 +465,37 @@ async fn a_rebuild_takes_every_kind_and_its_token_from_the_labels_alone() {
     }
 }
 
+/// A database restored from a backup older than a warm claim: its row says
+/// the runner waits, the engine says it was claimed. The start keeps the
+/// runner as its session's and never back in the pool.
+#[tokio::test]
+async fn a_restored_row_never_puts_a_runner_the_engine_calls_claimed_back_in_the_pool() {
+    let harness = Harness::new(&[]).await;
+    let key = harness.service.lifecycle.token_key().clone();
+    for session in ["warm-claimed", "warm-waiting"] {
+        let (_, labels) = key.issue();
+        start_labelled(&harness, session, RunnerKind::Session, true, &labels).await;
+    }
+    let (summary, _) = harness.reconciler().run_startup().await.unwrap();
+    assert_eq!(summary.adopted, 2);
+    // The claim reached the engine; the row that recorded it is not in the
+    // restored copy.
+    let row = harness.db().find("warm-claimed").await.unwrap().unwrap();
+    assert!(row.pooled);
+    harness
+        .backend
+        .mark_claimed(row.container_id.as_deref().unwrap(), &row.container_name)
+        .await
+        .unwrap();
+
+    harness.reconciler().run_startup().await.unwrap();
+    let claimed = harness.db().find("warm-claimed").await.unwrap().unwrap();
+    assert!(!claimed.pooled, "{claimed:?}");
+    assert_eq!(claimed.state, RunnerState::Running);
+    let waiting = harness.db().find("warm-waiting").await.unwrap().unwrap();
+    assert!(waiting.pooled, "{waiting:?}");
+}
+
 /// Starts a runner behind the service's back, labelled as the service
 /// labels its own (token nonce and digest included).
 async fn start_labelled(

@@ -108,6 +108,28 @@ impl TestEnv {
         instance_containers(&self.docker, &self.instance).await
     }
 
+    /// The warm pool's claim watermark on the engine: the number its
+    /// record container is named with (`taylored-claims-<digest>-<mark>`).
+    pub async fn claim_watermark(&self) -> Option<i64> {
+        let label = format!("{INSTANCE_LABEL}={}", self.instance);
+        let filters = HashMap::from([(
+            "label",
+            vec![label.as_str(), taylored_orchestrator::config::CLAIMS_LABEL],
+        )]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .unwrap()
+            .into_iter()
+            .flat_map(|c| c.names.unwrap_or_default())
+            .filter_map(|name| name.rsplit('-').next()?.parse().ok())
+            .max()
+    }
+
     pub async fn running_container_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self
             .containers()

@@ -150,21 +150,22 @@ async fn a_claimed_warm_runner_is_still_claimed_after_a_lost_database() {
     let claimed = app.api.provision(None).await;
     assert_eq!(claimed.status, 201, "{claimed:?}");
     let session = claimed.session_id().to_owned();
-    let names: Vec<String> = env
+    // The claim is on the engine: its runner's start for the pool is at or
+    // below the claim watermark.
+    let pooled_at: Vec<i64> = env
         .containers()
         .await
         .into_iter()
-        .filter(|c| {
-            c.labels
-                .as_ref()
-                .and_then(|l| l.get("taylored-runner-session-id"))
-                == Some(&session)
+        .filter_map(|c| {
+            let labels = c.labels?;
+            (labels.get("taylored-runner-session-id") == Some(&session))
+                .then(|| labels.get("taylored-runner-pooled-at")?.parse().ok())?
         })
-        .flat_map(|c| c.names.unwrap_or_default())
         .collect();
+    let watermark = env.claim_watermark().await.expect("a claim record");
     assert!(
-        names.len() == 1 && names[0].ends_with("-claimed"),
-        "{names:?}"
+        pooled_at.len() == 1 && pooled_at[0] <= watermark,
+        "{pooled_at:?} above {watermark}"
     );
     wait_for_pool(&app, 1).await;
     app.stop().await;
@@ -246,6 +247,58 @@ async fn a_kill_9_between_a_claim_and_its_row_then_a_lost_database_hands_it_out_
         let next = app.api.provision(None).await;
         assert_eq!(next.status, 201, "{next:?}");
         assert_ne!(next.session_id(), half.session_id, "handed out twice");
+        assert!(given.insert(next.session_id().to_owned()), "{next:?}");
+    }
+}
+
+/// A restore from a backup taken before a warm claim: the restored rows call
+/// the claimed runner warm, but the engine's claim record says it may have
+/// been handed out, so the start keeps it as its session's (heartbeats
+/// answered) and never hands it to the next browser.
+#[tokio::test]
+async fn a_restore_older_than_a_warm_claim_never_hands_the_runner_out_again() {
+    let env = TestEnv::new();
+    let warm = [("WARM_POOL_SIZE", "2")];
+    let app = env.spawn_binary(&warm).await;
+    eventually(
+        Duration::from_secs(30),
+        "two waiting warm runners",
+        || async {
+            let rows = env.db().await.all().await.unwrap();
+            rows.iter()
+                .filter(|row| {
+                    row.pooled && row.state == taylored_orchestrator::db::RunnerState::Running
+                })
+                .count()
+                == 2
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("before-the-claim.db");
+    let (ok, _, stderr) =
+        crate::operator::operator(&env, &["backup", &backup.display().to_string()]);
+    assert!(ok, "{stderr}");
+    let claimed = app.api.provision(None).await;
+    assert_eq!(claimed.status, 201, "{claimed:?}");
+    let session = claimed.session_id().to_owned();
+    assert!(app.terminate().await.success());
+
+    for stale in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{stale}", env.db_path.display()));
+    }
+    std::fs::copy(&backup, &env.db_path).unwrap();
+    let app = env.spawn_binary(&warm).await;
+    let row = env.row(&session).await.expect("the claimed runner kept");
+    assert!(!row.pooled, "restored as waiting: {row:?}");
+    assert_eq!(app.api.heartbeat(&session).await.status, 200);
+    let again = app.api.provision(Some(&session)).await;
+    assert_eq!((again.status, again.endpoint()), (200, claimed.endpoint()));
+    let mut given = HashSet::new();
+    for _ in 0..3 {
+        let next = app.api.provision(None).await;
+        assert_eq!(next.status, 201, "{next:?}");
+        assert_ne!(next.session_id(), session, "handed out twice");
         assert!(given.insert(next.session_id().to_owned()), "{next:?}");
     }
 }

@@ -106,9 +106,15 @@ cleanup() {
         # shellcheck disable=SC2086
         docker rm --force $runners >/dev/null || true
     fi
+    # The warm pool's claim record of each instance (a container never
+    # started; it would keep the runner image in use).
+    local instance
+    for instance in "$ORCHESTRATOR_ID" "$GATEWAY_ORCHESTRATOR_ID"; do
+        docker ps --all --quiet --filter "label=taylored-orchestrator-id=${instance}" \
+            --filter "label=taylored-runner-claims" | xargs --no-run-if-empty docker rm --force >/dev/null 2>&1 || true
+    done
     # The egress rules and runner networks of both instances, through the
     # image's own operator command (host network, NET_ADMIN, as in compose).
-    local instance
     for instance in "$ORCHESTRATOR_ID" "$GATEWAY_ORCHESTRATOR_ID"; do
         docker run --rm --network host --cap-add NET_ADMIN \
             --volume /var/run/docker.sock:/var/run/docker.sock \

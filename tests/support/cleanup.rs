@@ -10,7 +10,7 @@ use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
-use taylored_orchestrator::config::INSTANCE_LABEL;
+use taylored_orchestrator::config::{INSTANCE_LABEL, SESSION_LABEL};
 
 pub fn docker() -> Docker {
     Docker::connect_with_defaults().expect("Docker client (check DOCKER_HOST)")
@@ -19,7 +19,7 @@ pub fn docker() -> Docker {
 /// `instance`'s containers, running or not.
 pub async fn instance_containers(docker: &Docker, instance: &str) -> Vec<ContainerSummary> {
     let label = format!("{INSTANCE_LABEL}={instance}");
-    let filters = HashMap::from([("label", vec![label.as_str()])]);
+    let filters = HashMap::from([("label", vec![label.as_str(), SESSION_LABEL])]);
     let options = ListContainersOptionsBuilder::new()
         .all(true)
         .filters(&filters)

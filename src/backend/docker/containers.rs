@@ -8,8 +8,8 @@ use bollard::query_parameters::{
     ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 
-use super::DockerBackend;
 use super::error::status_of;
+use super::{DockerBackend, claims};
 use crate::backend::labels::kind_of;
 use crate::backend::{EngineError, NetworkMode, ObservedRunner, RUNNER_PORT, Stop};
 use crate::config::SESSION_LABEL;
@@ -78,7 +78,10 @@ impl DockerBackend {
             .all(true)
             .filters(&filters)
             .build();
-        let summaries = self.docker.list_containers(Some(options)).await?;
+        let (summaries, watermark) = tokio::try_join!(
+            async { Ok(self.docker.list_containers(Some(options)).await?) },
+            self.claims.watermark(),
+        )?;
         Ok(summaries
             .into_iter()
             .filter_map(|summary| {
@@ -106,9 +109,19 @@ impl DockerBackend {
                     .first()
                     .map(|name| name.trim_start_matches('/').to_owned())
                     .unwrap_or_default();
+                let id = summary.id?;
+                let pooled_at = labels::pooled_at(&labels);
+                if let Some(at) = pooled_at {
+                    self.claims.remember(&id, at);
+                }
                 Some(ObservedRunner {
-                    id: summary.id?,
-                    pooled: labels::waiting_warm(&labels, &name),
+                    pooled: claims::waiting(
+                        labels::pooled(&labels),
+                        name.ends_with(labels::CLAIMED_SUFFIX),
+                        pooled_at,
+                        watermark,
+                    ),
+                    id,
                     name,
                     session_id: labels.get(SESSION_LABEL)?.clone(),
                     running: summary.state == Some(ContainerSummaryStateEnum::RUNNING),

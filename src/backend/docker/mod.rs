@@ -1,13 +1,15 @@
 //! [`RunnerBackend`] on one Docker Engine: a runner is a container. The
 //! container's make-up is in [`spec`], listing and removal in `containers`,
-//! the event stream in `events`.
+//! the event stream in `events`, the record of warm claims in [`claims`].
 
+mod claims;
 mod containers;
 pub(super) mod error;
 mod events;
 pub mod spec;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +18,7 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, NetworkCreateRequest};
 use bollard::query_parameters::CreateContainerOptionsBuilder;
 
+use self::claims::ClaimRecord;
 use self::error::{classify_start_error, status_of};
 use self::spec::{ContainerSpec, RUNNER_PORT_KEY};
 use super::{
@@ -23,7 +26,7 @@ use super::{
 };
 use crate::backend::bridge::{BRIDGE_NAME_OPTION, bridge_name, bridge_options, config_network};
 use crate::backend::labels::CLAIMED_SUFFIX;
-use crate::config::{INSTANCE_LABEL, Settings};
+use crate::config::{INSTANCE_LABEL, POOLED_AT_LABEL, Settings};
 
 /// Seconds any single engine request may take (on top of a stop's grace).
 const ENGINE_TIMEOUT_SECONDS: u64 = 20;
@@ -40,16 +43,25 @@ pub struct DockerBackend {
     /// is then the node's config-only half of the manager's swarm-scoped
     /// one (see [`DockerBackend::connect_swarm_node`]).
     swarm_node: bool,
+    /// Where warm claims are recorded on the engine (see [`claims`]).
+    claims: Arc<ClaimRecord>,
 }
 
 impl DockerBackend {
     /// Connects lazily: no request is made until the first call.
     pub fn connect(settings: &Settings) -> Result<Self, EngineError> {
+        let docker = client(settings)?;
+        let claims = ClaimRecord::new(
+            docker.clone(),
+            settings.orchestrator_id.clone(),
+            settings.docker_image_name.clone(),
+        );
         Ok(Self {
-            docker: client(settings)?,
+            docker,
             spec: ContainerSpec::new(settings),
             stop_timeout_seconds: settings.runner_stop_timeout_seconds,
             swarm_node: false,
+            claims: Arc::new(claims),
         })
     }
 
@@ -77,11 +89,18 @@ impl DockerBackend {
 
     /// A name conflict is a leftover of an earlier attempt that the caller's
     /// claim now owns: it is removed and the create retried once.
-    async fn create(&self, runner: &RunnerSpec<'_>) -> Result<String, EngineError> {
+    async fn create(
+        &self,
+        runner: &RunnerSpec<'_>,
+        pooled_at: Option<i64>,
+    ) -> Result<String, EngineError> {
         let options = CreateContainerOptionsBuilder::new()
             .name(runner.name)
             .build();
-        let body = self.spec.body(runner);
+        let mut body = self.spec.body(runner);
+        if let (Some(at), Some(labels)) = (pooled_at, body.labels.as_mut()) {
+            labels.insert(POOLED_AT_LABEL.to_owned(), at.to_string());
+        }
         let classify = |error| classify_start_error(error, &self.spec.image, runner.network_mode);
         match self
             .docker
@@ -138,6 +157,17 @@ impl DockerBackend {
     }
 }
 
+impl DockerBackend {
+    /// A container's `taylored-runner-pooled-at`, read from the engine.
+    async fn pooled_at_label(&self, container: &str) -> Result<Option<i64>, EngineError> {
+        let inspected = self.docker.inspect_container(container, None).await?;
+        Ok(inspected
+            .config
+            .and_then(|config| config.labels)
+            .and_then(|labels| labels.get(POOLED_AT_LABEL)?.parse().ok()))
+    }
+}
+
 /// The runner's port at its container's address on its network (a runner
 /// joins one), which this service reaches from the engine's host.
 pub(super) fn runner_address<'a>(ips: impl Iterator<Item = Option<&'a str>>) -> Option<String> {
@@ -160,7 +190,16 @@ pub(super) fn client(settings: &Settings) -> Result<Docker, EngineError> {
 #[async_trait]
 impl RunnerBackend for DockerBackend {
     async fn start(&self, runner: &RunnerSpec<'_>) -> Result<StartedRunner, EngineError> {
-        let id = self.create(runner).await?;
+        // A warm runner is labelled with its start, after the claim
+        // watermark (see `claims`).
+        let pooled_at = match runner.pooled {
+            true => Some(self.claims.next_pooled_at().await?),
+            false => None,
+        };
+        let id = self.create(runner, pooled_at).await?;
+        if let Some(at) = pooled_at {
+            self.claims.remember(&id, at);
+        }
         let (host_port, address) = self
             .start_and_read_port(&id, runner)
             .await
@@ -190,11 +229,28 @@ impl RunnerBackend for DockerBackend {
     }
 
     async fn remove(&self, runner: &str, stop: Stop) -> Result<(), EngineError> {
-        self.remove_container(runner, stop).await
+        self.remove_container(runner, stop).await?;
+        self.claims.forget(runner);
+        Ok(())
     }
 
+    fn claim_order(&self, runner: &str) -> Option<i64> {
+        self.claims.pooled_at(runner)
+    }
+
+    /// Raises the claim watermark to the runner's start (see [`claims`]);
+    /// a warm runner of an older version, without that label, is renamed.
     async fn mark_claimed(&self, runner: &str, name: &str) -> Result<(), EngineError> {
         if name.ends_with(CLAIMED_SUFFIX) {
+            return Ok(());
+        }
+        let pooled_at = match self.claims.pooled_at(runner) {
+            Some(at) => Some(at),
+            None => self.pooled_at_label(runner).await?,
+        };
+        if let Some(at) = pooled_at {
+            self.claims.cover(at).await?;
+            self.claims.forget(runner);
             return Ok(());
         }
         let options = bollard::query_parameters::RenameContainerOptionsBuilder::new()

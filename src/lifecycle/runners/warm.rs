@@ -14,6 +14,11 @@ use crate::backend::Stop;
 use crate::db::{Actor, AuditAction, RunnerRow};
 use crate::lifecycle::{Removal, RunnerError};
 
+/// How many waiting runners beyond those being claimed a pick reads, to
+/// take the first in the engine's claim order
+/// ([`crate::backend::RunnerBackend::claim_order`]).
+const CLAIM_CANDIDATES: usize = 32;
+
 /// The session ids of warm runners in a claim: being marked and written
 /// (`taking`), or written since the last pick began (`claimed`), which a read
 /// begun before their commit may still show as waiting.
@@ -102,14 +107,27 @@ impl Runners {
         let rows = self
             .lifecycle
             .db
-            .next_warm(u32::try_from(excluded + 1).unwrap_or(u32::MAX))
+            .next_warm(u32::try_from(excluded + CLAIM_CANDIDATES).unwrap_or(u32::MAX))
             .await?;
         let mut claims = self.claims.lock().expect("the claim set");
         // A claim that committed while the read ran may still show as
-        // waiting in it: it is in `claimed` then, and skipped too.
-        let Some(next) = rows.into_iter().find(|row| {
-            !claims.taking.contains(&row.session_id) && !claims.claimed.contains(&row.session_id)
-        }) else {
+        // waiting in it: it is in `claimed` then, and skipped too. Of the
+        // rest, the first in the engine's claim order (runners finish
+        // starting out of order), then the oldest row.
+        let backend = &self.lifecycle.backend;
+        let Some(next) = rows
+            .into_iter()
+            .filter(|row| {
+                !claims.taking.contains(&row.session_id)
+                    && !claims.claimed.contains(&row.session_id)
+            })
+            .enumerate()
+            .min_by_key(|(position, row)| {
+                let runner = row.container_id.as_deref().unwrap_or(&row.container_name);
+                (backend.claim_order(runner).unwrap_or(i64::MIN), *position)
+            })
+            .map(|(_, row)| row)
+        else {
             return Ok(None);
         };
         claims.taking.insert(next.session_id.clone());
