@@ -164,27 +164,33 @@ impl Db {
         .map_err(DbError::from)
     }
 
-    /// Hands the warm runner of `session_id` to a client if it still waits,
-    /// in one statement (two concurrent claims can never both get it). Its
-    /// heartbeat clock starts now.
+    /// Hands the warm runners of `session_ids` to clients, those that still
+    /// wait, in one transaction (two concurrent claims can never both get
+    /// one). Their heartbeat clocks start now. Returns the claimed rows,
+    /// in no particular order.
     pub async fn claim_warm(
         &self,
-        session_id: &str,
+        session_ids: &[&str],
         now: DateTime<Utc>,
-    ) -> Result<Option<RunnerRow>, DbError> {
+    ) -> Result<Vec<RunnerRow>, DbError> {
+        if session_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = timestamp(now);
+        let ids = serde_json::to_string(session_ids).expect("strings serialise");
         let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let claimed: Option<RunnerRow> = sqlx::query_as(concat!(
+        let claimed: Vec<RunnerRow> = sqlx::query_as(concat!(
             "UPDATE runners SET pooled = 0, updated_at = ?1, last_heartbeat_at = ?1 \
-                 WHERE session_id = ?2 AND pooled = 1 AND state = 'running' \
+                 WHERE session_id IN (SELECT value FROM json_each(?2)) \
+                 AND pooled = 1 AND state = 'running' \
                  RETURNING ",
             runner_columns!()
         ))
         .bind(&now)
-        .bind(session_id)
-        .fetch_optional(&mut *transaction)
+        .bind(&ids)
+        .fetch_all(&mut *transaction)
         .await?;
-        if let Some(row) = &claimed {
+        for row in &claimed {
             let entry = AuditEntry {
                 session_id: &row.session_id,
                 container_id: row.container_id.as_deref(),

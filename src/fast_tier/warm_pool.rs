@@ -209,7 +209,7 @@ async fn a_claim_marked_on_the_engine_survives_a_lost_database() {
     assert_eq!(service.heartbeat(&half).await.status, StatusCode::OK);
 }
 
-/// Claims of a burst are picked one at a time but marked on the engine
+/// Claims of a burst are picked in batches and marked on the engine
 /// together: each concurrent provision gets a waiting runner of its own,
 /// none gets one twice, and none is sent to the cold path while one waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

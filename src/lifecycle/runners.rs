@@ -56,7 +56,8 @@ pub struct Runners {
     /// Woken whenever a warm runner is claimed.
     warm_pool_refill: Arc<Notify>,
     runner_limit: Arc<RunnerLimit>,
-    /// Held while a warm runner is picked for a claim.
+    /// Held while a batch of warm runners is picked for claims (or one
+    /// for retiring).
     picking: Arc<tokio::sync::Mutex<()>>,
     /// The warm runners being claimed, and those claimed since the last pick.
     claims: Arc<std::sync::Mutex<warm::Claims>>,
@@ -142,7 +143,7 @@ impl Runners {
                 && *network_mode == NetworkMode::Default
                 && self.settings.warm_pool.enabled();
             let claimed = if poolable {
-                self.claim_warm().await?
+                self.claim_warm().await
             } else {
                 None
             };
