@@ -21,6 +21,13 @@ pub use sizer::{Demand, Resize, Sizer};
 /// is retried, a reaped or died warm runner replaced, a quiet period seen).
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long the pool waits after a claim woke it before it starts refills:
+/// a class's burst of claims lands first (its marks are engine calls that
+/// a refill's creates would slow), then one refill replaces them all. A
+/// runner takes hundreds of milliseconds to start, so this delays the
+/// refill by little.
+const REFILL_SETTLE: Duration = Duration::from_millis(50);
+
 /// What the warm pool uses: the rows it counts, the provisioning that starts
 /// and retires its runners, and the signal that one was claimed or missed.
 #[derive(Debug, Clone)]
@@ -101,7 +108,12 @@ impl WarmPool {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.context.refill.notified() => {}
+                _ = self.context.refill.notified() => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(REFILL_SETTLE) => {}
+                    }
+                }
                 _ = tokio::time::sleep(CHECK_INTERVAL) => {}
             }
         }
