@@ -10,7 +10,7 @@
 //! a tiny size. Sizes:
 //! `BENCH_HB_CLIENTS` (32), `BENCH_HB_SECONDS` (4), `BENCH_HB_SESSIONS`
 //! (10000), `BENCH_COLD_SAMPLES` (30),
-//! `BENCH_BURST` (50), `BENCH_BURST_SIZES` (`25,50,100`: the burst part's
+//! `BENCH_BURST` (50), `BENCH_BURST_ROUNDS` (3), `BENCH_BURST_SIZES` (`25,50,100`: the burst part's
 //! simultaneous first provisions; `BENCH_STARTS_AT_ONCE` sets the service's
 //! `RUNNER_STARTS_AT_ONCE` there), `BENCH_WARM_SAMPLES` (20), `BENCH_WARM_POOL` (4),
 //! `BENCH_RESTART_SIZES` (`100,500`; the restart part also kills the service
@@ -69,6 +69,7 @@ struct Sizes {
     cold_samples: usize,
     burst: usize,
     burst_sizes: Vec<usize>,
+    burst_rounds: usize,
     warm_samples: usize,
     warm_pool: usize,
     restart_sizes: Vec<usize>,
@@ -126,6 +127,7 @@ impl Sizes {
             cold_samples: env_or("BENCH_COLD_SAMPLES", pick(30, 3)),
             burst: env_or("BENCH_BURST", pick(50, 4)),
             burst_sizes,
+            burst_rounds: env_or("BENCH_BURST_ROUNDS", pick(3, 1)).max(1),
             warm_samples: env_or("BENCH_WARM_SAMPLES", pick(20, 3)),
             warm_pool: env_or("BENCH_WARM_POOL", pick(4, 2)),
             restart_sizes,
