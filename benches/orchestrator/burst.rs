@@ -17,9 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-
-use crate::cold::{raw_engine, raw_start};
+use crate::cold::{raw_engine, raw_starts};
 use crate::harness::{
     Context, Result, figure, ms, percentile, provision_request, remove_instance_containers,
 };
@@ -30,18 +28,9 @@ async fn engine_total(cx: &Context, n: usize, concurrency: usize, label: &str) -
         .instances
         .new_instance(&cx.prefix, &format!("raw-{n}-{concurrency}-{label}"));
     let raw = raw_engine(&cx.image, &instance)?;
-    let started = Instant::now();
-    let results: Vec<Result<()>> = futures_util::stream::iter(0..n)
-        .map(|i| {
-            let (docker, raw) = (&cx.docker, &raw);
-            async move { raw_start(docker, raw, &format!("raw-{i}")).await }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let total = started.elapsed();
+    let (total, started) = raw_starts(&cx.docker, &raw, "raw", n, concurrency).await;
     remove_instance_containers(&instance).await;
-    results.into_iter().collect::<Result<Vec<()>>>()?;
+    started?;
     Ok(total)
 }
 

@@ -32,6 +32,25 @@ pub(crate) fn raw_engine(image: &str, instance: &str) -> Result<DockerBackend> {
     Ok(DockerBackend::connect(&settings)?)
 }
 
+/// `n` raw starts (`raw_start`, named `<prefix>-<i>`), `concurrency` at a
+/// time: their wall time, and the first failure if any (the caller removes
+/// what was started either way).
+pub(crate) async fn raw_starts(
+    docker: &Docker,
+    engine: &DockerBackend,
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+) -> (std::time::Duration, Result<()>) {
+    let started = Instant::now();
+    let results: Vec<Result<()>> = futures_util::stream::iter(0..n)
+        .map(|i| async move { raw_start(docker, engine, &format!("{prefix}-{i}")).await })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    (started.elapsed(), results.into_iter().collect())
+}
+
 /// The engine's own work for a provision: create, start, and inspect of the
 /// very container body the service sends (`DockerBackend::container_body`), with
 /// bollard and nothing else.
@@ -105,17 +124,8 @@ pub async fn cold(cx: &mut Context) -> Result<()> {
     let started = Instant::now();
     provision_many(&service, "burst", 0..burst, burst).await?;
     let service_wall = started.elapsed();
-    let started = Instant::now();
-    let results: Vec<Result<()>> = futures_util::stream::iter(0..burst)
-        .map(|i| {
-            let (docker, raw) = (&cx.docker, &raw);
-            async move { raw_start(docker, raw, &format!("burst-{i}")).await }
-        })
-        .buffer_unordered(burst)
-        .collect()
-        .await;
-    results.into_iter().collect::<Result<Vec<()>>>()?;
-    let raw_wall = started.elapsed();
+    let (raw_wall, started) = raw_starts(&cx.docker, &raw, "burst", burst, burst).await;
+    started?;
     let ratio = ms(service_wall) / ms(raw_wall);
     cx.push(figure(
         format!("{burst} concurrent cold provisions"),

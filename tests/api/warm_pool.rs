@@ -28,6 +28,25 @@ async fn warm_running(app: &TestApp) -> i64 {
         .count() as i64
 }
 
+/// Waits until the database of a service run as its binary holds `count`
+/// waiting warm runners.
+async fn wait_for_warm_rows(env: &TestEnv, count: usize) {
+    eventually(
+        Duration::from_secs(30),
+        "the waiting warm runners",
+        || async {
+            let rows = env.db().await.all().await.unwrap();
+            rows.iter()
+                .filter(|row| {
+                    row.pooled && row.state == taylored_orchestrator::db::RunnerState::Running
+                })
+                .count()
+                == count
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_provision_without_session_id_claims_a_warm_runner_and_the_pool_refills() {
     let app = TestEnv::new().spawn(&["--warm-pool-size=2"]).await;
@@ -208,20 +227,7 @@ async fn a_kill_9_between_a_claim_and_its_row_then_a_lost_database_hands_it_out_
     let env = TestEnv::new();
     let warm = [("WARM_POOL_SIZE", "2")];
     let app = env.spawn_binary(&warm).await;
-    eventually(
-        Duration::from_secs(30),
-        "two waiting warm runners",
-        || async {
-            let rows = env.db().await.all().await.unwrap();
-            rows.iter()
-                .filter(|row| {
-                    row.pooled && row.state == taylored_orchestrator::db::RunnerState::Running
-                })
-                .count()
-                == 2
-        },
-    )
-    .await;
+    wait_for_warm_rows(&env, 2).await;
     app.kill_9();
     let rows = env.db().await.all().await.unwrap();
     let half = rows.iter().find(|row| row.pooled).unwrap().clone();
@@ -260,20 +266,7 @@ async fn a_restore_older_than_a_warm_claim_never_hands_the_runner_out_again() {
     let env = TestEnv::new();
     let warm = [("WARM_POOL_SIZE", "2")];
     let app = env.spawn_binary(&warm).await;
-    eventually(
-        Duration::from_secs(30),
-        "two waiting warm runners",
-        || async {
-            let rows = env.db().await.all().await.unwrap();
-            rows.iter()
-                .filter(|row| {
-                    row.pooled && row.state == taylored_orchestrator::db::RunnerState::Running
-                })
-                .count()
-                == 2
-        },
-    )
-    .await;
+    wait_for_warm_rows(&env, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("before-the-claim.db");
     let (ok, _, stderr) =

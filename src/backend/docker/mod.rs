@@ -155,16 +155,14 @@ impl DockerBackend {
         }));
         Ok((host_port, address))
     }
-}
 
-impl DockerBackend {
     /// A container's `taylored-runner-pooled-at`, read from the engine.
     async fn pooled_at_label(&self, container: &str) -> Result<Option<i64>, EngineError> {
         let inspected = self.docker.inspect_container(container, None).await?;
         Ok(inspected
             .config
             .and_then(|config| config.labels)
-            .and_then(|labels| labels.get(POOLED_AT_LABEL)?.parse().ok()))
+            .and_then(|labels| crate::backend::labels::pooled_at(&labels)))
     }
 }
 
